@@ -1,0 +1,400 @@
+"""The multi-query lambda layer of LambdaNetworks (Bello, ICLR 2021).
+
+Paper: "LambdaNetworks: Modeling Long-Range Interactions Without Attention",
+arXiv 2102.08602. Section and figure numbers below refer to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from lambda_keras.layers import relative_positions
+
+IMPLEMENTATIONS = ("auto", "einsum", "conv")
+
+# "auto" uses the masked einsum up to this many positions (n = H * W or L) and the
+# lambda convolution above it. The paper switches at n > 85^2 on TPUv3 (Section 5);
+# on CPU the n x m table costs more than the convolution sooner. Measured by
+# benchmarks/layer_speed.py (see the README's benchmark table).
+AUTO_EINSUM_MAX_POSITIONS = 32 * 32
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
+@keras.saving.register_keras_serializable(package="lambda_keras")
+class LambdaLayer(keras.layers.Layer):
+    """Multi-query lambda layer with content and position lambdas (Figures 3 and 8).
+
+    For every query position ``n`` the layer builds a linear function
+    ``lambda_n = lambda^c + lambda^p_n`` (a ``[k, v]`` matrix) from the context and
+    applies it to ``h`` queries (Section 3.2):
+
+    - queries ``Q = BN(X W_Q)``, ``[b, n, h, k]``; keys ``K = X W_K``,
+      ``[b, m, u, k]``, softmax-normalised over the ``m`` context positions; values
+      ``V = BN(X W_V)``, ``[b, m, u, v]`` with ``v = filters / h``.
+    - content lambda ``lambda^c = sum_{m,u} softmax(K)[m, u] V[m, u]^T``, ``[b, k, v]``.
+    - position lambdas ``lambda^p_n = sum_{m,u} E[n, m, u] V[m, u]^T``,
+      ``[b, n, k, v]``, from learned relative position embeddings ``E`` restricted to
+      an ``r x r`` scope (the lambda convolution, Section 3.4) or global.
+    - output ``y[n, head * v + j] = sum_k Q[n, head, k] lambda_n[k, j]``.
+
+    Initialisation follows Appendix E.1: ``W_Q ~ N(0, 1/sqrt(k d))``,
+    ``W_K, W_V ~ N(0, 1/sqrt(d))`` (standard deviations, ``d`` the input channels),
+    embeddings ``N(0, 1)``; projections carry no bias. The relative offset is
+    ``context - query``, as in lucidrains' ``lambda-networks`` and timm, so their
+    weights map over without flipping.
+
+    Input ``[batch, length, channels]`` (sequences) or
+    ``[batch, height, width, channels]`` (images); output the same with ``filters``
+    channels (and the spatial size halved, rounding up, when ``strides=2``).
+
+    Args:
+      filters: output channels ``d``; defaults to the input channels. Must be
+        divisible by ``num_heads``.
+      key_dim: query/key depth ``|k|`` (paper default 16).
+      num_heads: number of queries ``|h|`` per lambda (paper default 4).
+      intra_depth: intra-depth ``|u|`` (Appendix B.4, Figure 8; default 1).
+      scope_size: odd ``r`` for an ``r x r`` (or ``r``-long) local position scope,
+        the paper's default 23; ``None`` for global relative embeddings
+        ``[2H-1, 2W-1, k, u]``, which need a static spatial size.
+      use_content: compute the content lambda (Table 10 ablation when False).
+      use_position: compute the position lambdas (Table 10 ablation when False).
+      causal: sequences only; query ``t`` sees context positions ``<= t`` in both
+        lambdas (Appendix B.2). The content lambda is then a running, numerically
+        stable softmax-weighted cumulative sum.
+      strides: 1, or 2 for a 3x3 (3-long) average pool with stride 2 and ``"same"``
+        padding after the layer, the paper's downsampling (Appendix E.1).
+      implementation: ``"einsum"`` gathers the embeddings into an ``[n, m, k, u]``
+        table masked outside the scope (Figure 3); ``"conv"`` computes the position
+        lambdas as a convolution of the values with the table (Figure 5) without the
+        ``n x m`` table; ``"auto"`` picks by input size (einsum up to
+        ``AUTO_EINSUM_MAX_POSITIONS`` positions, measured on CPU). All three give
+        the same numbers.
+      use_position_bias: add a ``[k]`` bias to the position lambdas, like the
+        ``Conv3d`` bias of lucidrains and timm; for importing their weights only.
+      norm_momentum: momentum of the batch norms on queries and values.
+      norm_epsilon: epsilon of the batch norms on queries and values.
+      **kwargs: standard layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Under a mixed precision policy the projections run in the compute dtype and
+    everything after them (softmax, lambdas, outputs) in float32; the output is cast
+    back to the compute dtype.
+
+    A Keras mask ``[batch, length]`` (or ``[batch, height, width]``) removes padded
+    context positions from the softmax and from both lambdas.
+    """
+
+    def __init__(
+        self,
+        filters: int | None = None,
+        key_dim: int = 16,
+        num_heads: int = 4,
+        intra_depth: int = 1,
+        scope_size: int | None = 23,
+        use_content: bool = True,
+        use_position: bool = True,
+        causal: bool = False,
+        strides: int = 1,
+        implementation: str = "auto",
+        use_position_bias: bool = False,
+        norm_momentum: float = 0.99,
+        norm_epsilon: float = 1e-3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if filters is not None:
+            _check_positive_int("filters", filters)
+        _check_positive_int("key_dim", key_dim)
+        _check_positive_int("num_heads", num_heads)
+        if isinstance(intra_depth, bool) or not isinstance(intra_depth, int) or intra_depth < 1:
+            raise ValueError(
+                f"`intra_depth` must be an integer >= 1. Received: intra_depth={intra_depth!r}"
+            )
+        if scope_size is not None:
+            if isinstance(scope_size, bool) or not isinstance(scope_size, int) or scope_size < 1:
+                raise ValueError(
+                    "`scope_size` must be a positive odd integer or None (global). "
+                    f"Received: scope_size={scope_size!r}"
+                )
+            if scope_size % 2 == 0:
+                raise ValueError(
+                    "`scope_size` must be odd so that the scope is centred on the query. "
+                    f"Received: scope_size={scope_size}"
+                )
+        if filters is not None and filters % num_heads:
+            raise ValueError(
+                f"`filters` must be divisible by `num_heads`. Received: filters={filters}, "
+                f"num_heads={num_heads}"
+            )
+        if not (use_content or use_position):
+            raise ValueError(
+                "At least one of `use_content` and `use_position` must be True. Received: "
+                f"use_content={use_content}, use_position={use_position}"
+            )
+        if strides not in (1, 2):
+            raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"`implementation` must be one of {IMPLEMENTATIONS}. "
+                f"Received: implementation={implementation!r}"
+            )
+        self.filters = filters
+        self.key_dim = key_dim
+        self.num_heads = num_heads
+        self.intra_depth = intra_depth
+        self.scope_size = scope_size
+        self.use_content = use_content
+        self.use_position = use_position
+        self.causal = causal
+        self.strides = strides
+        self.implementation = implementation
+        self.use_position_bias = use_position_bias
+        self.norm_momentum = norm_momentum
+        self.norm_epsilon = norm_epsilon
+        self.supports_masking = True
+        self.query_norm = keras.layers.BatchNormalization(
+            momentum=norm_momentum, epsilon=norm_epsilon, dtype=self.dtype_policy, name="query_norm"
+        )
+        self.value_norm = keras.layers.BatchNormalization(
+            momentum=norm_momentum, epsilon=norm_epsilon, dtype=self.dtype_policy, name="value_norm"
+        )
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        if rank not in (3, 4):
+            raise ValueError(
+                "LambdaLayer expects inputs of rank 3 [batch, length, channels] or rank 4 "
+                f"[batch, height, width, channels]. Received input_shape={tuple(input_shape)} "
+                f"(rank {rank})"
+            )
+        if self.causal and rank == 4:
+            raise ValueError(
+                "`causal=True` is defined for sequences [batch, length, channels] only. "
+                f"Received input_shape={tuple(input_shape)}"
+            )
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"The channel dimension of the inputs must be known. Received input_shape={tuple(input_shape)}"
+            )
+        self.output_filters = self.filters if self.filters is not None else channels
+        if self.output_filters % self.num_heads:
+            raise ValueError(
+                "`filters` (the input channels when filters=None) must be divisible by "
+                f"`num_heads`. Received: filters={self.output_filters}, num_heads={self.num_heads}"
+            )
+        spatial_shape = tuple(input_shape[1:-1])
+        if self.use_position and self.scope_size is None and None in spatial_shape:
+            raise ValueError(
+                "`scope_size=None` (global position embeddings) needs a static spatial size; "
+                f"received input_shape={tuple(input_shape)}. Give the Input a fixed size or use "
+                "an odd local scope_size."
+            )
+        key_dim, heads, depth = self.key_dim, self.num_heads, self.intra_depth
+        self.value_dim = self.output_filters // heads
+        # Appendix E.1: fan-in initialisation; the 1/sqrt(k) of scaled dot-product
+        # attention is folded into W_Q.
+        self.query_kernel = self.add_weight(
+            name="query_kernel",
+            shape=(channels, heads * key_dim),
+            initializer=keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(key_dim * channels)),
+        )
+        if self.use_content:
+            self.key_kernel = self.add_weight(
+                name="key_kernel",
+                shape=(channels, depth * key_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(channels)),
+            )
+        self.value_kernel = self.add_weight(
+            name="value_kernel",
+            shape=(channels, depth * self.value_dim),
+            initializer=keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(channels)),
+        )
+        self.query_norm.build(input_shape[:-1] + (heads * key_dim,))
+        self.value_norm.build(input_shape[:-1] + (depth * self.value_dim,))
+        if self.use_position:
+            if self.scope_size is None:
+                table_extent = tuple(2 * size - 1 for size in spatial_shape)
+            else:
+                table_extent = (self.scope_size,) * len(spatial_shape)
+            # The table stays float32 under mixed precision: the position lambdas
+            # sum |m| products of N(0, 1) embeddings (Section 5 stability notes).
+            self.position_embeddings = self.add_weight(
+                name="position_embeddings",
+                shape=table_extent + (key_dim, depth),
+                initializer=keras.initializers.RandomNormal(stddev=1.0),
+                autocast=False,
+            )
+            if self.use_position_bias:
+                self.position_bias = self.add_weight(
+                    name="position_bias", shape=(key_dim,), initializer="zeros", autocast=False
+                )
+        self.built = True
+
+    def _choose_implementation(self, positions: int | None) -> str:
+        if self.implementation != "auto":
+            return self.implementation
+        if positions is not None and positions <= AUTO_EINSUM_MAX_POSITIONS:
+            return "einsum"
+        return "conv"
+
+    def _position_table(self):
+        table = ops.cast(self.position_embeddings, "float32")
+        if self.causal:
+            table = table * relative_positions.causal_table_mask(table.shape[0], table.dtype)
+        return table
+
+    def _position_lambdas_einsum(self, values, spatial_shape):
+        """``[b, n, u, v]`` values -> ``[b, n, k, v]`` position lambdas (Figure 3)."""
+        embeddings = relative_positions.gather_relative_embeddings(
+            self._position_table(), spatial_shape, causal=self.causal
+        )
+        return ops.einsum("nmku,bmuv->bnkv", embeddings, values)
+
+    def _position_lambdas_conv(self, values, spatial_shape):
+        """``[b, n, u, v]`` values -> ``[b, v, n, k]`` position lambdas (Figure 5).
+
+        The lambda convolution as an n-d convolution with ``u`` input and ``k``
+        output channels over the value maps, the ``v`` value channels folded into
+        the batch (a Conv2D here, where the paper writes an (n+1)-d conv).
+        """
+        batch = ops.shape(values)[0]
+        depth, value_dim = self.intra_depth, self.value_dim
+        maps = ops.reshape(values, (batch,) + tuple(spatial_shape) + (depth, value_dim))
+        rank = len(spatial_shape)
+        # [b, *S, u, v] -> [b, v, *S, u] -> [b * v, *S, u]
+        maps = ops.transpose(maps, (0, rank + 2) + tuple(range(1, rank + 2)))
+        maps = ops.reshape(maps, (batch * value_dim,) + tuple(spatial_shape) + (depth,))
+        # The table is [*T, k, u]; a convolution kernel is [*T, in=u, out=k].
+        kernel = ops.swapaxes(self._position_table(), -1, -2)
+        lambdas = ops.conv(maps, kernel, strides=1, padding="same")
+        return ops.reshape(lambdas, (batch, value_dim, -1, self.key_dim))
+
+    def _content_lambda(self, keys, values, mask):
+        """Global content lambda ``sum_{m,u} softmax_m(K) V^T``, ``[b, k, v]``."""
+        if mask is not None:
+            keys = ops.where(mask[:, :, None, None], keys, ops.cast(-1e9, keys.dtype))
+        normalized_keys = ops.softmax(keys, axis=1)
+        return ops.einsum("bmuk,bmuv->bkv", normalized_keys, values)
+
+    def _causal_content_lambdas(self, keys, values, mask):
+        """Per-query content lambdas over context positions ``<= n``, ``[b, n, k, v]``.
+
+        Appendix B.2 masks the context with a cumulative sum. A plain cumulative sum
+        of ``exp(K) V^T`` overflows (or underflows after subtracting a global max)
+        for large keys, so the sum carries its running maximum like an online
+        softmax: an associative scan over ``(max, sum exp, sum exp * V)``.
+        """
+        present = ops.ones_like(keys) if mask is None else ops.cast(mask, keys.dtype)[:, :, None, None]
+        present = ops.broadcast_to(present, ops.shape(keys))
+        weighted_values = present[..., None] * values[:, :, :, None, :]  # [b, n, u, k, v]
+
+        def combine(earlier, later):
+            earlier_max, earlier_sum, earlier_values = earlier
+            later_max, later_sum, later_values = later
+            new_max = ops.maximum(earlier_max, later_max)
+            earlier_scale = ops.exp(earlier_max - new_max)
+            later_scale = ops.exp(later_max - new_max)
+            return (
+                new_max,
+                earlier_sum * earlier_scale + later_sum * later_scale,
+                earlier_values * earlier_scale[..., None] + later_values * later_scale[..., None],
+            )
+
+        _, exp_sums, weighted_sums = ops.associative_scan(
+            combine, (keys, present, weighted_values), axis=1
+        )
+        # Queries whose whole prefix is padding have no context: their lambda is 0.
+        exp_sums = ops.maximum(exp_sums, ops.cast(1e-30, exp_sums.dtype))
+        return ops.sum(weighted_sums / exp_sums[..., None], axis=2)
+
+    def call(self, inputs, training=None, mask=None):
+        input_shape = ops.shape(inputs)
+        batch = input_shape[0]
+        spatial_shape = tuple(
+            static if static is not None else input_shape[axis + 1]
+            for axis, static in enumerate(inputs.shape[1:-1])
+        )
+        static_positions = math.prod(inputs.shape[1:-1]) if None not in inputs.shape[1:-1] else None
+        heads, key_dim, depth, value_dim = self.num_heads, self.key_dim, self.intra_depth, self.value_dim
+
+        queries = self.query_norm(ops.matmul(inputs, self.query_kernel), training=training)
+        values = self.value_norm(ops.matmul(inputs, self.value_kernel), training=training)
+        # Float32 from here on: softmax and lambda sums (Section 5, peers' AMP NaNs).
+        queries = ops.reshape(ops.cast(queries, "float32"), (batch, -1, heads, key_dim))
+        values = ops.reshape(ops.cast(values, "float32"), (batch, -1, depth, value_dim))
+        if mask is not None:
+            mask = ops.reshape(ops.cast(mask, "bool"), (batch, -1))
+            values = values * ops.cast(mask, values.dtype)[:, :, None, None]
+
+        outputs = None
+        if self.use_content:
+            keys = ops.matmul(inputs, self.key_kernel)
+            keys = ops.reshape(ops.cast(keys, "float32"), (batch, -1, depth, key_dim))
+            if self.causal:
+                content_lambdas = self._causal_content_lambdas(keys, values, mask)
+                outputs = ops.einsum("bnhk,bnkv->bnhv", queries, content_lambdas)
+            else:
+                content_lambda = self._content_lambda(keys, values, mask)
+                outputs = ops.einsum("bnhk,bkv->bnhv", queries, content_lambda)
+        if self.use_position:
+            if self._choose_implementation(static_positions) == "einsum":
+                position_lambdas = self._position_lambdas_einsum(values, spatial_shape)
+                if self.use_position_bias:
+                    position_lambdas = position_lambdas + self.position_bias[None, None, :, None]
+                position_outputs = ops.einsum("bnhk,bnkv->bnhv", queries, position_lambdas)
+            else:
+                position_lambdas = self._position_lambdas_conv(values, spatial_shape)
+                if self.use_position_bias:
+                    position_lambdas = position_lambdas + self.position_bias
+                position_outputs = ops.einsum("bnhk,bvnk->bnhv", queries, position_lambdas)
+            outputs = position_outputs if outputs is None else outputs + position_outputs
+
+        # Head-major output channels: head * v + j (Figure 3).
+        outputs = ops.reshape(outputs, (batch,) + spatial_shape + (heads * value_dim,))
+        outputs = ops.cast(outputs, self.compute_dtype)
+        if self.strides == 2:
+            outputs = ops.average_pool(
+                outputs, pool_size=3, strides=2, padding="same"
+            )
+        return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None or self.strides == 1:
+            return mask
+        # The pooled output position i is centred on input position 2 * i.
+        return mask[:, ::2] if len(mask.shape) == 2 else mask[:, ::2, ::2]
+
+    def compute_output_shape(self, input_shape):
+        filters = self.filters if self.filters is not None else input_shape[-1]
+        spatial = tuple(input_shape[1:-1])
+        if self.strides == 2:
+            spatial = tuple(None if size is None else (size + 1) // 2 for size in spatial)
+        return (input_shape[0],) + spatial + (filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "key_dim": self.key_dim,
+                "num_heads": self.num_heads,
+                "intra_depth": self.intra_depth,
+                "scope_size": self.scope_size,
+                "use_content": self.use_content,
+                "use_position": self.use_position,
+                "causal": self.causal,
+                "strides": self.strides,
+                "implementation": self.implementation,
+                "use_position_bias": self.use_position_bias,
+                "norm_momentum": self.norm_momentum,
+                "norm_epsilon": self.norm_epsilon,
+            }
+        )
+        return config
