@@ -21,6 +21,10 @@ IMPLEMENTATIONS = ("auto", "einsum", "conv")
 # benchmarks/layer_speed.py (see the README's benchmark table).
 AUTO_EINSUM_MAX_POSITIONS = 32 * 32
 
+# Key logit of a padded (or not yet seen) context position: exp() of it vanishes
+# next to any real key, without the NaNs of -inf - (-inf).
+_NO_CONTEXT = -1e30
+
 
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -166,22 +170,23 @@ class LambdaLayer(keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         rank = len(input_shape)
         if rank not in (3, 4):
             raise ValueError(
                 "LambdaLayer expects inputs of rank 3 [batch, length, channels] or rank 4 "
-                f"[batch, height, width, channels]. Received input_shape={tuple(input_shape)} "
+                f"[batch, height, width, channels]. Received input_shape={input_shape} "
                 f"(rank {rank})"
             )
         if self.causal and rank == 4:
             raise ValueError(
                 "`causal=True` is defined for sequences [batch, length, channels] only. "
-                f"Received input_shape={tuple(input_shape)}"
+                f"Received input_shape={input_shape}"
             )
         channels = input_shape[-1]
         if channels is None:
             raise ValueError(
-                f"The channel dimension of the inputs must be known. Received input_shape={tuple(input_shape)}"
+                f"The channel dimension of the inputs must be known. Received input_shape={input_shape}"
             )
         self.output_filters = self.filters if self.filters is not None else channels
         if self.output_filters % self.num_heads:
@@ -193,7 +198,7 @@ class LambdaLayer(keras.layers.Layer):
         if self.use_position and self.scope_size is None and None in spatial_shape:
             raise ValueError(
                 "`scope_size=None` (global position embeddings) needs a static spatial size; "
-                f"received input_shape={tuple(input_shape)}. Give the Input a fixed size or use "
+                f"received input_shape={input_shape}. Give the Input a fixed size or use "
                 "an odd local scope_size."
             )
         key_dim, heads, depth = self.key_dim, self.num_heads, self.intra_depth
@@ -276,10 +281,8 @@ class LambdaLayer(keras.layers.Layer):
         lambdas = ops.conv(maps, kernel, strides=1, padding="same")
         return ops.reshape(lambdas, (batch, value_dim, -1, self.key_dim))
 
-    def _content_lambda(self, keys, values, mask):
+    def _content_lambda(self, keys, values):
         """Global content lambda ``sum_{m,u} softmax_m(K) V^T``, ``[b, k, v]``."""
-        if mask is not None:
-            keys = ops.where(mask[:, :, None, None], keys, ops.cast(-1e9, keys.dtype))
         normalized_keys = ops.softmax(keys, axis=1)
         return ops.einsum("bmuk,bmuv->bkv", normalized_keys, values)
 
@@ -287,29 +290,48 @@ class LambdaLayer(keras.layers.Layer):
         """Per-query content lambdas over context positions ``<= n``, ``[b, n, k, v]``.
 
         Appendix B.2 masks the context with a cumulative sum. A plain cumulative sum
-        of ``exp(K) V^T`` overflows (or underflows after subtracting a global max)
-        for large keys, so the sum carries its running maximum like an online
-        softmax: an associative scan over ``(max, sum exp, sum exp * V)``.
+        of ``exp(K) V^T`` overflows (or, after subtracting a global maximum,
+        underflows) for large keys, so the sum carries its running maximum like an
+        online softmax: an inclusive prefix scan (Hillis-Steele, log2(n) steps) over
+        ``(running max, sum of exp, sum of exp * V)``.
         """
         present = ops.ones_like(keys) if mask is None else ops.cast(mask, keys.dtype)[:, :, None, None]
         present = ops.broadcast_to(present, ops.shape(keys))
-        weighted_values = present[..., None] * values[:, :, :, None, :]  # [b, n, u, k, v]
+        state = (keys, present, present[..., None] * values[:, :, :, None, :])  # [b, n, u, k(, v)]
+        length = keys.shape[1] if keys.shape[1] is not None else ops.shape(keys)[1]
+        positions = ops.arange(length, dtype="int32")
 
-        def combine(earlier, later):
-            earlier_max, earlier_sum, earlier_values = earlier
-            later_max, later_sum, later_values = later
-            new_max = ops.maximum(earlier_max, later_max)
+        def scan_step(offset, state):
+            # Combine every element with the partial result `offset` positions earlier.
+            earlier_positions = ops.maximum(positions - offset, 0)
+            has_earlier = (positions >= offset)[None, :, None, None]
+            running_max, exp_sums, weighted_sums = state
+            earlier_max = ops.where(
+                has_earlier, ops.take(running_max, earlier_positions, axis=1), _NO_CONTEXT
+            )
+            earlier_sums = ops.take(exp_sums, earlier_positions, axis=1)
+            earlier_weighted = ops.take(weighted_sums, earlier_positions, axis=1)
+            new_max = ops.maximum(running_max, earlier_max)
             earlier_scale = ops.exp(earlier_max - new_max)
-            later_scale = ops.exp(later_max - new_max)
+            scale = ops.exp(running_max - new_max)
             return (
                 new_max,
-                earlier_sum * earlier_scale + later_sum * later_scale,
-                earlier_values * earlier_scale[..., None] + later_values * later_scale[..., None],
+                exp_sums * scale + earlier_sums * earlier_scale,
+                weighted_sums * scale[..., None] + earlier_weighted * earlier_scale[..., None],
             )
 
-        _, exp_sums, weighted_sums = ops.associative_scan(
-            combine, (keys, present, weighted_values), axis=1
-        )
+        if isinstance(length, int):  # static length: unrolled, XLA-friendly
+            offset = 1
+            while offset < length:
+                state = scan_step(offset, state)
+                offset *= 2
+        else:
+            _, state = ops.while_loop(
+                lambda offset, _: offset < length,
+                lambda offset, state: (offset * 2, scan_step(offset, state)),
+                (ops.convert_to_tensor(1, "int32"), state),
+            )
+        _, exp_sums, weighted_sums = state
         # Queries whose whole prefix is padding have no context: their lambda is 0.
         exp_sums = ops.maximum(exp_sums, ops.cast(1e-30, exp_sums.dtype))
         return ops.sum(weighted_sums / exp_sums[..., None], axis=2)
@@ -337,11 +359,13 @@ class LambdaLayer(keras.layers.Layer):
         if self.use_content:
             keys = ops.matmul(inputs, self.key_kernel)
             keys = ops.reshape(ops.cast(keys, "float32"), (batch, -1, depth, key_dim))
+            if mask is not None:
+                keys = ops.where(mask[:, :, None, None], keys, _NO_CONTEXT)
             if self.causal:
                 content_lambdas = self._causal_content_lambdas(keys, values, mask)
                 outputs = ops.einsum("bnhk,bnkv->bnhv", queries, content_lambdas)
             else:
-                content_lambda = self._content_lambda(keys, values, mask)
+                content_lambda = self._content_lambda(keys, values)
                 outputs = ops.einsum("bnhk,bkv->bnhv", queries, content_lambda)
         if self.use_position:
             if self._choose_implementation(static_positions) == "einsum":

@@ -1,0 +1,405 @@
+"""LambdaLayer against the NumPy restatement of the paper (tests/lambda_reference.py)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import lambda_reference as reference
+from lambda_keras import LambdaLayer
+
+ATOL = 1e-5
+
+
+def randomize(layer: LambdaLayer, input_shape, seed: int = 0) -> dict:
+    """Builds ``layer`` and gives every weight, BN statistics included, random values.
+
+    Scales keep the outputs of order one so that a float32 atol of 1e-5 is meaningful.
+    Returns the weights in the form ``lambda_reference.lambda_layer`` takes.
+    """
+    rng = np.random.default_rng(seed)
+    if not layer.built:
+        layer.build(input_shape)
+    weights = {}
+    for name in ("query_kernel", "key_kernel", "value_kernel"):
+        if hasattr(layer, name):
+            variable = getattr(layer, name)
+            value = rng.normal(scale=1.0 / np.sqrt(variable.shape[0]), size=variable.shape)
+            variable.assign(value.astype("float32"))
+            weights[name] = value.astype("float32").astype(np.float64)
+    for name in ("query_norm", "value_norm"):
+        norm = getattr(layer, name)
+        channels = norm.gamma.shape[0]
+        stats = (
+            rng.uniform(0.5, 1.5, channels),
+            rng.normal(scale=0.1, size=channels),
+            rng.normal(scale=0.1, size=channels),
+            rng.uniform(0.5, 2.0, channels),
+        )
+        for variable, value in zip((norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance), stats):
+            variable.assign(value.astype("float32"))
+        weights[name] = tuple(value.astype("float32").astype(np.float64) for value in stats)
+    if layer.use_position:
+        table = layer.position_embeddings
+        value = rng.normal(scale=0.2, size=table.shape).astype("float32")
+        table.assign(value)
+        weights["position_embeddings"] = value.astype(np.float64)
+    return weights
+
+
+def run_reference(layer: LambdaLayer, inputs, weights, **kwargs):
+    return reference.lambda_layer(
+        inputs,
+        weights,
+        key_dim=layer.key_dim,
+        num_heads=layer.num_heads,
+        intra_depth=layer.intra_depth,
+        use_content=layer.use_content,
+        use_position=layer.use_position,
+        causal=layer.causal,
+        epsilon=layer.norm_epsilon,
+        **kwargs,
+    )
+
+
+def random_inputs(shape, seed=1, scale=1.0):
+    return (np.random.default_rng(seed).normal(size=shape) * scale).astype("float32")
+
+
+REFERENCE_CASES = [
+    # (input shape, key_dim, num_heads, intra_depth, scope_size, use_content, use_position)
+    pytest.param((2, 11, 8), 4, 2, 1, 5, True, True, id="seq-k4h2u1-r5"),
+    pytest.param((2, 9, 12), 8, 4, 3, 3, True, True, id="seq-k8h4u3-r3"),
+    pytest.param((2, 7, 8), 4, 2, 2, None, True, True, id="seq-global-u2"),
+    pytest.param((2, 5, 7, 8), 4, 2, 1, 3, True, True, id="img5x7-k4h2u1-r3"),
+    pytest.param((1, 6, 4, 16), 4, 4, 2, 5, True, True, id="img6x4-k4h4u2-r5"),
+    pytest.param((2, 4, 6, 8), 2, 2, 1, None, True, True, id="img4x6-global"),
+    pytest.param((2, 5, 6, 12), 4, 3, 2, 23, True, True, id="img5x6-r23-wider-than-input"),
+    pytest.param((2, 5, 7, 8), 4, 2, 1, 3, True, False, id="img-content-only"),
+    pytest.param((2, 5, 7, 8), 4, 2, 2, 3, False, True, id="img-position-only"),
+]
+
+
+@pytest.mark.parametrize("implementation", ["einsum", "conv"])
+@pytest.mark.parametrize(
+    "shape,key_dim,num_heads,intra_depth,scope_size,use_content,use_position", REFERENCE_CASES
+)
+def test_matches_numpy_reference(
+    shape, key_dim, num_heads, intra_depth, scope_size, use_content, use_position, implementation
+):
+    layer = LambdaLayer(
+        key_dim=key_dim,
+        num_heads=num_heads,
+        intra_depth=intra_depth,
+        scope_size=scope_size,
+        use_content=use_content,
+        use_position=use_position,
+        implementation=implementation,
+    )
+    weights = randomize(layer, shape)
+    inputs = random_inputs(shape)
+    outputs = np.asarray(layer(inputs, training=False))
+    expected = run_reference(layer, inputs, weights)
+    assert outputs.shape == expected.shape
+    np.testing.assert_allclose(outputs, expected, atol=ATOL, rtol=0)
+
+
+def test_filters_differ_from_input_channels():
+    layer = LambdaLayer(filters=12, key_dim=4, num_heads=3, scope_size=3)
+    weights = randomize(layer, (2, 4, 5, 8))
+    inputs = random_inputs((2, 4, 5, 8))
+    outputs = np.asarray(layer(inputs, training=False))
+    assert outputs.shape == (2, 4, 5, 12)
+    np.testing.assert_allclose(outputs, run_reference(layer, inputs, weights), atol=ATOL, rtol=0)
+
+
+def test_einsum_and_conv_agree_at_paper_defaults():
+    """k=16, h=4, u=1, r=23 on a 16x16x32 map: both implementations, same weights.
+
+    Lambdas reach ~50 here and cancel to outputs near 1, so float32 rounding of the two
+    summation orders gets atol 1e-4."""
+    einsum_layer = LambdaLayer(implementation="einsum")
+    conv_layer = LambdaLayer(implementation="conv")
+    randomize(einsum_layer, (2, 16, 16, 32))
+    conv_layer.build((2, 16, 16, 32))
+    conv_layer.set_weights(einsum_layer.get_weights())
+    inputs = random_inputs((2, 16, 16, 32))
+    np.testing.assert_allclose(
+        np.asarray(einsum_layer(inputs)), np.asarray(conv_layer(inputs)), atol=1e-4, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("implementation", ["einsum", "conv"])
+def test_local_scope_covering_input_equals_global(implementation):
+    """peers.md 2.6: r = 2n - 1 on an n x n input is the global variant, table copied."""
+    size = 5
+    local = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=2 * size - 1, implementation=implementation)
+    global_ = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=None, implementation="einsum")
+    shape = (2, size, size, 8)
+    randomize(local, shape)
+    global_.build(shape)
+    assert global_.position_embeddings.shape == local.position_embeddings.shape == (9, 9, 4, 2)
+    global_.set_weights(local.get_weights())
+    inputs = random_inputs(shape)
+    np.testing.assert_allclose(np.asarray(local(inputs)), np.asarray(global_(inputs)), atol=ATOL, rtol=0)
+
+
+def test_relative_offset_is_context_minus_query():
+    """A table that is non-zero only at offset (+1, 0) makes query (y, x) read context (y+1, x)."""
+    layer = LambdaLayer(filters=4, key_dim=1, num_heads=1, scope_size=3, use_content=False, implementation="einsum")
+    layer.build((1, 3, 3, 4))
+    layer.query_kernel.assign(np.ones((4, 1), "float32"))
+    layer.value_kernel.assign(np.eye(4, dtype="float32"))
+    for norm in (layer.query_norm, layer.value_norm):
+        norm.moving_variance.assign(np.full(norm.moving_variance.shape, 1 - 1e-3, "float32"))
+    table = np.zeros((3, 3, 1, 1), "float32")
+    table[2, 1] = 1.0  # offset (+1 row, 0 cols)
+    layer.position_embeddings.assign(table)
+    inputs = np.arange(36, dtype="float32").reshape(1, 3, 3, 4)
+    outputs = np.asarray(layer(inputs))
+    # query = sum of inputs; values = inputs; output = query * value(row below), zero on the last row.
+    queries = inputs.sum(-1, keepdims=True)
+    expected = np.zeros_like(inputs)
+    expected[:, :2] = queries[:, :2] * inputs[:, 1:]
+    np.testing.assert_allclose(outputs, expected, rtol=1e-6)
+
+
+def test_keys_are_normalized_over_positions_not_key_depth():
+    """With every value equal to 1, a softmax over positions makes each content-lambda row
+    sum to 1, so the output is the sum of the queries over k; a softmax over the key depth
+    (two TF peers' bug) would give m times a distribution over k instead."""
+    layer = LambdaLayer(key_dim=4, num_heads=2, use_position=False)
+    shape = (2, 6, 8)
+    randomize(layer, shape)
+    layer.value_norm.gamma.assign(np.zeros(4, "float32"))
+    layer.value_norm.beta.assign(np.ones(4, "float32"))
+    inputs = random_inputs(shape, scale=3.0)
+    outputs = np.asarray(layer(inputs)).reshape(2, 6, 2, 4)
+    queries = np.asarray(layer.query_norm(inputs @ np.asarray(layer.query_kernel))).reshape(2, 6, 2, 4)
+    np.testing.assert_allclose(outputs, np.repeat(queries.sum(-1, keepdims=True), 4, axis=-1), atol=ATOL)
+
+
+@pytest.mark.parametrize("scope_size", [5, None])
+@pytest.mark.parametrize("implementation", ["einsum", "conv"])
+def test_causal_matches_reference(scope_size, implementation):
+    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=scope_size, causal=True, implementation=implementation)
+    shape = (2, 9, 8)
+    weights = randomize(layer, shape)
+    inputs = random_inputs(shape)
+    np.testing.assert_allclose(
+        np.asarray(layer(inputs)), run_reference(layer, inputs, weights), atol=ATOL, rtol=0
+    )
+
+
+def test_causal_output_ignores_the_future():
+    layer = LambdaLayer(key_dim=4, num_heads=2, scope_size=7, causal=True)
+    shape = (2, 12, 8)
+    randomize(layer, shape)
+    inputs = random_inputs(shape)
+    changed = inputs.copy()
+    changed[:, 6:] = random_inputs((2, 6, 8), seed=5, scale=10.0)
+    before, after = np.asarray(layer(inputs)), np.asarray(layer(changed))
+    np.testing.assert_array_equal(before[:, :6], after[:, :6])
+    assert np.abs(before[:, 6:] - after[:, 6:]).max() > 1e-2
+
+
+def test_causal_content_is_stable_for_huge_keys():
+    """Keys of magnitude ~1e4 overflow exp() and a global-max shift underflows early
+    prefixes; the running-max scan must still match the exact per-query softmax."""
+    layer = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, causal=True, use_position=False)
+    shape = (1, 10, 8)
+    weights = randomize(layer, shape)
+    inputs = random_inputs(shape, scale=1e3)
+    outputs = np.asarray(layer(inputs))
+    assert np.isfinite(outputs).all()
+    expected = run_reference(layer, inputs, weights)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_mask_excludes_padded_positions(causal):
+    """Outputs at real positions of a padded, masked batch equal those of the unpadded input."""
+    inputs_layer = keras.Input((None, 8))
+    masked = keras.layers.Masking(mask_value=0.0)(inputs_layer)
+    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=5, causal=causal)
+    model = keras.Model(inputs_layer, layer(masked))
+    randomize(layer, (None, None, 8))
+    real = random_inputs((1, 7, 8))
+    padded = np.concatenate([real, np.zeros((1, 4, 8), "float32")], axis=1)
+    np.testing.assert_allclose(
+        np.asarray(model(padded))[:, :7], np.asarray(model(real)), atol=ATOL, rtol=0
+    )
+    # and the reference agrees when told about the mask
+    weights = randomize(layer, (None, None, 8))
+    mask = np.array([[True] * 7 + [False] * 4])
+    np.testing.assert_allclose(
+        np.asarray(layer(padded, mask=mask))[:, :7],
+        run_reference(layer, padded, weights, mask=mask)[:, :7],
+        atol=ATOL,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8), (2, 5, 7, 8)])
+def test_strides_two_average_pools_after_the_layer(shape):
+    strided = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, strides=2)
+    weights = randomize(strided, shape)
+    inputs = random_inputs(shape)
+    outputs = np.asarray(strided(inputs))
+    expected = reference.average_pool_same(run_reference(strided, inputs, weights))
+    assert outputs.shape == expected.shape == strided.compute_output_shape(shape)
+    np.testing.assert_allclose(outputs, expected, atol=ATOL, rtol=0)
+
+
+def test_position_bias_adds_query_weighted_bias():
+    layer = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, use_position_bias=True)
+    shape = (1, 4, 4, 8)
+    weights = randomize(layer, shape)
+    bias = np.array([0.5, -1.0, 2.0, 0.25], "float32")
+    layer.position_bias.assign(bias)
+    inputs = random_inputs(shape)
+    queries = reference.batch_norm(
+        inputs.reshape(1, 16, 8) @ weights["query_kernel"], *weights["query_norm"], 1e-3
+    ).reshape(1, 4, 4, 2, 4)
+    bias_term = np.repeat((queries @ bias)[..., None], 4, axis=-1).reshape(1, 4, 4, 8)
+    for implementation in ("einsum", "conv"):
+        layer.implementation = implementation
+        np.testing.assert_allclose(
+            np.asarray(layer(inputs)), run_reference(layer, inputs, weights) + bias_term, atol=ATOL, rtol=0
+        )
+
+
+def test_initialisation_follows_appendix_e1():
+    layer = LambdaLayer(filters=256, key_dim=16, num_heads=4, scope_size=23)
+    layer.build((1, 8, 8, 256))
+    np.testing.assert_allclose(np.std(layer.query_kernel), 1 / np.sqrt(16 * 256), rtol=0.05)
+    np.testing.assert_allclose(np.std(layer.key_kernel), 1 / np.sqrt(256), rtol=0.05)
+    np.testing.assert_allclose(np.std(layer.value_kernel), 1 / np.sqrt(256), rtol=0.05)
+    np.testing.assert_allclose(np.std(layer.position_embeddings), 1.0, rtol=0.05)
+    assert layer.position_embeddings.shape == (23, 23, 16, 1)
+    # Parameter count of paper_spec section 7 at d=256 (BN moving statistics excluded).
+    trainable = sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
+    assert trainable == 256 * (4 * 16 + 16 + 64) + 2 * 64 + 2 * 64 + 23 * 23 * 16
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_is_finite_and_close(policy):
+    shape = (2, 6, 6, 16)
+    reference_layer = LambdaLayer(key_dim=4, num_heads=4, scope_size=5)
+    randomize(reference_layer, shape)
+    keras.config.set_dtype_policy(policy)
+    layer = LambdaLayer(key_dim=4, num_heads=4, scope_size=5)
+    layer.build(shape)
+    layer.set_weights(reference_layer.get_weights())
+    assert layer.position_embeddings.dtype == "float32"
+    inputs = random_inputs(shape)
+    outputs = layer(inputs)
+    assert outputs.dtype == policy.split("_")[1]
+    expected = np.asarray(reference_layer(inputs))
+    np.testing.assert_allclose(np.asarray(outputs, "float32"), expected, atol=0.1 * np.abs(expected).max())
+    huge = np.asarray(layer(inputs * 1e3, training=True), "float32")
+    assert np.isfinite(huge).all()
+
+
+def test_get_config_round_trip_and_serialization():
+    layer = LambdaLayer(
+        filters=12, key_dim=8, num_heads=3, intra_depth=2, scope_size=7, use_content=False, causal=True,
+        strides=2, implementation="conv", use_position_bias=True, norm_momentum=0.9, norm_epsilon=1e-5, name="lam",
+    )
+    config = layer.get_config()
+    restored = LambdaLayer.from_config(config)
+    assert restored.get_config() == config
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer)).get_config() == config
+
+
+def test_keras_file_round_trip_with_safe_mode(tmp_path):
+    inputs = keras.Input((None, None, 16))
+    outputs = LambdaLayer(key_dim=4, num_heads=4, scope_size=5, strides=2, name="lambda")(inputs)
+    model = keras.Model(inputs, outputs)
+    randomize(model.get_layer("lambda"), (None, None, None, 16))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    images = random_inputs((2, 9, 6, 16))
+    np.testing.assert_array_equal(np.asarray(model(images)), np.asarray(restored(images)))
+
+
+def test_dynamic_batch_and_spatial_size():
+    layer = LambdaLayer(key_dim=4, num_heads=2, scope_size=5)
+    model = keras.Sequential([keras.Input((None, None, 8)), layer])
+    weights = randomize(layer, (None, None, None, 8))
+    for shape in [(1, 4, 6, 8), (3, 7, 5, 8)]:
+        inputs = random_inputs(shape)
+        np.testing.assert_allclose(np.asarray(model(inputs)), run_reference(layer, inputs, weights), atol=ATOL)
+    assert model.output_shape == (None, None, None, 8)
+
+
+def test_xla_matches_eager():
+    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=5)
+    randomize(layer, (2, 6, 7, 8))
+    inputs = random_inputs((2, 6, 7, 8))
+    compiled = tf.function(lambda x: layer(x, training=False), jit_compile=True)
+    np.testing.assert_allclose(np.asarray(compiled(inputs)), np.asarray(layer(inputs)), atol=ATOL)
+    causal = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, causal=True)
+    randomize(causal, (2, 9, 8))
+    sequence = random_inputs((2, 9, 8))
+    compiled = tf.function(lambda x: causal(x), jit_compile=True)
+    np.testing.assert_allclose(np.asarray(compiled(sequence)), np.asarray(causal(sequence)), atol=ATOL)
+
+
+def test_mirrored_strategy_matches_single_device():
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "conftest.py configures two logical CPU devices"
+    inputs = random_inputs((4, 6, 6, 8))
+    single = LambdaLayer(key_dim=4, num_heads=2, scope_size=5)
+    randomize(single, inputs.shape)
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    with strategy.scope():
+        replicated = LambdaLayer(key_dim=4, num_heads=2, scope_size=5)
+        replicated.build(inputs.shape)
+        replicated.set_weights(single.get_weights())
+
+    @tf.function
+    def step(batch):
+        return strategy.run(lambda x: replicated(x, training=False), args=(batch,))
+
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(inputs).batch(4))
+    per_replica = step(next(iter(dataset)))
+    outputs = np.concatenate([np.asarray(t) for t in strategy.experimental_local_results(per_replica)])
+    np.testing.assert_allclose(outputs, np.asarray(single(inputs)), atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"filters": 10, "num_heads": 4}, "filters"),
+        ({"scope_size": 4}, "scope_size"),
+        ({"scope_size": 0}, "scope_size"),
+        ({"scope_size": -3}, "scope_size"),
+        ({"intra_depth": 0}, "intra_depth"),
+        ({"key_dim": 0}, "key_dim"),
+        ({"strides": 3}, "strides"),
+        ({"implementation": "fft"}, "implementation"),
+        ({"use_content": False, "use_position": False}, "use_content"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message) as error:
+        LambdaLayer(**kwargs)
+    value = next(iter(kwargs.values()))
+    assert str(value) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs,shape,message",
+    [
+        ({}, (2, 8), "rank"),
+        ({}, (2, 3, 4, 5, 8), "rank"),
+        ({"causal": True}, (2, 4, 4, 8), "causal"),
+        ({"scope_size": None}, (None, None, None, 8), "static spatial size"),
+        ({}, (2, 4, 4, 10), "divisible"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_problem(kwargs, shape, message):
+    with pytest.raises(ValueError, match=message):
+        LambdaLayer(**kwargs).build(shape)
