@@ -242,7 +242,9 @@ class LambdaLayer(keras.layers.Layer):
                 )
         self.built = True
 
-    def _choose_implementation(self, positions: int | None) -> str:
+    def resolve_implementation(self, positions: int | None) -> str:
+        """The implementation ("einsum" or "conv") used for inputs with ``positions``
+        spatial positions (``None``: unknown until run time)."""
         if self.implementation != "auto":
             return self.implementation
         if positions is not None and positions <= AUTO_EINSUM_MAX_POSITIONS:
@@ -368,7 +370,7 @@ class LambdaLayer(keras.layers.Layer):
                 content_lambda = self._content_lambda(keys, values)
                 outputs = ops.einsum("bnhk,bkv->bnhv", queries, content_lambda)
         if self.use_position:
-            if self._choose_implementation(static_positions) == "einsum":
+            if self.resolve_implementation(static_positions) == "einsum":
                 position_lambdas = self._position_lambdas_einsum(values, spatial_shape)
                 if self.use_position_bias:
                     position_lambdas = position_lambdas + self.position_bias[None, None, :, None]

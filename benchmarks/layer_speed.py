@@ -1,0 +1,304 @@
+"""One lambda layer on this CPU: our implementations against the PyTorch peers and attention.
+
+Part 1 (speed): r=23, k=16, h=4, u=1, batch 8 at 56x56x64, 28x28x128 and 14x14x256,
+forward (inference mode) and forward+backward (training mode, gradient of
+``sum(y**2)`` w.r.t. the input and every weight), for each of our implementations
+run eagerly, as a ``tf.function`` graph and with XLA, and for lucidrains'
+``lambda-networks`` and timm's ``LambdaLayer`` in PyTorch (run by ``--torch-python``,
+which must import torch and the peers; a peer that does not import is recorded as
+such).
+
+Part 2 (memory): time and peak resident memory of a forward pass of the layer
+against ``keras.layers.MultiHeadAttention`` (global self-attention, 64 channels,
+4 heads, key_dim 16, batch 8) at 32^2 .. 256^2, each configuration in a fresh
+process, until attention runs out of memory.
+
+Writes ``benchmarks/results/layer_speed.csv``, ``layer_memory.csv`` and
+``layer_speed.png``. Timing: 2 warm-up calls, then the median of ``--repeats`` calls.
+
+    python benchmarks/layer_speed.py --torch-python /path/to/python-with-torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STAGES = [(56, 64), (28, 128), (14, 256)]  # (height = width, channels)
+BATCH, SCOPE, KEY_DIM, HEADS = 8, 23, 16, 4
+MEMORY_SIZES = [32, 64, 128, 256]
+MEMORY_LIMIT_BYTES = 20 * 2**30  # a worker above this is killed and recorded as out of memory
+
+
+def median_ms(function, repeats: int) -> float:
+    for _ in range(2):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def run_tensorflow(repeats: int) -> list[dict]:
+    import tensorflow as tf
+
+    from lambda_keras import LambdaLayer
+
+    rows = []
+    for size, channels in STAGES:
+        inputs = tf.random.normal((BATCH, size, size, channels), seed=0)
+        for implementation in ("einsum", "conv", "auto"):
+            layer = LambdaLayer(key_dim=KEY_DIM, num_heads=HEADS, scope_size=SCOPE, implementation=implementation)
+            layer.build(inputs.shape)
+            chosen = layer.resolve_implementation(size * size)
+
+            def forward(x):
+                return layer(x, training=False)
+
+            def forward_backward(x):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    outputs = layer(x, training=True)
+                    loss = tf.reduce_sum(outputs * outputs)
+                return tape.gradient(loss, [x] + layer.trainable_weights)
+
+            for mode in ("eager", "graph", "xla"):
+                if mode == "eager":
+                    fwd, fwd_bwd = forward, forward_backward
+                else:
+                    fwd = tf.function(forward, jit_compile=mode == "xla")
+                    fwd_bwd = tf.function(forward_backward, jit_compile=mode == "xla")
+                for direction, function in (("forward", fwd), ("forward+backward", fwd_bwd)):
+                    try:
+                        ms = median_ms(lambda: tf.nest.map_structure(lambda t: t.numpy(), function(inputs)), repeats)
+                        status = "ok"
+                    except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as error:
+                        ms, status = float("nan"), type(error).__name__
+                    rows.append(
+                        {
+                            "framework": "tensorflow", "implementation": f"lambda_keras {implementation}"
+                            + (f" ({chosen})" if implementation == "auto" else ""), "mode": mode,
+                            "size": f"{size}x{size}x{channels}", "direction": direction, "ms": round(ms, 1),
+                            "status": status,
+                        }
+                    )
+                    print(rows[-1], flush=True)
+    return rows
+
+
+def torch_worker(repeats: int) -> None:
+    """Runs in the --torch-python interpreter; prints one JSON row per measurement."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    peers = {}
+    try:
+        from lambda_networks import LambdaLayer as LucidrainsLambda
+
+        peers["lucidrains lambda-networks"] = lambda c: LucidrainsLambda(c, dim_k=KEY_DIM, r=SCOPE, heads=HEADS, dim_u=1)
+    except Exception as error:  # noqa: BLE001 - recorded, not hidden
+        print(json.dumps({"implementation": "lucidrains lambda-networks", "status": f"import failed: {error}"}))
+    try:
+        from timm.layers import LambdaLayer as TimmLambda
+
+        peers["timm LambdaLayer"] = lambda c: TimmLambda(c, num_heads=HEADS, dim_head=KEY_DIM, r=SCOPE)
+    except Exception as error:  # noqa: BLE001
+        print(json.dumps({"implementation": "timm LambdaLayer", "status": f"import failed: {error}"}))
+    for size, channels in STAGES:
+        inputs = torch.randn(BATCH, channels, size, size)
+        for name, make in peers.items():
+            layer = make(channels)
+
+            def forward():
+                layer.eval()
+                with torch.no_grad():
+                    layer(inputs)
+
+            def forward_backward():
+                layer.train()
+                x = inputs.clone().requires_grad_(True)
+                outputs = layer(x)
+                (outputs * outputs).sum().backward()
+
+            for direction, function in (("forward", forward), ("forward+backward", forward_backward)):
+                row = {
+                    "framework": f"torch {torch.__version__}", "implementation": name, "mode": "eager",
+                    "size": f"{size}x{size}x{channels}", "direction": direction,
+                    "ms": round(median_ms(function, repeats), 1), "status": "ok",
+                }
+                print(json.dumps(row), flush=True)
+
+
+def run_torch(torch_python: str, repeats: int) -> list[dict]:
+    completed = subprocess.run(
+        [torch_python, __file__, "--torch-worker", "--repeats", str(repeats)],
+        capture_output=True, text=True, check=False,
+    )
+    rows = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    if completed.returncode:
+        rows.append({"implementation": "torch worker", "status": f"exit {completed.returncode}: {completed.stderr[-300:]}"})
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def memory_worker(kind: str, size: int, repeats: int) -> None:
+    """One forward configuration in a fresh process; prints a JSON row with ru_maxrss."""
+    import tensorflow as tf
+    import keras
+
+    from lambda_keras import LambdaLayer
+
+    channels = 64
+    inputs = tf.random.normal((BATCH, size * size, channels)) if kind == "attention" else tf.random.normal(
+        (BATCH, size, size, channels)
+    )
+    if kind == "attention":
+        layer = keras.layers.MultiHeadAttention(num_heads=HEADS, key_dim=KEY_DIM)
+        function = tf.function(lambda x: layer(x, x, training=False))
+    else:
+        layer = LambdaLayer(key_dim=KEY_DIM, num_heads=HEADS, scope_size=SCOPE)
+        function = tf.function(lambda x: layer(x, training=False))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        ms = median_ms(lambda: function(inputs).numpy(), repeats)
+        status = "ok"
+    except tf.errors.ResourceExhaustedError:
+        ms, status = float("nan"), "out of memory (ResourceExhaustedError)"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"layer": kind, "size": f"{size}x{size}", "ms": round(ms, 1), "peak_rss_mib": round(peak / 1024),
+                      "before_first_call_mib": round(baseline / 1024), "status": status}), flush=True)
+
+
+def _watch_memory(process: subprocess.Popen, limit: int, killed: list) -> None:
+    status_file = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            rss_kib = next(int(line.split()[1]) for line in status_file.read_text().splitlines() if line.startswith("VmRSS"))
+        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            return
+        if rss_kib * 1024 > limit:
+            killed.append(rss_kib)
+            process.kill()
+            return
+        time.sleep(0.02)
+
+
+def run_memory(repeats: int) -> list[dict]:
+    rows = []
+    for kind in ("lambda", "attention"):
+        for size in MEMORY_SIZES:
+            process = subprocess.Popen(
+                [sys.executable, __file__, "--memory-worker", kind, str(size), "--repeats", str(repeats)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            killed: list = []
+            watcher = threading.Thread(target=_watch_memory, args=(process, MEMORY_LIMIT_BYTES, killed))
+            watcher.start()
+            stdout, stderr = process.communicate()
+            watcher.join()
+            lines = [line for line in stdout.splitlines() if line.startswith("{")]
+            if lines:
+                row = json.loads(lines[-1])
+            else:
+                reason = f"killed above {MEMORY_LIMIT_BYTES // 2**30} GiB" if killed else stderr.strip().splitlines()[-1:]
+                row = {"layer": kind, "size": f"{size}x{size}", "ms": float("nan"), "peak_rss_mib": "",
+                       "before_first_call_mib": "", "status": f"out of memory ({reason})"}
+            rows.append(row)
+            print(row, flush=True)
+            if kind == "attention" and row["status"] != "ok":
+                break  # attention ran out of memory: larger inputs will too
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(speed_rows: list[dict], memory_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(18, 5))
+    for axis, direction in zip(axes[:2], ("forward", "forward+backward")):
+        series = {}
+        for row in speed_rows:
+            if row.get("direction") != direction or row.get("status") != "ok":
+                continue
+            if row["framework"] == "tensorflow" and row["mode"] == "eager":
+                continue
+            label = row["implementation"] + ("" if row["mode"] == "eager" else f" [{row['mode']}]")
+            series.setdefault(label, {})[row["size"]] = row["ms"]
+        sizes = [f"{s}x{s}x{c}" for s, c in STAGES]
+        width = 0.8 / max(len(series), 1)
+        for index, (label, values) in enumerate(sorted(series.items())):
+            axis.bar([i + index * width for i in range(len(sizes))], [values.get(s, 0) for s in sizes], width, label=label)
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], sizes)
+        axis.set_ylabel("ms (median)")
+        axis.set_title(f"one lambda layer, batch {BATCH}, r={SCOPE}: {direction}")
+        axis.legend(fontsize=7)
+    axis = axes[2]
+    for kind in ("lambda", "attention"):
+        points = [(int(r["size"].split("x")[0]), r["peak_rss_mib"]) for r in memory_rows if r["layer"] == kind and r["status"] == "ok"]
+        if points:
+            axis.plot(*zip(*points), marker="o", label=f"{kind} peak RSS (MiB)")
+        failed = [int(r["size"].split("x")[0]) for r in memory_rows if r["layer"] == kind and r["status"] != "ok"]
+        for size in failed:
+            axis.axvline(size, color="red", linestyle="--", label=f"{kind}: out of memory at {size}x{size}")
+    axis.set_xlabel("input height = width")
+    axis.set_ylabel("peak resident memory (MiB)")
+    axis.set_yscale("log")
+    axis.set_title("forward pass, 64 channels, 4 heads, batch 8")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--torch-python", default=sys.executable, help="a Python that imports torch and the peers")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.torch_worker:
+        torch_worker(args.repeats)
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # oneDNN kernels are off by default on this AMD CPU and double TF's conv/matmul speed
+    # (stack.md); the setting is recorded in every row.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    if args.memory_worker:
+        memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.repeats)
+        return
+    RESULTS.mkdir(exist_ok=True)
+    speed_rows = run_tensorflow(args.repeats) + run_torch(args.torch_python, args.repeats)
+    for row in speed_rows:
+        row["onednn"] = os.environ["TF_ENABLE_ONEDNN_OPTS"] if row.get("framework") == "tensorflow" else ""
+    write_csv(RESULTS / "layer_speed.csv", speed_rows)
+    memory_rows = [] if args.skip_memory else run_memory(min(args.repeats, 3))
+    if memory_rows:
+        write_csv(RESULTS / "layer_memory.csv", memory_rows)
+    plot(speed_rows, memory_rows, RESULTS / "layer_speed.png")
+
+
+if __name__ == "__main__":
+    main()
