@@ -110,7 +110,7 @@ def torch_worker(repeats: int) -> None:
     except Exception as error:  # noqa: BLE001 - recorded, not hidden
         print(json.dumps({"implementation": "lucidrains lambda-networks", "status": f"import failed: {error}"}))
     try:
-        from timm.layers import LambdaLayer as TimmLambda
+        from timm.layers.lambda_layer import LambdaLayer as TimmLambda
 
         peers["timm LambdaLayer"] = lambda c: TimmLambda(c, num_heads=HEADS, dim_head=KEY_DIM, r=SCOPE)
     except Exception as error:  # noqa: BLE001

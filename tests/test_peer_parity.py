@@ -3,9 +3,15 @@
 lucidrains' ``lambda-networks`` 0.4.0 runs wherever torch does (CI installs the CPU
 wheel, torch 2.13.0). timm imports torchvision at ``import timm.layers``, and the
 only torchvision that imports on this machine kind pairs with a 5.5 GB CUDA build
-of torch, so the timm tests run where timm imports and skip elsewhere.
+of torch, so the timm tests run where timm imports and skip elsewhere; timm runs in
+a process of its own (tests/timm_reference_worker.py), because torchvision imported
+after TensorFlow crashes the interpreter.
 Both peers are compared in eval mode (moving BN statistics), in float32.
 """
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +21,7 @@ from lambda_keras import LambdaLayer
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
 
 ATOL = 1e-4
+TIMM_WORKER = Path(__file__).with_name("timm_reference_worker.py")
 
 
 def _randomize_torch_module(module, seed: int) -> None:
@@ -102,41 +109,44 @@ def test_matches_lucidrains_lambda_networks(scope_size, intra_depth):
 
 
 @pytest.mark.parametrize("scope_size", [7, None], ids=["local", "relative"])
-def test_matches_timm_lambda_layer(scope_size):
-    try:
-        from timm.layers import LambdaLayer as TimmLambdaLayer
-    except Exception as error:  # torchvision missing or mismatched: see the module docstring
-        pytest.skip(f"timm.layers does not import here ({type(error).__name__}: {error})")
-    height, width, channels, key_dim, heads = 6, 5, 16, 8, 4
-    torch_layer = TimmLambdaLayer(
-        channels, feat_size=(height, width) if scope_size is None else None, num_heads=heads,
-        dim_head=key_dim, r=scope_size,
+def test_matches_timm_lambda_layer(scope_size, tmp_path):
+    probe = subprocess.run([sys.executable, "-c", "import timm.layers.lambda_layer"], capture_output=True, text=True)
+    if probe.returncode:
+        reason = (probe.stderr.strip().splitlines() or ["unknown error"])[-1]
+        pytest.skip(f"timm.layers.lambda_layer does not import here ({reason})")
+    saved = tmp_path / "timm.npz"
+    subprocess.run(
+        [sys.executable, str(TIMM_WORKER), str(saved), str(scope_size).lower()], check=True, capture_output=True
     )
-    _randomize_torch_module(torch_layer, seed=3)
+    timm = dict(np.load(saved))
+    images = timm["images"]
+    channels, height, width = images.shape[1:]
+    key_dim, heads = timm["norm_q.weight"].shape[0] // 4, 4
     local = scope_size is not None
     layer = LambdaLayer(
         key_dim=key_dim, num_heads=heads, scope_size=scope_size, use_position_bias=local,
-        norm_epsilon=torch_layer.norm_q.eps,
+        norm_epsilon=float(timm["epsilon"]),
     )
     layer.build((None, height, width, channels))
     # timm fuses q, k, v into one 1x1 conv, split in that order (peers.md 2.5).
-    qkv = _conv_1x1_kernel(torch_layer.qkv.weight)
+    qkv = timm["qkv.weight"][:, :, 0, 0].T
     value_dim = channels // heads
+    norm = lambda prefix: [timm[f"{prefix}.{name}"] for name in ("weight", "bias", "running_mean", "running_var")]
     named = {
         "query_kernel": qkv[:, : heads * key_dim],
         "key_kernel": qkv[:, heads * key_dim : heads * key_dim + key_dim],
         "value_kernel": qkv[:, heads * key_dim + key_dim : heads * key_dim + key_dim + value_dim],
-        "query_norm": _batch_norm_weights(torch_layer.norm_q),
-        "value_norm": _batch_norm_weights(torch_layer.norm_v),
+        "query_norm": norm("norm_q"),
+        "value_norm": norm("norm_v"),
     }
     if local:
         # Conv3d weight (k, 1, r, r, 1) over (H, W, v) -> table [r, r, k, 1].
-        named["position_embeddings"] = torch_layer.conv_lambda.weight.detach().numpy()[:, :, :, :, 0].transpose(2, 3, 0, 1)
-        named["position_bias"] = torch_layer.conv_lambda.bias.detach().numpy()
+        named["position_embeddings"] = timm["conv_lambda.weight"][:, :, :, :, 0].transpose(2, 3, 0, 1)
+        named["position_bias"] = timm["conv_lambda.bias"]
     else:
-        named["position_embeddings"] = torch_layer.pos_emb.detach().numpy()[..., None]
+        named["position_embeddings"] = timm["pos_emb"][..., None]
     layer.set_weights(_keras_weights(layer, named))
-    images = np.random.default_rng(1).normal(size=(2, channels, height, width)).astype("float32")
     for implementation in ("einsum", "conv"):
         layer.implementation = implementation
-        _compare(layer, torch_layer, images)
+        outputs = np.asarray(layer(images.transpose(0, 2, 3, 1), training=False))
+        np.testing.assert_allclose(outputs, timm["outputs"].transpose(0, 2, 3, 1), atol=ATOL, rtol=1e-5)
