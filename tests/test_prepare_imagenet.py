@@ -1,0 +1,162 @@
+"""Tests of the ImageNet-folder to TFRecord converter (training/prepare_imagenet.py).
+
+A miniature ImageNet folder is written here from the scikit-learn digits (real pixels):
+three synsets of training images, a validation folder with its labels file, plus the
+reference's awkward cases (a PNG and a CMYK JPEG named .JPEG) and an unreadable file.
+"""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from training import prepare_imagenet
+from training.demo_data import digit_images
+from training.input_config import InputConfig
+from training.input_pipeline import build_dataset
+
+SYNSETS = ["n01440764", "n01443537", "n01484850"]
+TRAIN_PER_CLASS = 5
+NUM_VALIDATION = 6
+
+
+def save(image: np.ndarray, path, image_format="JPEG", mode="RGB"):
+    Image.fromarray(image).convert(mode).save(path, format=image_format)
+
+
+@pytest.fixture()
+def imagenet_dir(tmp_path):
+    """Returns (input dir, {file name: (digit image, expected label)})."""
+    images, digits = digit_images(48)
+    root = tmp_path / "imagenet"
+    expected = {}
+    index = 0
+    for label, synset in enumerate(SYNSETS, start=1):
+        (root / "train" / synset).mkdir(parents=True)
+        for i in range(TRAIN_PER_CLASS):
+            name = f"{synset}_{i}.JPEG"
+            save(images[index], root / "train" / synset / name)
+            expected[name] = (images[index], label)
+            index += 1
+    save(images[index], root / "train" / SYNSETS[0] / "n01440764_png.JPEG", "PNG")
+    expected["n01440764_png.JPEG"] = (images[index], 1)
+    save(images[index + 1], root / "train" / SYNSETS[1] / "n01443537_cmyk.JPEG", mode="CMYK")
+    expected["n01443537_cmyk.JPEG"] = (images[index + 1], 2)
+    (root / "train" / SYNSETS[2] / "n01484850_broken.JPEG").write_bytes(b"\xff\xd8\xffnot a jpeg")
+    index += 2
+    (root / "val").mkdir()
+    validation_synsets = []
+    for i in range(NUM_VALIDATION):
+        name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+        synset_index = int(digits[index]) % 3
+        save(images[index], root / "val" / name)
+        expected[name] = (images[index], synset_index + 1)
+        validation_synsets.append(SYNSETS[synset_index])
+        index += 1
+    (root / "synset_labels.txt").write_text("\n".join(validation_synsets) + "\n")
+    return str(root), expected
+
+
+def read_records(pattern):
+    files = sorted(tf.io.gfile.glob(pattern))
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+
+
+def feature(example, key):
+    value = example.features.feature[key]
+    return value.int64_list.value[0] if value.int64_list.value else value.bytes_list.value[0]
+
+
+def test_round_trip(imagenet_dir, tmp_path):
+    input_dir, expected = imagenet_dir
+    output = str(tmp_path / "records")
+    assert prepare_imagenet.main([
+        "--input", input_dir, "--output", output, "--train_shards", "4",
+        "--validation_shards", "2", "--num_workers", "2",
+    ]) == 0
+    names = sorted(os.listdir(output))
+    assert names == ["synsets.txt"] + [f"train-0000{i}-of-00004" for i in range(4)] + [
+        "validation-00000-of-00002", "validation-00001-of-00002"]
+    assert open(os.path.join(output, "synsets.txt")).read().split() == SYNSETS
+
+    records = read_records(os.path.join(output, "*-of-*"))
+    assert len(records) == 3 * TRAIN_PER_CLASS + 2 + NUM_VALIDATION  # broken file skipped
+    for record in records:
+        name = feature(record, "image/filename").decode()
+        image, label = expected[name]
+        assert feature(record, "image/class/label") == label
+        assert feature(record, "image/class/synset").decode() == SYNSETS[label - 1]
+        assert feature(record, "image/format") == b"JPEG"
+        encoded = feature(record, "image/encoded")
+        assert encoded[:3] == b"\xff\xd8\xff"  # PNG and CMYK were re-encoded as JPEG
+        decoded = np.asarray(Image.open(io.BytesIO(encoded)))
+        assert decoded.shape == (48, 48, 3)
+        assert (feature(record, "image/height"), feature(record, "image/width")) == (48, 48)
+        assert np.abs(decoded.astype(int) - image).mean() < 4
+
+    # Training files are shuffled before sharding: classes mix within a shard.
+    first_shard = read_records(os.path.join(output, "train-00000-of-00004"))
+    assert len({feature(r, "image/class/label") for r in first_shard}) > 1
+
+    # The pipeline reads the result with the default (imagenet_to_gcs) settings.
+    config = InputConfig(data_dir=output, num_classes=3, image_size=32, global_batch_size=4)
+    labels = np.concatenate([y.numpy() for _, y in build_dataset(config, "validation")])
+    validation = sorted(n for n in expected if n.startswith("ILSVRC"))
+    assert sorted(labels) == sorted(expected[n][1] - 1 for n in validation)
+
+
+def test_summary_reports_reencoded_and_unreadable(imagenet_dir, tmp_path):
+    input_dir, _ = imagenet_dir
+    summaries = prepare_imagenet.convert(input_dir, str(tmp_path / "out"), 2, 1, num_workers=1)
+    train = summaries["train"]
+    assert train.images_written == 3 * TRAIN_PER_CLASS + 2
+    assert train.reencoded == {"png": 1, "cmyk": 1}
+    assert [os.path.basename(p) for p in train.unreadable] == ["n01484850_broken.JPEG"]
+    assert (train.shards_written, train.shards_already_complete) == (2, 0)
+    assert summaries["validation"].images_written == NUM_VALIDATION
+    text = prepare_imagenet.format_summary(summaries)
+    assert "skipped 1 unreadable" in text and "n01484850_broken.JPEG" in text
+
+
+def test_resume_skips_complete_shards_and_removes_partial_ones(imagenet_dir, tmp_path):
+    input_dir, _ = imagenet_dir
+    output = tmp_path / "out"
+    prepare_imagenet.convert(input_dir, str(output), 4, 2, num_workers=2)
+    contents = {p.name: p.read_bytes() for p in output.iterdir()}
+    (output / "train-00002-of-00004").unlink()
+    (output / "train-00002-of-00004.tmp-deadbeef").write_bytes(b"half a shard")
+
+    summaries = prepare_imagenet.convert(input_dir, str(output), 4, 2, num_workers=2)
+    assert (summaries["train"].shards_written, summaries["train"].shards_already_complete) == (1, 3)
+    assert summaries["validation"].shards_already_complete == 2
+    # Same seed, same shard contents; the stale temporary file is gone.
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == contents
+
+
+def test_interrupted_shard_leaves_no_file(imagenet_dir, tmp_path, monkeypatch):
+    input_dir, _ = imagenet_dir
+    output = tmp_path / "out"
+    calls = []
+    original = prepare_imagenet.image_example
+
+    def failing_example(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(*args)
+
+    monkeypatch.setattr(prepare_imagenet, "image_example", failing_example)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_imagenet.convert(input_dir, str(output), 1, 1, num_workers=1)
+    assert sorted(p.name for p in output.iterdir()) == ["synsets.txt"]
+
+
+def test_missing_input_folders_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train"):
+        prepare_imagenet.convert(str(tmp_path), str(tmp_path / "out"))
+    (tmp_path / "train" / "n01").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="validation folder"):
+        prepare_imagenet.convert(str(tmp_path), str(tmp_path / "out"))

@@ -1,0 +1,7 @@
+"""TensorFlow-specific training code of lambda-keras: input pipeline, data tools, training.
+
+`training.input_pipeline.build_dataset` builds the tf.data ImageNet pipeline from an
+`training.input_config.InputConfig`; `training.prepare_imagenet` converts an ImageNet
+folder into TFRecords and `training.demo_data` writes the scikit-learn digits in the same
+format.
+"""

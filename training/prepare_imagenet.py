@@ -1,0 +1,361 @@
+"""Converts an ImageNet folder into sharded TFRecords in the `imagenet_to_gcs` layout.
+
+Usage:
+  python -m training.prepare_imagenet --input DIR --output DIR
+      [--train_shards 1024] [--validation_shards 128] [--num_workers 8]
+      [--validation_labels FILE] [--seed 0]
+
+Input layout (ILSVRC2012 as extracted from the official tars):
+  DIR/train/<synset>/*.JPEG           training images, one folder per class
+  DIR/val/*.JPEG (or DIR/validation/) validation images
+  DIR/synset_labels.txt               the validation synsets, either one per line in
+                                      the sorted order of the validation file names
+                                      (the imagenet_to_gcs file) or "<file> <synset>"
+                                      per line; --validation_labels overrides the path
+
+Output (what `training.input_pipeline` reads with source "tfrecord"):
+  OUT/train-00000-of-01024 ... OUT/validation-00127-of-00128, tf.Examples with
+  image/encoded (JPEG), image/class/label (1..N over the sorted synsets),
+  image/class/synset, image/height, image/width, image/channels (3),
+  image/colorspace ("RGB"), image/format ("JPEG"), image/filename;
+  OUT/synsets.txt, the synset of label i on line i.
+
+Training images are shuffled (with --seed) before sharding, as in the reference. PNG
+files saved as .JPEG and CMYK or other non-RGB JPEGs are re-encoded as RGB JPEG
+(quality 100, like the reference); unreadable files are skipped and listed in the
+summary. Each shard is written under a temporary name and renamed when complete, so a
+shard file that exists is complete: a rerun skips it (resume) and deletes temporary
+files left by an interrupted run. Shards are converted by parallel worker threads
+(PIL and the TFRecord writer release the GIL for the heavy work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import io
+import os
+import random
+import sys
+import uuid
+from typing import Iterable, Sequence
+
+import tensorflow as tf
+import tqdm
+from PIL import Image
+
+TRAIN_SHARDS = 1024
+VALIDATION_SHARDS = 128
+SYNSETS_FILE = "synsets.txt"
+_TEMP_MARKER = ".tmp-"
+_IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+# Quality of re-encoded PNG/CMYK images: the reference's choice, near-lossless.
+_REENCODE_QUALITY = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEntry:
+    """One input image: its path, synset and label (1..number of synsets)."""
+
+    path: str
+    synset: str
+    label: int
+
+
+@dataclasses.dataclass
+class SplitSummary:
+    """What the conversion of one split did."""
+
+    shards_written: int = 0
+    shards_already_complete: int = 0
+    images_written: int = 0
+    reencoded: dict[str, int] = dataclasses.field(default_factory=dict)
+    unreadable: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, other: "SplitSummary") -> None:
+        self.shards_written += other.shards_written
+        self.shards_already_complete += other.shards_already_complete
+        self.images_written += other.images_written
+        for reason, count in other.reencoded.items():
+            self.reencoded[reason] = self.reencoded.get(reason, 0) + count
+        self.unreadable.extend(other.unreadable)
+
+
+class UnreadableImageError(ValueError):
+    """An input file that PIL cannot decode."""
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """The reference shard file name, e.g. train-00012-of-01024."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}"
+
+
+def image_example(
+    jpeg_bytes: bytes, label: int, synset: str, height: int, width: int, file_name: str
+) -> tf.train.Example:
+    """A tf.Example with the imagenet_to_gcs feature keys for one RGB JPEG."""
+
+    def bytes_feature(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def int_feature(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": bytes_feature(jpeg_bytes),
+        "image/class/label": int_feature(label),
+        "image/class/synset": bytes_feature(synset.encode()),
+        "image/height": int_feature(height),
+        "image/width": int_feature(width),
+        "image/channels": int_feature(3),
+        "image/colorspace": bytes_feature(b"RGB"),
+        "image/format": bytes_feature(b"JPEG"),
+        "image/filename": bytes_feature(file_name.encode()),
+    }))
+
+
+def load_rgb_jpeg(path: str) -> tuple[bytes, int, int, str | None]:
+    """Reads an image file as JPEG bytes that decode to RGB (or grayscale).
+
+    Returns:
+      (jpeg_bytes, height, width, reason): reason is None when the file's bytes are
+      kept as they are, else why it was re-encoded ("png", "cmyk", ...).
+
+    Raises:
+      UnreadableImageError: PIL cannot decode the file completely.
+    """
+    with tf.io.gfile.GFile(path, "rb") as file:
+        data = file.read()
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UnreadableImageError(f"{path}: {error}") from error
+    if image.format == "JPEG" and image.mode in ("RGB", "L"):
+        return data, image.height, image.width, None
+    reason = image.format.lower() if image.format != "JPEG" else image.mode.lower()
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=_REENCODE_QUALITY)
+    return buffer.getvalue(), image.height, image.width, reason
+
+
+def write_records_atomically(path: str, records: Iterable[bytes]) -> int:
+    """Writes serialized records to `path` via a temporary file and a rename.
+
+    The file under `path` appears only once all records are written; on any error the
+    temporary file is removed. Returns the number of records written.
+    """
+    temp_path = f"{path}{_TEMP_MARKER}{uuid.uuid4().hex}"
+    count = 0
+    try:
+        with tf.io.TFRecordWriter(temp_path) as writer:
+            for record in records:
+                writer.write(record)
+                count += 1
+        tf.io.gfile.rename(temp_path, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(temp_path):
+            tf.io.gfile.remove(temp_path)
+        raise
+    return count
+
+
+def find_train_images(input_dir: str) -> tuple[list[ImageEntry], list[str]]:
+    """Training images under input_dir/train/<synset>/, and the sorted synsets."""
+    train_dir = os.path.join(input_dir, "train")
+    if not tf.io.gfile.isdir(train_dir):
+        raise FileNotFoundError(f"Training folder {train_dir!r} does not exist.")
+    synsets = sorted(
+        name.rstrip("/") for name in tf.io.gfile.listdir(train_dir)
+        if tf.io.gfile.isdir(os.path.join(train_dir, name))
+    )
+    if not synsets:
+        raise FileNotFoundError(f"No class folders (train/<synset>/) in {train_dir!r}.")
+    entries = []
+    for label, synset in enumerate(synsets, start=1):
+        for name in sorted(tf.io.gfile.listdir(os.path.join(train_dir, synset))):
+            if name.lower().endswith(_IMAGE_EXTENSIONS):
+                entries.append(
+                    ImageEntry(os.path.join(train_dir, synset, name), synset, label)
+                )
+    return entries, synsets
+
+
+def find_validation_images(
+    input_dir: str, synsets: Sequence[str], labels_file: str | None = None
+) -> list[ImageEntry]:
+    """Validation images under input_dir/val (or validation) with their labels file."""
+    candidates = [os.path.join(input_dir, name) for name in ("val", "validation")]
+    val_dir = next((path for path in candidates if tf.io.gfile.isdir(path)), None)
+    if val_dir is None:
+        raise FileNotFoundError(f"No validation folder: tried {candidates}.")
+    names = sorted(
+        name for name in tf.io.gfile.listdir(val_dir)
+        if name.lower().endswith(_IMAGE_EXTENSIONS)
+    )
+    labels_file = labels_file or os.path.join(input_dir, "synset_labels.txt")
+    if not tf.io.gfile.exists(labels_file):
+        raise FileNotFoundError(f"Validation labels file {labels_file!r} does not exist.")
+    with tf.io.gfile.GFile(labels_file) as file:
+        lines = [line.split() for line in file if line.strip()]
+    if all(len(fields) == 1 for fields in lines):
+        if len(lines) < len(names):
+            raise ValueError(
+                f"{labels_file!r} has {len(lines)} synsets for {len(names)} "
+                f"validation images in {val_dir!r}."
+            )
+        synset_of = {name: fields[0] for name, fields in zip(names, lines)}
+    else:
+        synset_of = {fields[0]: fields[1] for fields in lines}
+    label_of = {synset: label for label, synset in enumerate(synsets, start=1)}
+    entries = []
+    for name in names:
+        synset = synset_of.get(name)
+        if synset is None:
+            raise ValueError(f"No label for validation image {name!r} in {labels_file!r}.")
+        if synset not in label_of:
+            raise ValueError(
+                f"Validation image {name!r} has synset {synset!r}, which is not a "
+                "training class folder."
+            )
+        entries.append(ImageEntry(os.path.join(val_dir, name), synset, label_of[synset]))
+    return entries
+
+
+def convert_shard(entries: Sequence[ImageEntry], path: str) -> SplitSummary:
+    """Writes one shard (atomically) and reports what it wrote and skipped."""
+    summary = SplitSummary(shards_written=1)
+
+    def records():
+        for entry in entries:
+            try:
+                jpeg_bytes, height, width, reason = load_rgb_jpeg(entry.path)
+            except UnreadableImageError:
+                summary.unreadable.append(entry.path)
+                continue
+            if reason is not None:
+                summary.reencoded[reason] = summary.reencoded.get(reason, 0) + 1
+            yield image_example(
+                jpeg_bytes, entry.label, entry.synset, height, width,
+                os.path.basename(entry.path),
+            ).SerializeToString()
+
+    summary.images_written = write_records_atomically(path, records())
+    return summary
+
+
+def convert_split(
+    split: str,
+    entries: Sequence[ImageEntry],
+    output_dir: str,
+    num_shards: int,
+    num_workers: int,
+) -> SplitSummary:
+    """Converts one split into `num_shards` shards, skipping complete ones."""
+    if len(entries) < num_shards:
+        raise ValueError(
+            f"{len(entries)} {split} images cannot fill {num_shards} shards; "
+            f"use at most {len(entries)} shards."
+        )
+    summary = SplitSummary()
+    jobs = []
+    for index in range(num_shards):
+        shard_entries = entries[
+            index * len(entries) // num_shards : (index + 1) * len(entries) // num_shards
+        ]
+        path = os.path.join(output_dir, shard_name(split, index, num_shards))
+        if tf.io.gfile.exists(path):
+            summary.shards_already_complete += 1
+        else:
+            jobs.append((shard_entries, path))
+    progress = tqdm.tqdm(
+        total=sum(len(shard_entries) for shard_entries, _ in jobs),
+        desc=split, unit="img", disable=None,
+    )
+    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
+        futures = {pool.submit(convert_shard, *job): len(job[0]) for job in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            summary.add(future.result())
+            progress.update(futures[future])
+    progress.close()
+    return summary
+
+
+def remove_temporary_files(output_dir: str) -> int:
+    """Deletes shards left half-written by an interrupted run; returns how many."""
+    stale = [
+        name for name in tf.io.gfile.listdir(output_dir) if _TEMP_MARKER in name
+    ]
+    for name in stale:
+        tf.io.gfile.remove(os.path.join(output_dir, name))
+    return len(stale)
+
+
+def convert(
+    input_dir: str,
+    output_dir: str,
+    train_shards: int = TRAIN_SHARDS,
+    validation_shards: int = VALIDATION_SHARDS,
+    num_workers: int = 8,
+    validation_labels: str | None = None,
+    seed: int = 0,
+) -> dict[str, SplitSummary]:
+    """Converts input_dir (see the module docstring) into TFRecord shards in output_dir.
+
+    Returns:
+      {"train": SplitSummary, "validation": SplitSummary}.
+    """
+    train_entries, synsets = find_train_images(input_dir)
+    validation_entries = find_validation_images(input_dir, synsets, validation_labels)
+    # A fixed seed keeps the shard contents identical across resumed runs.
+    random.Random(seed).shuffle(train_entries)
+    tf.io.gfile.makedirs(output_dir)
+    remove_temporary_files(output_dir)
+    with tf.io.gfile.GFile(os.path.join(output_dir, SYNSETS_FILE), "w") as file:
+        file.write("".join(f"{synset}\n" for synset in synsets))
+    return {
+        "train": convert_split(
+            "train", train_entries, output_dir, train_shards, num_workers
+        ),
+        "validation": convert_split(
+            "validation", validation_entries, output_dir, validation_shards, num_workers
+        ),
+    }
+
+
+def format_summary(summaries: dict[str, SplitSummary]) -> str:
+    lines = []
+    for split, summary in summaries.items():
+        lines.append(
+            f"{split}: wrote {summary.images_written} images in "
+            f"{summary.shards_written} shards; {summary.shards_already_complete} "
+            f"shards were already complete; re-encoded {summary.reencoded or 'none'}; "
+            f"skipped {len(summary.unreadable)} unreadable file(s)"
+        )
+        lines.extend(f"  unreadable: {path}" for path in summary.unreadable)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="ImageNet folder (train/, val/).")
+    parser.add_argument("--output", required=True, help="Output folder (local or gs://).")
+    parser.add_argument("--train_shards", type=int, default=TRAIN_SHARDS)
+    parser.add_argument("--validation_shards", type=int, default=VALIDATION_SHARDS)
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--validation_labels", default=None,
+                        help="Default: INPUT/synset_labels.txt.")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Training-file shuffle seed (keep it fixed to resume).")
+    args = parser.parse_args(argv)
+    summaries = convert(
+        args.input, args.output, args.train_shards, args.validation_shards,
+        args.num_workers, args.validation_labels, args.seed,
+    )
+    print(format_summary(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
