@@ -3,7 +3,8 @@
 Part 1 (speed): r=23, k=16, h=4, u=1, batch 8 at 56x56x64, 28x28x128 and 14x14x256,
 forward (inference mode) and forward+backward (training mode, gradient of
 ``sum(y**2)`` w.r.t. the input and every weight), for each of our implementations
-run eagerly, as a ``tf.function`` graph and with XLA, and for lucidrains'
+("einsum", "conv", "banded" and what "auto" picks) run eagerly, as a ``tf.function``
+graph and with XLA, and for lucidrains'
 ``lambda-networks`` and timm's ``LambdaLayer`` in PyTorch (run by ``--torch-python``,
 which must import torch and the peers; a peer that does not import is recorded as
 such).
@@ -25,7 +26,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -58,10 +58,9 @@ def run_tensorflow(repeats: int) -> list[dict]:
     rows = []
     for size, channels in STAGES:
         inputs = tf.random.normal((BATCH, size, size, channels), seed=0)
-        for implementation in ("einsum", "conv", "auto"):
+        for implementation in ("einsum", "conv", "banded", "auto"):
             layer = LambdaLayer(key_dim=KEY_DIM, num_heads=HEADS, scope_size=SCOPE, implementation=implementation)
             layer.build(inputs.shape)
-            chosen = layer.resolve_implementation(size * size)
 
             def forward(x):
                 return layer(x, training=False)
@@ -80,6 +79,7 @@ def run_tensorflow(repeats: int) -> list[dict]:
                     fwd = tf.function(forward, jit_compile=mode == "xla")
                     fwd_bwd = tf.function(forward_backward, jit_compile=mode == "xla")
                 for direction, function in (("forward", fwd), ("forward+backward", fwd_bwd)):
+                    chosen = layer.resolve_implementation(size * size, training=direction != "forward")
                     try:
                         ms = median_ms(lambda: tf.nest.map_structure(lambda t: t.numpy(), function(inputs)), repeats)
                         status = "ok"
@@ -170,15 +170,21 @@ def memory_worker(kind: str, size: int, repeats: int) -> None:
     else:
         layer = LambdaLayer(key_dim=KEY_DIM, num_heads=HEADS, scope_size=SCOPE)
         function = tf.function(lambda x: layer(x, training=False))
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = _peak_rss_kib()
     try:
         ms = median_ms(lambda: function(inputs).numpy(), repeats)
         status = "ok"
     except tf.errors.ResourceExhaustedError:
         ms, status = float("nan"), "out of memory (ResourceExhaustedError)"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"layer": kind, "size": f"{size}x{size}", "ms": round(ms, 1), "peak_rss_mib": round(peak / 1024),
+    print(json.dumps({"layer": kind, "size": f"{size}x{size}", "ms": round(ms, 1), "peak_rss_mib": round(_peak_rss_kib() / 1024),
                       "before_first_call_mib": round(baseline / 1024), "status": status}), flush=True)
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident memory (VmHWM). Unlike ``ru_maxrss``, which Linux
+    carries across exec from the forking parent, VmHWM starts fresh in a new program."""
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
 
 
 def _watch_memory(process: subprocess.Popen, limit: int, killed: list) -> None:
@@ -230,6 +236,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["ms"] = float(row["ms"] or "nan")
+        if row.get("peak_rss_mib"):
+            row["peak_rss_mib"] = int(row["peak_rss_mib"])
+    return rows
+
+
 def plot(speed_rows: list[dict], memory_rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -242,9 +258,9 @@ def plot(speed_rows: list[dict], memory_rows: list[dict], path: Path) -> None:
         for row in speed_rows:
             if row.get("direction") != direction or row.get("status") != "ok":
                 continue
-            if row["framework"] == "tensorflow" and row["mode"] == "eager":
-                continue
-            label = row["implementation"] + ("" if row["mode"] == "eager" else f" [{row['mode']}]")
+            if row["framework"] == "tensorflow" and row["mode"] != "graph":
+                continue  # the plot shows tf.function graphs; eager and XLA are in the CSV
+            label = row["implementation"].split(" (")[0] + (" [graph]" if row["mode"] == "graph" else " [eager]")
             series.setdefault(label, {})[row["size"]] = row["ms"]
         sizes = [f"{s}x{s}x{c}" for s, c in STAGES]
         width = 0.8 / max(len(series), 1)
@@ -275,7 +291,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch-python", default=sys.executable, help="a Python that imports torch and the peers")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="reuse results/layer_speed.csv")
+    parser.add_argument("--skip-memory", action="store_true", help="reuse results/layer_memory.csv")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,12 +307,17 @@ def main() -> None:
         memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.repeats)
         return
     RESULTS.mkdir(exist_ok=True)
-    speed_rows = run_tensorflow(args.repeats) + run_torch(args.torch_python, args.repeats)
-    for row in speed_rows:
-        row["onednn"] = os.environ["TF_ENABLE_ONEDNN_OPTS"] if row.get("framework") == "tensorflow" else ""
-    write_csv(RESULTS / "layer_speed.csv", speed_rows)
-    memory_rows = [] if args.skip_memory else run_memory(min(args.repeats, 3))
-    if memory_rows:
+    if args.skip_speed:
+        speed_rows = read_csv(RESULTS / "layer_speed.csv")
+    else:
+        speed_rows = run_tensorflow(args.repeats) + run_torch(args.torch_python, args.repeats)
+        for row in speed_rows:
+            row["onednn"] = os.environ["TF_ENABLE_ONEDNN_OPTS"] if row.get("framework") == "tensorflow" else ""
+        write_csv(RESULTS / "layer_speed.csv", speed_rows)
+    if args.skip_memory:
+        memory_rows = read_csv(RESULTS / "layer_memory.csv")
+    else:
+        memory_rows = run_memory(min(args.repeats, 3))
         write_csv(RESULTS / "layer_memory.csv", memory_rows)
     plot(speed_rows, memory_rows, RESULTS / "layer_speed.png")
 

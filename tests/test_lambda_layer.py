@@ -80,7 +80,7 @@ REFERENCE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("implementation", ["einsum", "conv"])
+@pytest.mark.parametrize("implementation", ["einsum", "conv", "banded"])
 @pytest.mark.parametrize(
     "shape,key_dim,num_heads,intra_depth,scope_size,use_content,use_position", REFERENCE_CASES
 )
@@ -113,23 +113,21 @@ def test_filters_differ_from_input_channels():
     np.testing.assert_allclose(outputs, run_reference(layer, inputs, weights), atol=ATOL, rtol=0)
 
 
-def test_einsum_and_conv_agree_at_paper_defaults():
-    """k=16, h=4, u=1, r=23 on a 16x16x32 map: both implementations, same weights.
+def test_implementations_agree_at_paper_defaults():
+    """k=16, h=4, u=1, r=23 on a 16x16x32 map: every implementation, same weights.
 
     Lambdas reach ~50 here and cancel to outputs near 1, so float32 rounding of the two
     summation orders gets atol 1e-4."""
-    einsum_layer = LambdaLayer(implementation="einsum")
-    conv_layer = LambdaLayer(implementation="conv")
-    randomize(einsum_layer, (2, 16, 16, 32))
-    conv_layer.build((2, 16, 16, 32))
-    conv_layer.set_weights(einsum_layer.get_weights())
+    layer = LambdaLayer(implementation="einsum")
+    randomize(layer, (2, 16, 16, 32))
     inputs = random_inputs((2, 16, 16, 32))
-    np.testing.assert_allclose(
-        np.asarray(einsum_layer(inputs)), np.asarray(conv_layer(inputs)), atol=1e-4, rtol=1e-5
-    )
+    einsum_outputs = np.asarray(layer(inputs))
+    for implementation in ("conv", "banded"):
+        layer.implementation = implementation
+        np.testing.assert_allclose(np.asarray(layer(inputs)), einsum_outputs, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["einsum", "conv"])
+@pytest.mark.parametrize("implementation", ["einsum", "conv", "banded"])
 def test_local_scope_covering_input_equals_global(implementation):
     """peers.md 2.6: r = 2n - 1 on an n x n input is the global variant, table copied."""
     size = 5
@@ -262,7 +260,7 @@ def test_position_bias_adds_query_weighted_bias():
         inputs.reshape(1, 16, 8) @ weights["query_kernel"], *weights["query_norm"], 1e-3
     ).reshape(1, 4, 4, 2, 4)
     bias_term = np.repeat((queries @ bias)[..., None], 4, axis=-1).reshape(1, 4, 4, 8)
-    for implementation in ("einsum", "conv"):
+    for implementation in ("einsum", "conv", "banded"):
         layer.implementation = implementation
         np.testing.assert_allclose(
             np.asarray(layer(inputs)), run_reference(layer, inputs, weights) + bias_term, atol=ATOL, rtol=0
@@ -334,13 +332,14 @@ def test_dynamic_batch_and_spatial_size():
     assert model.output_shape == (None, None, None, 8)
 
 
-def test_xla_matches_eager():
-    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=5)
+@pytest.mark.parametrize("implementation", ["einsum", "conv", "banded"])
+def test_xla_matches_eager(implementation):
+    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=5, implementation=implementation)
     randomize(layer, (2, 6, 7, 8))
     inputs = random_inputs((2, 6, 7, 8))
     compiled = tf.function(lambda x: layer(x, training=False), jit_compile=True)
     np.testing.assert_allclose(np.asarray(compiled(inputs)), np.asarray(layer(inputs)), atol=ATOL)
-    causal = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, causal=True)
+    causal = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, causal=True, implementation=implementation)
     randomize(causal, (2, 9, 8))
     sequence = random_inputs((2, 9, 8))
     compiled = tf.function(lambda x: causal(x), jit_compile=True)
@@ -367,6 +366,19 @@ def test_mirrored_strategy_matches_single_device():
     per_replica = step(next(iter(dataset)))
     outputs = np.concatenate([np.asarray(t) for t in strategy.experimental_local_results(per_replica)])
     np.testing.assert_allclose(outputs, np.asarray(single(inputs)), atol=ATOL)
+
+
+def test_auto_picks_by_size_and_training():
+    from lambda_keras.layers import lambda_layer as module
+
+    layer = LambdaLayer()
+    assert layer.resolve_implementation(module.AUTO_INFERENCE_EINSUM_MAX_POSITIONS) == "einsum"
+    assert layer.resolve_implementation(module.AUTO_INFERENCE_EINSUM_MAX_POSITIONS + 1) == "conv"
+    assert layer.resolve_implementation(module.AUTO_TRAINING_EINSUM_MAX_POSITIONS, training=True) == "einsum"
+    assert layer.resolve_implementation(module.AUTO_TRAINING_EINSUM_MAX_POSITIONS + 1, training=True) == "banded"
+    assert layer.resolve_implementation(module.AUTO_TRAINING_BANDED_MAX_POSITIONS + 1, training=True) == "conv"
+    assert layer.resolve_implementation(None, training=True) == "conv"  # size unknown: no n x m tensor
+    assert LambdaLayer(implementation="einsum").resolve_implementation(10**6) == "einsum"
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,15 @@ from keras import ops
 
 from lambda_keras.layers import relative_positions
 
-IMPLEMENTATIONS = ("auto", "einsum", "conv")
+IMPLEMENTATIONS = ("auto", "einsum", "conv", "banded")
 
-# "auto" uses the masked einsum up to this many positions (n = H * W or L) and the
-# lambda convolution above it. The paper switches at n > 85^2 on TPUv3 (Section 5);
-# on CPU the n x m table costs more than the convolution sooner. Measured by
-# benchmarks/layer_speed.py (see the README's benchmark table).
-AUTO_EINSUM_MAX_POSITIONS = 32 * 32
+# How "auto" picks, by the number of positions n = H * W (or L) and by whether the
+# call trains (the backward pass changes the ranking). The paper switches from the
+# einsum to the convolution at n > 85^2 on TPUv3 (Section 5); these thresholds are
+# the crossovers measured on CPU by benchmarks/layer_speed.py (README table).
+AUTO_INFERENCE_EINSUM_MAX_POSITIONS = 16 * 16
+AUTO_TRAINING_EINSUM_MAX_POSITIONS = 20 * 20
+AUTO_TRAINING_BANDED_MAX_POSITIONS = 64 * 64
 
 # Key logit of a padded (or not yet seen) context position: exp() of it vanishes
 # next to any real key, without the NaNs of -inf - (-inf).
@@ -77,9 +79,11 @@ class LambdaLayer(keras.layers.Layer):
       implementation: ``"einsum"`` gathers the embeddings into an ``[n, m, k, u]``
         table masked outside the scope (Figure 3); ``"conv"`` computes the position
         lambdas as a convolution of the values with the table (Figure 5) without the
-        ``n x m`` table; ``"auto"`` picks by input size (einsum up to
-        ``AUTO_EINSUM_MAX_POSITIONS`` positions, measured on CPU). All three give
-        the same numbers.
+        ``n x m`` table; ``"banded"`` computes the same convolution as banded
+        (Toeplitz) matrix products, rows by columns, which trains fastest on CPU at
+        mid sizes (images; sequences use the einsum); ``"auto"`` picks by input size
+        and by whether the call trains, from crossovers measured on CPU (the
+        ``AUTO_*`` constants). All give the same numbers.
       use_position_bias: add a ``[k]`` bias to the position lambdas, like the
         ``Conv3d`` bias of lucidrains and timm; for importing their weights only.
       norm_momentum: momentum of the batch norms on queries and values.
@@ -242,14 +246,18 @@ class LambdaLayer(keras.layers.Layer):
                 )
         self.built = True
 
-    def resolve_implementation(self, positions: int | None) -> str:
-        """The implementation ("einsum" or "conv") used for inputs with ``positions``
-        spatial positions (``None``: unknown until run time)."""
+    def resolve_implementation(self, positions: int | None, training: bool = False) -> str:
+        """The implementation used for inputs with ``positions`` spatial positions
+        (``None``: unknown until run time) in a training or an inference call."""
         if self.implementation != "auto":
             return self.implementation
-        if positions is not None and positions <= AUTO_EINSUM_MAX_POSITIONS:
-            return "einsum"
-        return "conv"
+        if positions is None:
+            return "conv"
+        if training:
+            if positions <= AUTO_TRAINING_EINSUM_MAX_POSITIONS:
+                return "einsum"
+            return "banded" if positions <= AUTO_TRAINING_BANDED_MAX_POSITIONS else "conv"
+        return "einsum" if positions <= AUTO_INFERENCE_EINSUM_MAX_POSITIONS else "conv"
 
     def _position_table(self):
         table = ops.cast(self.position_embeddings, "float32")
@@ -282,6 +290,33 @@ class LambdaLayer(keras.layers.Layer):
         kernel = ops.swapaxes(self._position_table(), -1, -2)
         lambdas = ops.conv(maps, kernel, strides=1, padding="same")
         return ops.reshape(lambdas, (batch, value_dim, -1, self.key_dim))
+
+    def _position_lambdas_banded(self, values, spatial_shape):
+        """``[b, n, u, v]`` values -> ``[b, n, k, v]`` position lambdas, images only.
+
+        The lambda convolution as banded matrix products: along the width, the
+        ``r``-tap convolution is a product with a ``W x W`` Toeplitz matrix per table
+        row and key channel; along the height, each query row reads ``r`` shifted
+        rows of the value maps. One large matrix product then replaces the
+        small-channel convolution, whose gradients are slow on CPU; the work is
+        ``W / r`` times the convolution's, so it suits feature maps up to a few
+        times the scope.
+        """
+        height, width = spatial_shape
+        table = self._position_table()  # [T_h, T_w, k, u]
+        extent_h, extent_w = table.shape[0], table.shape[1]
+        batch = ops.shape(values)[0]
+        columns, columns_valid = relative_positions.offset_indices(width, extent_w)
+        # toeplitz[a, x, w, k, u] = R[a, w - x + T_w // 2] where that offset is in the table.
+        toeplitz = ops.take(table, columns, axis=1) * ops.cast(columns_valid, table.dtype)[None, :, :, None, None]
+        maps = ops.reshape(values, (batch, height, width, self.intra_depth, self.value_dim))
+        half = extent_h // 2
+        maps = ops.pad(maps, ((0, 0), (half, half), (0, 0), (0, 0), (0, 0)))
+        # value_rows[b, y, a] = the value row at offset a - T_h // 2 from query row y.
+        rows = ops.arange(height, dtype="int32")[:, None] + ops.arange(extent_h, dtype="int32")[None, :]
+        value_rows = ops.take(maps, rows, axis=1)  # [b, H, T_h, W, u, v]
+        lambdas = ops.einsum("axwku,byawuv->byxkv", toeplitz, value_rows)
+        return ops.reshape(lambdas, (batch, -1, self.key_dim, self.value_dim))
 
     def _content_lambda(self, keys, values):
         """Global content lambda ``sum_{m,u} softmax_m(K) V^T``, ``[b, k, v]``."""
@@ -370,16 +405,20 @@ class LambdaLayer(keras.layers.Layer):
                 content_lambda = self._content_lambda(keys, values)
                 outputs = ops.einsum("bnhk,bkv->bnhv", queries, content_lambda)
         if self.use_position:
-            if self.resolve_implementation(static_positions) == "einsum":
-                position_lambdas = self._position_lambdas_einsum(values, spatial_shape)
-                if self.use_position_bias:
-                    position_lambdas = position_lambdas + self.position_bias[None, None, :, None]
-                position_outputs = ops.einsum("bnhk,bnkv->bnhv", queries, position_lambdas)
-            else:
+            implementation = self.resolve_implementation(static_positions, training=bool(training))
+            if implementation == "conv":
                 position_lambdas = self._position_lambdas_conv(values, spatial_shape)
                 if self.use_position_bias:
                     position_lambdas = position_lambdas + self.position_bias
                 position_outputs = ops.einsum("bnhk,bvnk->bnhv", queries, position_lambdas)
+            else:
+                if implementation == "banded" and len(spatial_shape) == 2:
+                    position_lambdas = self._position_lambdas_banded(values, spatial_shape)
+                else:  # einsum; for sequences the banded product is the einsum itself
+                    position_lambdas = self._position_lambdas_einsum(values, spatial_shape)
+                if self.use_position_bias:
+                    position_lambdas = position_lambdas + self.position_bias[None, None, :, None]
+                position_outputs = ops.einsum("bnhk,bnkv->bnhv", queries, position_lambdas)
             outputs = position_outputs if outputs is None else outputs + position_outputs
 
         # Head-major output channels: head * v + j (Figure 3).

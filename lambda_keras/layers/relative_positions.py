@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from keras import ops
 
 
-def _offsets(length, table_extent: int, causal: bool):
+def offset_indices(length, table_extent: int, causal: bool = False):
     """Table indices and validity of every (query, context) pair along one axis.
 
     Args:
@@ -57,13 +57,13 @@ def gather_relative_embeddings(table, spatial_shape: Sequence, causal: bool = Fa
     """
     key_dim, intra_depth = table.shape[-2], table.shape[-1]
     if len(spatial_shape) == 1:
-        indices, valid = _offsets(spatial_shape[0], table.shape[0], causal)
+        indices, valid = offset_indices(spatial_shape[0], table.shape[0], causal)
         flat_table = table
     else:
         height, width = spatial_shape
         extent_h, extent_w = table.shape[0], table.shape[1]
-        rows, rows_valid = _offsets(height, extent_h, causal=False)
-        cols, cols_valid = _offsets(width, extent_w, causal=False)
+        rows, rows_valid = offset_indices(height, extent_h, causal=False)
+        cols, cols_valid = offset_indices(width, extent_w, causal=False)
         # [H(query), W(query), H(context), W(context)] -> [n, m], row-major.
         indices = rows[:, None, :, None] * extent_w + cols[None, :, None, :]
         valid = ops.logical_and(rows_valid[:, None, :, None], cols_valid[None, :, None, :])

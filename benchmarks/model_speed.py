@@ -1,0 +1,180 @@
+"""Whole models on this CPU: parameters, FLOPs and images/s, next to the paper's figures.
+
+Models (all at ``--image-size``, 224 by default, 1000 classes): LambdaResNet50,
+ResNetRS50 with SE, keras.applications.ResNet50, the eight Table 13 hybrids of
+the vanilla ResNet-50 (``HybridResNet50(placement=...)``), LambdaResNet101 and
+ResNetRS101 with SE (Table 14). For each: trainable parameters, FLOPs of one
+image (TensorFlow's profiler on the frozen inference graph, 2 FLOPs per
+multiply-add; ops without registered FLOP statistics, such as ``Einsum``, count
+0, so the lambda layers' einsums are missing from the lambda models' figures),
+inference images/s (``tf.function``, inference mode) and training images/s (one
+SGD step of a compiled ``train_on_batch``), each the median of ``--repeats``
+timed calls after 2 warm-up calls.
+
+The paper's throughputs are inference on 8 TPUv3 cores in fp32 (Tables 13, 14);
+only ratios compare. Its floors: the C->C->L->L hybrid at >= 0.69x the
+all-conv throughput (4980 / 7240 ex/s) and LambdaResNet-101 at >= 1.0x ResNet-101
+with SE (4040 / 4000 ex/s). We record what we measure, whatever it is.
+
+Writes ``benchmarks/results/model_speed.csv`` and ``model_speed.png`` and prints
+the README's markdown table.
+
+    python benchmarks/model_speed.py                # the full run (long on 2 cores)
+    python benchmarks/model_speed.py --image-size 64 --repeats 1 --models CCCC CCLL
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# name -> (the paper's params in M, the paper's inference ex/s on 8 TPUv3 cores)
+PAPER = {
+    "LambdaResNet50": (None, None),
+    "ResNetRS50 (SE)": (None, None),
+    "keras ResNet50": (25.6, None),
+    "CCCC": (25.6, 7240),
+    "LCCC": (25.5, 1880),
+    "LLCC": (25.0, 1280),
+    "LLLC": (21.7, 1160),
+    "LLLL": (15.0, 1160),
+    "CLLL": (15.1, 2200),
+    "CCLL": (15.4, 4980),
+    "CCCL": (18.8, 7160),
+    "LambdaResNet101": (36.9, 4040),
+    "ResNetRS101 (SE)": (63.6, 4000),
+}
+RATIOS = [("CCLL", "CCCC", 0.69), ("LambdaResNet101", "ResNetRS101 (SE)", 1.0)]
+
+
+def build(name: str, image_size: int):
+    import keras
+
+    import lambda_keras as lk
+
+    shape = (image_size, image_size, 3)
+    if name == "LambdaResNet50":
+        return lk.LambdaResNet50(input_shape=shape)
+    if name == "ResNetRS50 (SE)":
+        return lk.ResNetRS50(input_shape=shape)
+    if name == "keras ResNet50":
+        return keras.applications.ResNet50(weights=None, input_shape=shape)
+    if name == "LambdaResNet101":
+        return lk.LambdaResNet101(input_shape=shape)
+    if name == "ResNetRS101 (SE)":
+        return lk.ResNetRS101(input_shape=shape)
+    return lk.HybridResNet50(placement=name, input_shape=shape)
+
+
+def inference_flops(model, image_size: int) -> int:
+    """FLOPs of one image through the frozen inference graph (TF profiler)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    function = tf.function(lambda x: model(x, training=False))
+    concrete = function.get_concrete_function(tf.TensorSpec((1, image_size, image_size, 3), tf.float32))
+    graph = convert_variables_to_constants_v2(concrete).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
+
+
+def median_seconds(function, repeats: int) -> float:
+    for _ in range(2):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(name: str, image_size: int, batch: int, repeats: int) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    model = build(name, image_size)
+    images = tf.random.uniform((batch, image_size, image_size, 3), seed=0)
+    labels = np.arange(batch) % 1000
+    forward = tf.function(lambda x: model(x, training=False))
+    inference = median_seconds(lambda: forward(images).numpy(), repeats)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    training = median_seconds(lambda: model.train_on_batch(images, labels), repeats)
+    params = sum(math.prod(w.shape) for w in model.trainable_weights)
+    paper_params, paper_throughput = PAPER[name]
+    row = {
+        "model": name,
+        "params_m": round(params / 1e6, 2),
+        "paper_params_m": paper_params,
+        "gflops": round(inference_flops(model, image_size) / 1e9, 2),
+        "inference_img_s": round(batch / inference, 2),
+        "training_img_s": round(batch / training, 2),
+        "paper_inference_ex_s_tpu": paper_throughput,
+    }
+    keras.backend.clear_session()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="*", default=list(PAPER), help="subset of: " + ", ".join(PAPER))
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the CSV and PNG go")
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.models:
+        rows.append(measure(name, args.image_size, args.batch, args.repeats))
+        print(rows[-1], flush=True)
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    with open(args.results / "model_speed.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    by_name = {row["model"]: row for row in rows}
+    print(f"\nCPU, {args.image_size}x{args.image_size}, batch {args.batch}\n")
+    print("| model | params (M) | paper params (M) | GFLOPs | inference img/s | training img/s | paper ex/s (8 TPUv3) |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['model']} | {row['params_m']} | {row['paper_params_m'] or '-'} | {row['gflops']} | "
+            f"{row['inference_img_s']} | {row['training_img_s']} | {row['paper_inference_ex_s_tpu'] or '-'} |"
+        )
+    for numerator, denominator, floor in RATIOS:
+        if numerator in by_name and denominator in by_name:
+            ratio = by_name[numerator]["inference_img_s"] / by_name[denominator]["inference_img_s"]
+            print(
+                f"\n{numerator} / {denominator} inference throughput: {ratio:.2f}x "
+                f"(paper: {PAPER[numerator][1] / PAPER[denominator][1]:.2f}x, floor {floor}x: "
+                f"{'met' if ratio >= floor else 'NOT met'})"
+            )
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        axis.scatter(row["params_m"], row["inference_img_s"])
+        axis.annotate(row["model"], (row["params_m"], row["inference_img_s"]), fontsize=7)
+    axis.set_xlabel("trainable parameters (M)")
+    axis.set_ylabel(f"CPU inference images/s (batch {args.batch})")
+    axis.set_title(f"Models at {args.image_size}x{args.image_size} on this CPU")
+    figure.tight_layout()
+    figure.savefig(args.results / "model_speed.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
