@@ -1,0 +1,222 @@
+"""Building blocks of the (Lambda)ResNets: stems, bottlenecks, SE, stochastic depth.
+
+The ResNet side follows the ResNet-RS code that the LambdaResNets are built on
+(tensorflow/tpu ``models/official/resnet/resnet_model.py`` and ``resnet_layers.py``,
+paper_spec.md section 2.3, marked [RS] below); the lambda side follows Appendix E.1
+of the paper. All tensors are channels-last, ``[batch, height, width, channels]``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from lambda_keras.layers import LambdaLayer
+
+# [RS] conv and SE kernels use TF1's ``variance_scaling_initializer()``: scale 1,
+# fan-in, truncated normal, which is Keras' VarianceScaling default.
+CONV_INITIALIZER = "variance_scaling"
+
+
+@keras.saving.register_keras_serializable(package="lambda_keras")
+class StochasticDepth(keras.layers.Layer):
+    """Drops the whole residual branch of an example with probability ``rate``.
+
+    Stochastic depth (Huang et al. 2016), called "drop connect" in the ResNet-RS
+    code: while training, each example's branch is kept with probability
+    ``1 - rate`` and scaled by ``1 / (1 - rate)``; at inference it is the identity.
+
+    Input and output ``[batch, ...]``, same shape.
+
+    Args:
+      rate: drop probability in ``[0, 1)``.
+      seed: optional seed of the drop pattern.
+      **kwargs: standard layer arguments.
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1). Received: rate={rate!r}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep_prob = 1.0 - self.rate
+        # One Bernoulli draw per example, broadcast over all other axes.
+        mask_shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        noise = keras.random.uniform(mask_shape, seed=self.seed_generator, dtype=inputs.dtype)
+        return inputs / keep_prob * ops.floor(keep_prob + noise)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "seed": self.seed})
+        return config
+
+
+def batch_norm(x, name: str, momentum: float, epsilon: float, zero_gamma: bool = False):
+    """BatchNormalization over the channel axis; ``zero_gamma`` for the last BN of a
+    bottleneck, so each residual block starts as the identity (Appendix A)."""
+    return layers.BatchNormalization(
+        axis=-1,
+        momentum=momentum,
+        epsilon=epsilon,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+        name=name,
+    )(x)
+
+
+def conv2d(x, filters: int, kernel_size: int, strides: int, name: str):
+    """Bias-free convolution; strided ones pad ``(k - 1) // 2`` on both sides first.
+
+    [RS] ``conv2d_fixed_padding``: a stride-2 'same' convolution in TF pads only at
+    the end for even sizes; padding explicitly makes the output independent of
+    the input size's parity, as in the reference code and keras.applications.
+    """
+    if strides > 1 and kernel_size > 1:
+        pad = (kernel_size - 1) // 2
+        x = layers.ZeroPadding2D(padding=pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        kernel_initializer=CONV_INITIALIZER,
+        name=name,
+    )(x)
+
+
+def resnet_d_stem(x, momentum: float, epsilon: float):
+    """ResNet-RS stem, ``[b, H, W, 3] -> [b, H/4, W/4, 64]`` (paper_spec.md 2.3).
+
+    ResNet-D's three 3x3 convolutions (32, 32, 64 channels, the first strided),
+    then a strided 3x3 convolution with 64 channels in place of the max pool; each
+    followed by BN and ReLU.
+    """
+    for index, (filters, strides) in enumerate(((32, 2), (32, 1), (64, 1), (64, 2)), start=1):
+        x = conv2d(x, filters, 3, strides, name=f"stem_{index}_conv")
+        x = batch_norm(x, f"stem_{index}_bn", momentum, epsilon)
+        x = layers.ReLU(name=f"stem_{index}_relu")(x)
+    return x
+
+
+def vanilla_stem(x, momentum: float, epsilon: float):
+    """ResNet-v1 stem, ``[b, H, W, 3] -> [b, H/4, W/4, 64]``: 7x7/2 conv, BN, ReLU,
+    3x3/2 max pool (He et al. 2016; the stem of the paper's Section 5.1 ResNet-50)."""
+    x = conv2d(x, 64, 7, 2, name="stem_conv")
+    x = batch_norm(x, "stem_bn", momentum, epsilon)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.ZeroPadding2D(padding=1, name="stem_pool_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+
+
+def squeeze_excitation(x, se_ratio: float, name: str):
+    """Squeeze-and-excitation gate, ``[b, h, w, c] -> [b, h, w, c]``.
+
+    [RS] ``squeeze_excitation``: global average pool, 1x1 conv to
+    ``max(1, int(c * se_ratio))`` channels with bias, ReLU, 1x1 conv back to ``c``
+    with bias, sigmoid, times the input.
+    """
+    channels = x.shape[-1]
+    squeezed = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
+    squeezed = layers.Conv2D(
+        max(1, int(channels * se_ratio)),
+        1,
+        activation="relu",
+        kernel_initializer=CONV_INITIALIZER,
+        name=f"{name}_reduce",
+    )(squeezed)
+    gate = layers.Conv2D(
+        channels, 1, activation="sigmoid", kernel_initializer=CONV_INITIALIZER, name=f"{name}_expand"
+    )(squeezed)
+    return layers.Multiply(name=f"{name}_excite")([x, gate])
+
+
+def bottleneck_block(
+    x,
+    filters: int,
+    strides: int,
+    name: str,
+    *,
+    projection: bool,
+    resnet_d_shortcut: bool,
+    lambda_options: dict | None,
+    se_ratio: float,
+    stochastic_depth_rate: float,
+    momentum: float,
+    epsilon: float,
+):
+    """ResNet-v1 bottleneck, ``[b, H, W, c] -> [b, H/s, W/s, 4 * filters]``.
+
+    1x1 conv (``filters``) -> BN -> ReLU -> spatial layer -> BN -> ReLU -> 1x1 conv
+    (``4 * filters``) -> BN (gamma 0) -> SE -> stochastic depth -> add shortcut ->
+    ReLU. The spatial layer is a 3x3 conv with stride ``s``, or, when
+    ``lambda_options`` is given, a ``LambdaLayer(filters, **lambda_options)`` whose
+    ``strides=2`` applies the paper's 3x3 stride-2 average pool after it ("in place
+    of the strided convolution", Appendix E.1). Blocks with a lambda layer never
+    get SE (Appendix E.1: "We do not use squeeze-and-excitation in the bottleneck
+    blocks that employ a lambda layer").
+
+    Args:
+      x: input tensor.
+      filters: bottleneck width ``w``; the block outputs ``4 w`` channels.
+      strides: 1, or 2 in the first block of c3, c4 and c5.
+      name: prefix of every layer name, e.g. ``"c4_block3"``.
+      projection: whether the shortcut is a projection (first block of a stage).
+      resnet_d_shortcut: ResNet-D shortcut, a 2x2 stride-2 average pool before the
+        1x1 projection instead of a strided 1x1 conv.
+      lambda_options: ``LambdaLayer`` keyword arguments, or None for a 3x3 conv.
+      se_ratio: SE squeeze ratio; 0 for no SE.
+      stochastic_depth_rate: drop rate of the residual branch; 0 for none.
+      momentum: BN momentum.
+      epsilon: BN epsilon.
+    """
+    shortcut = x
+    if projection:
+        if resnet_d_shortcut and strides == 2:
+            shortcut = layers.AveragePooling2D(
+                2, strides=2, padding="same", name=f"{name}_0_pool"
+            )(shortcut)
+            shortcut = conv2d(shortcut, 4 * filters, 1, 1, name=f"{name}_0_conv")
+        else:
+            shortcut = conv2d(shortcut, 4 * filters, 1, strides, name=f"{name}_0_conv")
+        shortcut = batch_norm(shortcut, f"{name}_0_bn", momentum, epsilon)
+
+    x = conv2d(x, filters, 1, 1, name=f"{name}_1_conv")
+    x = batch_norm(x, f"{name}_1_bn", momentum, epsilon)
+    x = layers.ReLU(name=f"{name}_1_relu")(x)
+
+    if lambda_options is None:
+        x = conv2d(x, filters, 3, strides, name=f"{name}_2_conv")
+    else:
+        x = LambdaLayer(
+            filters,
+            strides=strides,
+            norm_momentum=momentum,
+            norm_epsilon=epsilon,
+            name=f"{name}_lambda",
+            **lambda_options,
+        )(x)
+    # Section 1.12 step 7 of paper_spec.md: the lambda layer replaces the 3x3 conv
+    # only; the BN and ReLU that followed the conv stay.
+    x = batch_norm(x, f"{name}_2_bn", momentum, epsilon)
+    x = layers.ReLU(name=f"{name}_2_relu")(x)
+
+    x = conv2d(x, 4 * filters, 1, 1, name=f"{name}_3_conv")
+    x = batch_norm(x, f"{name}_3_bn", momentum, epsilon, zero_gamma=True)
+    if se_ratio > 0 and lambda_options is None:
+        x = squeeze_excitation(x, se_ratio, name=f"{name}_se")
+    if stochastic_depth_rate > 0:
+        x = StochasticDepth(stochastic_depth_rate, name=f"{name}_drop")(x)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.ReLU(name=f"{name}_out")(x)

@@ -1,0 +1,298 @@
+"""Tests of the LambdaResNet factory: architecture, keras.applications contract, saving.
+
+Small models run forward and training steps on 32x32 / 64x64 inputs; the deep
+named constructors are built once each in tests/test_models_params.py.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from lambda_keras import LambdaLayer, StochasticDepth
+from lambda_keras.models import HybridResNet50, LambdaResNet, LambdaResNet50
+
+# A 4-block network (one block per stage) with lambda layers in the first, strided
+# block of c3 and c5 and a conv block in c4: every code path, built in about a second.
+TINY_BLOCKS = (1, 1, 1, 1)
+TINY_LAMBDAS = ((), (1,), (), (1,))
+
+
+def tiny(**kwargs):
+    kwargs.setdefault("input_shape", (32, 32, 3))
+    kwargs.setdefault("classes", 10)
+    return LambdaResNet(TINY_BLOCKS, TINY_LAMBDAS, **kwargs)
+
+
+def randomize(model, seed=0):
+    """Gives every weight a random value, so that zero-initialised BN gammas no
+    longer hide the residual branches (and the lambda layers in them)."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        if "seed_generator" in weight.path:
+            continue
+        value = rng.normal(0.0, 0.2, weight.shape).astype("float32")
+        if "moving_variance" in weight.path:
+            value = np.abs(value) + 0.5
+        weight.assign(value)
+
+
+def images(batch=2, size=32, seed=1):
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def lambda_resnet50():
+    """LambdaResNet-50 at 64x64, built once: structure tests read its layers."""
+    return LambdaResNet50(input_shape=(64, 64, 3), classes=10)
+
+
+# --- architecture, read from the built model -------------------------------------
+
+
+def test_lambda_resnet50_layer_names_and_placement(lambda_resnet50):
+    lambda_layers = {layer.name: layer for layer in lambda_resnet50.layers if isinstance(layer, LambdaLayer)}
+    # Table 18: c4 block 3 (1-based) and every c5 block.
+    assert sorted(lambda_layers) == ["c4_block3_lambda", "c5_block1_lambda", "c5_block2_lambda", "c5_block3_lambda"]
+    assert lambda_layers["c5_block1_lambda"].strides == 2  # 3x3/2 average pool after it
+    assert all(lambda_layers[f"c5_block{i}_lambda"].strides == 1 for i in (2, 3))
+    layer = lambda_layers["c4_block3_lambda"]
+    assert (layer.key_dim, layer.num_heads, layer.intra_depth, layer.scope_size) == (16, 4, 1, 23)
+    assert layer.output_filters == 256  # the c4 bottleneck width
+    names = {layer.name for layer in lambda_resnet50.layers}
+    assert "c4_block3_2_conv" not in names and {"c4_block2_2_conv", "c4_block4_2_conv"} <= names
+    # The BN and ReLU after the replaced 3x3 conv stay (paper_spec.md 1.12, step 7).
+    assert {"c4_block3_2_bn", "c4_block3_2_relu"} <= names
+
+
+def test_lambda_resnet50_se_resnet_d_and_initialisers(lambda_resnet50):
+    model = lambda_resnet50
+    se_blocks = sorted({layer.name.rsplit("_se_", 1)[0] for layer in model.layers if "_se_" in layer.name})
+    assert se_blocks == [f"c2_block{i}" for i in (1, 2, 3)] + [f"c3_block{i}" for i in (1, 2, 3, 4)]
+    assert model.get_layer("c2_block1_se_reduce").filters == 64  # int(256 * 0.25)
+    # ResNet-D: strided 3x3 conv instead of the stem max pool, 2x2 average-pool shortcut.
+    assert model.get_layer("stem_4_conv").strides == (2, 2)
+    assert not any(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
+    assert model.get_layer("c3_block1_0_pool").pool_size == (2, 2)
+    assert model.get_layer("c3_block1_0_conv").strides == (1, 1)
+    assert model.get_layer("c2_block1_0_conv").strides == (1, 1)  # c2 keeps the resolution
+    # Zero-initialised last BN gamma of every bottleneck (Appendix A).
+    last_bns = [layer for layer in model.layers if "_block" in layer.name and layer.name.endswith("_3_bn")]
+    assert len(last_bns) == 16 and all(not np.any(layer.gamma.numpy()) for layer in last_bns)
+    assert np.all(model.get_layer("c2_block1_1_bn").gamma.numpy() == 1)
+    # Classifier kernel ~ N(0, 0.01^2) ([RS]).
+    kernel = model.get_layer("predictions").kernel.numpy()
+    assert 0.008 < kernel.std() < 0.012
+    assert not any(isinstance(layer, (keras.layers.Dropout, StochasticDepth)) for layer in model.layers)
+
+
+def test_hybrid_resnet50_is_vanilla():
+    model = HybridResNet50(placement="CCLL", input_shape=(32, 32, 3), include_top=False)
+    names = {layer.name for layer in model.layers}
+    assert model.get_layer("stem_conv").kernel_size == (7, 7)
+    assert isinstance(model.get_layer("stem_pool"), keras.layers.MaxPooling2D)
+    assert model.get_layer("c3_block1_0_conv").strides == (2, 2)  # no ResNet-D pool
+    assert not any("_se_" in name or name.endswith("_0_pool") for name in names)
+    stages = {name.split("_")[0] for name in names if name.endswith("_lambda")}
+    assert stages == {"c4", "c5"}
+    assert model.name == "hybrid_resnet50_ccll"
+
+
+def test_stochastic_depth_grows_per_stage():
+    model = tiny(stochastic_depth_rate=0.2, dropout_rate=0.3)
+    rates = {layer.name.split("_")[0]: layer.rate for layer in model.layers if isinstance(layer, StochasticDepth)}
+    # rate * s / 5 for stage c<s>, as in the ResNet-RS code (paper_spec.md 4.2).
+    assert rates == pytest.approx({"c2": 0.08, "c3": 0.12, "c4": 0.16, "c5": 0.2})
+    assert model.get_layer("top_dropout").rate == 0.3
+    # Dropout sits right before the classifier.
+    assert model.layers[-2].name == "top_dropout"
+
+
+def test_stochastic_depth_layer():
+    layer = StochasticDepth(0.5, seed=3)
+    x = np.ones((400, 2, 2, 1), "float32")
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    per_example = y[:, 0, 0, 0]
+    assert set(np.unique(per_example)) == {0.0, 2.0}  # dropped, or kept and scaled by 1/(1-rate)
+    assert np.all(y == per_example[:, None, None, None])  # one draw per example
+    assert 0.4 < per_example.mean() / 2 < 0.6
+    with pytest.raises(ValueError, match="rate"):
+        StochasticDepth(1.0)
+
+
+# --- forward pass and training -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build, size, run_eagerly",
+    [
+        # Eager: tracing a 200-layer train step costs ~10 s of CI time per model.
+        pytest.param(lambda: LambdaResNet50(input_shape=(64, 64, 3), classes=10, dropout_rate=0.2,
+                                            stochastic_depth_rate=0.2), 64, True, id="LambdaResNet50"),
+        pytest.param(lambda: HybridResNet50(placement="LLLL", input_shape=(64, 64, 3), classes=10),
+                     64, True, id="HybridResNet50-LLLL"),
+        # Graph mode (tf.function), with stochastic depth and dropout in the graph.
+        pytest.param(lambda: tiny(stochastic_depth_rate=0.2, dropout_rate=0.2), 32, False, id="tiny-graph"),
+    ],
+)
+def test_forward_and_train_step(build, size, run_eagerly):
+    model = build()
+    x = images(size=size)
+    probabilities = keras.ops.convert_to_numpy(model(x, training=False))
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # Zero-initialised last BN gammas block the gradients of everything before
+    # them in each branch at initialisation; with random weights every trainable
+    # weight gets a gradient.
+    randomize(model)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
+                  run_eagerly=run_eagerly)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    loss = model.train_on_batch(x, np.array([1, 7]))
+    assert np.isfinite(loss)
+    unchanged = [w.path for b, w in zip(before, model.trainable_weights) if np.array_equal(b, w.numpy())]
+    assert not unchanged
+
+
+# --- keras.applications contract -------------------------------------------------
+
+
+@pytest.mark.parametrize("pooling, shape", [(None, (2, 2, 2, 2048)), ("avg", (2, 2048)), ("max", (2, 2048))])
+def test_include_top_false_pooling(pooling, shape):
+    model = tiny(include_top=False, pooling=pooling, input_shape=None)
+    assert model.input_shape == (None, None, None, 3)
+    assert model.output_shape == ((None, None, None, 2048) if pooling is None else (None, 2048))
+    assert keras.ops.convert_to_numpy(model(images(size=64))).shape == shape
+
+
+def test_default_input_shape_and_custom_classes():
+    model = tiny(input_shape=None, classes=7, classifier_activation=None)
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.output_shape == (None, 7)
+    assert model.get_layer("predictions").activation is keras.activations.linear
+
+
+def test_input_tensor():
+    raw = keras.Input((48, 48, 3), name="raw")
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(raw)
+    model = tiny(input_tensor=scaled, input_shape=None, include_top=False, pooling="avg")
+    assert model.inputs[0] is raw  # the model starts at the tensor's source input
+    assert model.get_layer("scale") is not None
+    assert keras.ops.convert_to_numpy(model({"raw": images(size=48) * 127.5 + 127.5})).shape == (2, 2048)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weights": "imagenet"}, "No ImageNet weights are published"),
+        ({"weights": "/no/such/file.weights.h5"}, "`weights` argument should be either `None`"),
+        ({"weights": 3}, "`weights` argument should be either `None`"),
+        ({"classes": 0}, "`classes` should be a positive integer"),
+        ({"input_shape": (32, 32)}, "`input_shape` must be a tuple of three integers"),
+        ({"input_shape": (16, 64, 3)}, "Input size must be at least 32x32"),
+        ({"input_shape": (None, None, 3)}, "you should specify a static `input_shape`"),
+        ({"include_top": False, "pooling": "mean"}, "`pooling` should be None"),
+        ({"blocks_per_stage": (1, 1, 1)}, "`blocks_per_stage` must be four positive integers"),
+        ({"lambda_blocks": ((), (), (2,), ())}, r"stage c4 must be block indices in \[1, 1\]"),
+        ({"lambda_blocks": ((0,), (), (), ())}, "1-based"),
+        ({"se_ratio": 1.5}, "`se_ratio` must be"),
+        ({"base": "resnet_v2"}, "`base` must be one of"),
+        ({"stochastic_depth_rate": 1.0}, "`stochastic_depth_rate`"),
+        # keras.applications' order: weights before classes before the input shape.
+        ({"weights": "imagenet", "classes": 0, "input_shape": (8, 8, 3)}, "No ImageNet weights"),
+        ({"classes": 0, "input_shape": (8, 8, 3)}, "`classes`"),
+    ],
+)
+def test_validation_errors(kwargs, message):
+    kwargs = {"blocks_per_stage": TINY_BLOCKS, "lambda_blocks": TINY_LAMBDAS, "input_shape": (32, 32, 3), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        LambdaResNet(**kwargs)
+
+
+def test_imagenet_weights_error_says_what_to_do():
+    with pytest.raises(ValueError) as error:
+        LambdaResNet50(weights="imagenet")
+    assert "weights=None" in str(error.value) and ".weights.h5" in str(error.value)
+
+
+def test_weights_file_suffix_and_placement_errors(tmp_path):
+    wrong = tmp_path / "model.h5"
+    wrong.write_bytes(b"")
+    with pytest.raises(ValueError, match="must end in `.weights.h5` or `.keras`"):
+        tiny(weights=str(wrong))
+    with pytest.raises(ValueError, match="`placement` must be four characters"):
+        HybridResNet50(placement="CCXL")
+
+
+def test_channels_first_is_refused():
+    keras.config.set_image_data_format("channels_first")
+    try:
+        with pytest.raises(ValueError, match="channels_last"):
+            tiny()
+    finally:
+        keras.config.set_image_data_format("channels_last")
+
+
+def test_unusual_channel_count_warns():
+    with pytest.warns(UserWarning, match="1 or 3 input channels"):
+        tiny(input_shape=(32, 32, 4), include_top=False)
+
+
+# --- saving ------------------------------------------------------------------------
+
+
+def test_keras_save_and_load_gives_identical_outputs(tmp_path):
+    model = tiny(stochastic_depth_rate=0.1, dropout_rate=0.2)
+    randomize(model)
+    x = images()
+    expected = keras.ops.convert_to_numpy(model(x))
+    path = os.fspath(tmp_path / "tiny.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), expected)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    assert isinstance(loaded.get_layer("c5_block1_drop"), StochasticDepth)
+    assert loaded.get_layer("c5_block1_drop").rate == pytest.approx(0.1)
+
+    # `weights=` takes the .keras archive or a .weights.h5 file.
+    from_archive = tiny(stochastic_depth_rate=0.1, dropout_rate=0.2, weights=path)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_archive(x)), expected)
+    weights_path = os.fspath(tmp_path / "tiny.weights.h5")
+    model.save_weights(weights_path)
+    from_weights = tiny(stochastic_depth_rate=0.1, dropout_rate=0.2, weights=weights_path)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_weights(x)), expected)
+
+
+# --- imagenet_utils ----------------------------------------------------------------
+
+
+def test_decode_predictions_offline():
+    import importlib.util
+    from pathlib import Path
+
+    from lambda_keras.imagenet_utils import decode_predictions, imagenet_classes
+
+    preds = np.zeros((2, 1000), "float32")
+    preds[0, 1], preds[0, 0], preds[1, 999] = 0.9, 0.1, 1.0
+    decoded = decode_predictions(preds, top=2)
+    assert decoded[0] == [("n01443537", "goldfish", pytest.approx(0.9)), ("n01440764", "tench", pytest.approx(0.1))]
+    assert decoded[1][0] == ("n15075141", "toilet_tissue", 1.0)
+    with pytest.raises(ValueError, match=r"shape \(samples, 1000\)"):
+        decode_predictions(preds[:, :10])
+    # Label i is TFDS imagenet2012's label i (sorted synsets), when TFDS is installed.
+    spec = importlib.util.find_spec("tensorflow_datasets")
+    if spec is not None:
+        labels = Path(spec.origin).parent / "datasets" / "imagenet2012" / "labels.txt"
+        assert [synset for synset, _ in imagenet_classes()] == labels.read_text().split()
+
+
+def test_preprocess_input_is_imagenet_mean_and_std():
+    from lambda_keras.imagenet_utils import preprocess_input
+
+    x = np.stack([np.zeros((2, 2, 3)), np.full((2, 2, 3), 255.0)]).astype("float32")
+    out = keras.ops.convert_to_numpy(preprocess_input(x))
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(out[0, 0, 0], -mean / std, rtol=1e-5)
+    np.testing.assert_allclose(out[1, 1, 1], (1 - mean) / std, rtol=1e-5)
