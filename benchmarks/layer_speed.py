@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from timing import median_seconds  # benchmarks/ is on sys.path when run as a script
+
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = [(56, 64), (28, 128), (14, 256)]  # (height = width, channels)
 BATCH, SCOPE, KEY_DIM, HEADS = 8, 23, 16, 4
@@ -40,14 +42,7 @@ MEMORY_LIMIT_BYTES = 20 * 2**30  # a worker above this is killed and recorded as
 
 
 def median_ms(function, repeats: int) -> float:
-    for _ in range(2):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    return 1000 * median_seconds(function, repeats)
 
 
 def run_tensorflow(repeats: int) -> list[dict]:

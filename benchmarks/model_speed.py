@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import time
 from pathlib import Path
+
+from timing import median_seconds  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -82,17 +83,6 @@ def inference_flops(model, image_size: int) -> int:
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
-
-
-def median_seconds(function, repeats: int) -> float:
-    for _ in range(2):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def measure(name: str, image_size: int, batch: int, repeats: int) -> dict:
