@@ -1,0 +1,384 @@
+"""Export a trained model as a TF Serving SavedModel that takes encoded images.
+
+Usage:
+  python -m export.saved_model --model PATH --output BASE/NAME [--version N]
+      [--image_size S] [--top_k K] [--class_names FILE] [--checkpoint last|best]
+
+PATH is a `.keras` file or a training model_dir (`python -m training.train
+--model_dir`), from which `checkpoints/<checkpoint>.keras` (the EMA weights when the
+run used EMA) and, from `config.yaml`, the image size and evaluation crop padding are
+read. The export is written to `BASE/NAME/<version>/`, the layout TF Serving watches:
+
+  saved_model.pb, variables/        the graph and the (float32) weights
+  assets.extra/tf_serving_warmup_requests
+                                    PredictionLog records replayed at load time
+
+Versions are never overwritten: without --version the next free number is used;
+--version naming an existing one is an error. The version is written under a
+temporary name in BASE/NAME (TF Serving ignores names that are not integers) and
+renamed into place only when complete, so a server never sees a half-written model.
+
+Signatures (batch size free, every output row for one image):
+  serving_default  image_bytes: tf.string [batch], JPEG or PNG files of any size
+  serve_images     images: tf.uint8 [batch, height, width, 3] RGB, any height/width
+  outputs          probabilities: float32 [batch, classes]
+                   top_k_indices: int32 [batch, k]
+                   top_k_scores:  float32 [batch, k], highest first
+                   top_k_labels:  tf.string [batch, k], class names
+
+Both run `training.preprocessing`'s evaluation transform (centre crop, bilinear
+resize, ImageNet normalisation) in the graph, the function itself, imported, so that
+serving sees the pixels the model was validated on. The graph is plain TensorFlow:
+`tf.saved_model.load` runs it without lambda_keras, Keras or this repository.
+
+Exit status 2 with a one-line message for a taken version or an unusable model path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from training import preprocessing
+
+SERVING_DEFAULT = "serving_default"
+SERVE_IMAGES = "serve_images"
+BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+OUTPUT_KEYS = ("probabilities", "top_k_indices", "top_k_scores", "top_k_labels")
+
+# The message every undecodable input fails with (an InvalidArgumentError, which TF
+# Serving returns as HTTP 400 / gRPC INVALID_ARGUMENT with this text).
+DECODE_ERROR = "The image could not be decoded: image_bytes must be a complete JPEG or PNG file"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Every PNG ends with the IEND chunk: length 0, type "IEND", its fixed CRC.
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+class ExportError(ValueError):
+    """A taken version, an unusable model path or arguments that do not fit the model."""
+
+
+def export_model(
+    model: keras.Model | str | os.PathLike,
+    export_dir: str | os.PathLike,
+    version: int | None = None,
+    image_size: int | None = None,
+    top_k: int = 5,
+    class_names: Sequence[str] | None = None,
+    crop_padding: int | None = None,
+    input_config: Any = None,
+    checkpoint: str = "last",
+    warmup: bool = True,
+) -> Path:
+    """Writes `export_dir/<version>/`, a SavedModel for TF Serving (see the module doc).
+
+    Args:
+      model: a Keras model (e.g. the trainer's, holding the EMA weights after `fit`),
+        a `.keras` file, or a training model_dir.
+      export_dir: BASE/NAME, the model's directory on the server (local path);
+        NAME is also the model name in the warm-up requests.
+      version: positive integer; None takes the highest existing version + 1.
+      image_size: serving resolution. Default: `input_config.image_size`, the
+        model_dir's config.yaml, else the model's input size. A size other than the
+        model's rebuilds it for that input (the weights must fit it).
+      top_k: number of classes in the top_k_* outputs (at most the class count).
+      class_names: one name per class. Default: the ImageNet names for 1000 classes,
+        else "class_<i>".
+      crop_padding: evaluation crop padding. Default: `input_config.eval_crop_padding`,
+        the model_dir's config.yaml, else 32 (the ImageNet recipe).
+      input_config: a `training.input_config.InputConfig` (what the trainer passes),
+        read for image_size and eval_crop_padding.
+      checkpoint: for a model_dir, which of checkpoints/{last,best}.keras to export.
+      warmup: write assets.extra/tf_serving_warmup_requests.
+
+    Returns:
+      The version directory that was written.
+
+    Raises:
+      ExportError: the version exists, the path holds no model, or an argument does
+        not fit the model. Nothing is left behind on any error.
+    """
+    run_config: dict[str, Any] = {}
+    if not isinstance(model, keras.Model):
+        model, run_config = load_model(model, checkpoint)
+    if input_config is not None:
+        run_config = {"image_size": input_config.image_size,
+                      "eval_crop_padding": input_config.eval_crop_padding}
+    image_size = image_size or run_config.get("image_size") or model.input_shape[1]
+    if not image_size:
+        raise ExportError("The model's input size is not fixed: pass image_size.")
+    if crop_padding is None:
+        crop_padding = run_config.get("eval_crop_padding", 32)
+    serving_model = float32_copy(model, image_size)
+    classes = serving_model.output_shape[-1]
+    class_names = list(class_names) if class_names is not None else default_class_names(classes)
+    if len(class_names) != classes:
+        raise ExportError(f"{len(class_names)} class names for a model with {classes} classes.")
+    if not 1 <= top_k <= classes:
+        raise ExportError(f"top_k must be in [1, {classes}], not {top_k}.")
+
+    export_dir = _local_path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    version = _choose_version(export_dir, version)
+    final = export_dir / str(version)
+    # Same directory as the final one, so the rename is atomic (one filesystem).
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_dir))
+    try:
+        archive = build_archive(serving_model, image_size, crop_padding, top_k, class_names)
+        archive.write_out(str(staging), verbose=False)
+        if warmup:
+            from export import warmup as warmup_lib  # needs tensorflow-serving-api
+
+            warmup_lib.write_warmup_requests(
+                staging, model_name=export_dir.name, image_size=image_size + crop_padding
+            )
+        if final.exists():  # another exporter took the number meanwhile
+            raise ExportError(f"Version {version} appeared in {export_dir} during the export.")
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def load_model(path: str | os.PathLike, checkpoint: str = "last") -> tuple[keras.Model, dict]:
+    """Loads a `.keras` file or a training model_dir's checkpoint.
+
+    Returns:
+      The model and, for a model_dir, its config.yaml `input` section ({} otherwise).
+    """
+    # Registers LambdaLayer, StochasticDepth, ... for deserialisation. Export time only:
+    # the SavedModel itself does not need the package.
+    import lambda_keras.models  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
+    path = Path(path)
+    run_config: dict[str, Any] = {}
+    if path.is_dir():
+        config_path = path / "config.yaml"
+        if config_path.exists():
+            import yaml  # pylint: disable=import-outside-toplevel
+
+            run_config = (yaml.safe_load(config_path.read_text()) or {}).get("input", {})
+        if checkpoint not in ("last", "best"):
+            raise ExportError(f"checkpoint must be last or best, not {checkpoint!r}.")
+        path = path / "checkpoints" / f"{checkpoint}.keras"
+    if path.suffix != ".keras" or not path.is_file():
+        raise ExportError(f"{path} is not a .keras file (pass a .keras file or a model_dir "
+                          "with checkpoints/last.keras).")
+    return keras.saving.load_model(path, compile=False), run_config
+
+
+def float32_copy(model: keras.Model, image_size: int | None = None) -> keras.Model:
+    """The same network and weights with every layer in float32, outside any strategy.
+
+    A model trained under mixed_bfloat16 / mixed_float16 stores float32 weights but
+    computes in 16 bits; serving computes in float32 for the accuracy the weights
+    allow on CPUs and GPUs alike. Rebuilding from the config (instead of exporting
+    `model` itself) also drops the distribution strategy the trainer's variables
+    live in (call it outside `strategy.scope()`). With `image_size`, the input layer is rebuilt for [size, size, 3].
+
+    Args:
+      model: a Functional or Sequential Keras model.
+      image_size: input height and width of the copy; None keeps the model's.
+
+    Returns:
+      A new model, [batch, size, size, 3] float32 -> the model's output.
+    """
+    serialized = _float32_policies(keras.saving.serialize_keras_object(model))
+    if image_size is not None:
+        for layer in serialized["config"]["layers"]:
+            if layer["class_name"] == "InputLayer":
+                layer["config"]["batch_shape"] = [None, image_size, image_size, 3]
+    previous = keras.config.dtype_policy()
+    # Sublayers created in a layer's constructor (the lambda layers' batch norms)
+    # take the global policy, not their parent's.
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = keras.saving.deserialize_keras_object(serialized)
+        copy.set_weights(model.get_weights())
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return copy
+
+
+def build_archive(
+    model: keras.Model,
+    image_size: int,
+    crop_padding: int,
+    top_k: int,
+    class_names: Sequence[str],
+) -> keras.export.ExportArchive:
+    """The ExportArchive with the two signatures (module doc) around a float32 model.
+
+    `model` maps float32 [batch, image_size, image_size, 3] normalised images to
+    [batch, classes] probabilities (softmax classifier) or logits (no activation).
+    """
+    activation = getattr(model.layers[-1], "activation", None)
+    activation_name = getattr(activation, "__name__", None)
+    if activation_name not in ("softmax", "linear"):
+        raise ExportError(f"The model ends in a {activation_name!r} activation; serving "
+                          "needs softmax probabilities or logits.")
+    labels = tf.constant(list(class_names), tf.string)
+    image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+    def classify(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = model(images, training=False)
+        probabilities = outputs if activation_name == "softmax" else tf.nn.softmax(outputs)
+        scores, indices = tf.math.top_k(probabilities, k=top_k)
+        return {
+            "probabilities": probabilities,
+            "top_k_indices": indices,
+            "top_k_scores": scores,
+            "top_k_labels": tf.gather(labels, indices),
+        }
+
+    def preprocess_encoded(image_bytes: tf.Tensor) -> tf.Tensor:
+        """One JPEG or PNG (scalar tf.string) -> float32 [image_size, image_size, 3]."""
+        head = tf.strings.substr(image_bytes, 0, 8)
+        is_jpeg = tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff"
+        length = tf.strings.length(image_bytes)
+        tail = tf.strings.substr(image_bytes, tf.maximum(length - len(_PNG_IEND), 0),
+                                 len(_PNG_IEND))
+        is_png = tf.logical_and(head == _PNG_SIGNATURE, tail == _PNG_IEND)
+        # The decode kernels' own errors ("Invalid JPEG data or crop window", "Input
+        # is empty") do not tell a client what was wrong; a truncated file is the
+        # common case, and the structural checks catch it before decoding.
+        decodable = tf.logical_or(
+            tf.logical_and(is_jpeg, preprocessing.is_complete_jpeg(image_bytes)), is_png
+        )
+        check = tf.debugging.Assert(decodable, [DECODE_ERROR])
+        with tf.control_dependencies([check]):
+            return tf.cond(
+                is_jpeg,
+                lambda: preprocessing.preprocess_for_eval(image_bytes, image_size, crop_padding),
+                lambda: preprocessing.preprocess_decoded_for_eval(
+                    tf.io.decode_png(image_bytes, channels=3), image_size, crop_padding
+                ),
+            )
+
+    def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(preprocess_encoded, image_bytes, fn_output_signature=image_spec)
+        return classify(images)
+
+    def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        preprocessed = tf.map_fn(
+            lambda image: preprocessing.preprocess_decoded_for_eval(image, image_size, crop_padding),
+            images,
+            fn_output_signature=image_spec,
+        )
+        return classify(preprocessed)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # The first endpoint is also what ExportArchive aliases as serving_default; naming
+    # it so makes the alias unnecessary.
+    archive.add_endpoint(
+        SERVING_DEFAULT, serve_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
+    )
+    archive.add_endpoint(
+        SERVE_IMAGES, serve_images,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
+    )
+    return archive
+
+
+def default_class_names(classes: int) -> list[str]:
+    """ImageNet class names for 1000 classes, else "class_0", "class_1", ..."""
+    if classes == 1000:
+        from lambda_keras import imagenet_utils  # pylint: disable=import-outside-toplevel
+
+        return [name for _, name in imagenet_utils.imagenet_classes()]
+    return [f"class_{index}" for index in range(classes)]
+
+
+def existing_versions(export_dir: str | os.PathLike) -> list[int]:
+    """The version numbers (integer-named subdirectories) under BASE/NAME, sorted."""
+    path = Path(export_dir)
+    if not path.is_dir():
+        return []
+    return sorted(int(child.name) for child in path.iterdir()
+                  if child.is_dir() and child.name.isdigit())
+
+
+def _choose_version(export_dir: Path, version: int | None) -> int:
+    taken = existing_versions(export_dir)
+    if version is None:
+        return max(taken, default=0) + 1
+    if version < 1:
+        raise ExportError(f"--version must be a positive integer, not {version}.")
+    if version in taken or (export_dir / str(version)).exists():
+        raise ExportError(f"Version {version} already exists in {export_dir}; versions are "
+                          f"never overwritten (next free: {max(taken, default=0) + 1}).")
+    return version
+
+
+def _local_path(path: str | os.PathLike) -> Path:
+    if "://" in str(path):
+        # The atomic rename needs a local filesystem; object stores have none.
+        raise ExportError(f"{path}: export to a local path, then copy the version "
+                          "directory to the bucket.")
+    return Path(path)
+
+
+def _float32_policies(config: Any) -> Any:
+    """`config` (a serialized model) with every layer's dtype policy set to float32."""
+    if isinstance(config, dict):
+        return {
+            key: "float32"
+            if key == "dtype" and isinstance(value, dict) and "DTypePolicy" in value.get("class_name", "")
+            else _float32_policies(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_float32_policies(item) for item in config]
+    return config
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.saved_model",
+        description="Export a .keras model or a training model_dir for TF Serving.",
+    )
+    parser.add_argument("--model", required=True, help=".keras file or training model_dir")
+    parser.add_argument("--output", required=True, help="BASE/NAME; writes BASE/NAME/<version>/")
+    parser.add_argument("--version", type=int, help="default: the next free version number")
+    parser.add_argument("--image_size", type=int, help="default: the training image size")
+    parser.add_argument("--crop_padding", type=int, help="default: the training eval_crop_padding")
+    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--class_names", help="text file, one class name per line")
+    parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                        help="which checkpoint of a model_dir (default: last)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    class_names = None
+    if args.class_names:
+        class_names = [line for line in Path(args.class_names).read_text("utf-8").splitlines() if line]
+    try:
+        path = export_model(
+            args.model, args.output, version=args.version, image_size=args.image_size,
+            top_k=args.top_k, class_names=class_names, crop_padding=args.crop_padding,
+            checkpoint=args.checkpoint,
+        )
+    except ExportError as error:
+        print(f"python -m export.saved_model: error: {error}", file=sys.stderr)
+        return 2
+    print(f"Exported {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
