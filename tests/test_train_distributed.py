@@ -1,0 +1,141 @@
+"""Distributed training on CPU: MirroredStrategy parity and two-worker MWMS.
+
+MirroredStrategy runs over the two logical CPU devices of tests/conftest.py; the
+MultiWorkerMirroredStrategy test starts two worker processes talking over
+127.0.0.1 (tf_ecosystem.md section 2.5).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training import config as config_lib, demo_data, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("digits")
+    demo_data.write_demo_data(str(path))
+    return str(path)
+
+
+def _first_step(config, strategy, initial_weights):
+    """(loss of the first step, weights after it) under `strategy`."""
+    keras.utils.set_random_seed(0)  # The same shuffle order for every run.
+    train_data, _, _, _ = train.build_datasets(config, strategy)
+    model = train.build_and_compile(config, strategy)
+    model.set_weights(initial_weights)
+    history = model.fit(train_data, epochs=1, steps_per_epoch=1, verbose=0)
+    return history.history["loss"][0], model.get_weights()
+
+
+def test_mirrored_two_replicas_match_one_device(digits_dir, tmp_path):
+    # Deterministic input (full-image crops, fixed order) and the learning rate at
+    # its peak from step 0, so that one step changes the weights. The peak is half the
+    # demo's (0.025): SyncBN's one-pass variance E[x^2] - E[x]^2 differs from the
+    # single device's two-pass one by float32 rounding, which a few stem channels
+    # with nearly constant inputs (black digit backgrounds) amplify into gradient
+    # differences of ~3e-3; at the demo's 0.05 those reach 1.4e-4 in 6 of 864 stem
+    # kernel entries.
+    config = config_lib.load_config("demo", [
+        "train.warmup_epochs=0", "train.epochs=1", "train.base_learning_rate=0.1",
+        "input.crop_area_range=[1, 1]", "input.crop_aspect_ratio_range=[1, 1]",
+        "input.deterministic_train=true",
+    ], **{"input.data_dir": digits_dir, "model_dir": str(tmp_path)})
+    initial = train.build_model(config).get_weights()
+
+    # The one-device run is MirroredStrategy over CPU:0, so that both take Keras'
+    # strategy code path: under a strategy, fit first draws a batch from a separate
+    # iterator to build the model symbolically, which advances the seeded shuffle
+    # differently from the no-strategy path.
+    one_device = tf.distribute.MirroredStrategy(["CPU:0"])
+    mirrored = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    loss_1, weights_1 = _first_step(config, one_device, initial)
+    keras.backend.clear_session()
+    loss_2, weights_2 = _first_step(config, mirrored, initial)
+
+    assert loss_1 > 1.0  # A real cross entropy over 10 classes, not a degenerate value.
+    assert loss_2 == pytest.approx(loss_1, abs=1e-4)
+    changed = 0
+    for before, w1, w2 in zip(initial, weights_1, weights_2):
+        np.testing.assert_allclose(w2, w1, atol=1e-4, rtol=0)
+        changed += not np.allclose(w1, before)
+    assert changed > len(initial) // 2  # The step moved most weights.
+
+
+WORKER = r"""
+import json, os, sys
+import numpy as np
+from training import config as config_lib, strategies, train
+
+data_dir, model_dir = sys.argv[1], sys.argv[2]
+strategy = strategies.create_strategy("multiworker")
+config = config_lib.load_config(
+    "demo", sys.argv[3:], **{"input.data_dir": data_dir, "model_dir": model_dir})
+model, results = train.run_experiment(config, strategy)
+index = strategies.worker_index(strategy)
+np.savez(os.path.join(model_dir, f"weights_{index}.npz"), *model.get_weights())
+with open(os.path.join(model_dir, f"results_{index}.json"), "w") as file:
+    json.dump({**results, "replicas": strategy.num_replicas_in_sync,
+               "chief": strategies.is_chief(strategy)}, file)
+"""
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_two_processes_end_with_the_same_weights(digits_dir, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    overrides = ["train.epochs=1", "train.steps_per_epoch=3", "train.warmup_epochs=0"]
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+                   TF_CONFIG=json.dumps({"cluster": cluster,
+                                         "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen(
+            [sys.executable, "-c", WORKER, digits_dir, str(tmp_path), *overrides],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    outputs = []
+    try:
+        for worker in workers:
+            outputs.append(worker.communicate(timeout=300)[0])
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-4000:]
+
+    results = [json.loads((tmp_path / f"results_{i}.json").read_text()) for i in range(2)]
+    assert [r["replicas"] for r in results] == [2, 2]
+    assert [r["chief"] for r in results] == [True, False]
+    assert [r["final_step"] for r in results] == [3, 3]
+    assert results[0]["top1"] == pytest.approx(results[1]["top1"])
+    weights = [np.load(tmp_path / f"weights_{i}.npz") for i in range(2)]
+    assert len(weights[0].files) == len(weights[1].files) > 100
+    for key in weights[0].files:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    # Only the chief writes checkpoints and logs; each worker keeps a backup.
+    assert (tmp_path / "checkpoints" / "last.keras").exists()
+    assert (tmp_path / "train_log.csv").exists()
+    assert (tmp_path / "backup" / "worker_1" / "training_metadata.json").exists()

@@ -1,0 +1,144 @@
+"""tf.distribute strategies for TPU, GPU, multi-worker and CPU training.
+
+`create_strategy(name, tpu)` is the one factory (tf_ecosystem.md section 2.5 asks for
+the resolver calls to sit behind one so that the rest can be tested without the
+hardware). Every failure to find the requested hardware raises `StrategyError` at once
+with what was looked for, instead of hanging or falling back silently.
+
+| name        | strategy                                   | replicas               |
+|-------------|--------------------------------------------|------------------------|
+| tpu         | TPUStrategy(TPUClusterResolver(tpu))       | TPU cores              |
+| gpu         | MirroredStrategy (default strategy if 1)   | local GPUs             |
+| multiworker | MultiWorkerMirroredStrategy from TF_CONFIG | workers x local GPUs   |
+| cpu         | the default strategy                       | 1                      |
+| auto        | the first that applies: multiworker (TF_CONFIG with several tasks), tpu (a TPU named or attached), gpu, cpu |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from training import compat
+
+
+class StrategyError(RuntimeError):
+    """The requested strategy cannot be created here; the message says why."""
+
+
+def resolve_strategy_name(name: str, tpu: str | None = None) -> str:
+    """The concrete strategy for `name`: "auto" becomes tpu, gpu, multiworker or cpu."""
+    if name != "auto":
+        return name
+    if _tf_config_task_count() > 1:
+        return "multiworker"
+    if tpu or os.environ.get("TPU_NAME") or tf.config.list_physical_devices("TPU"):
+        return "tpu"
+    if tf.config.list_physical_devices("GPU"):
+        return "gpu"
+    return "cpu"
+
+
+def create_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
+    """Creates the strategy `name` (see the module table); call before any other op.
+
+    Args:
+      name: "auto", "tpu", "gpu", "multiworker" or "cpu".
+      tpu: for "tpu": a TPU name, a grpc:// address, or "local" on a TPU VM; None
+        means $TPU_NAME, else "local".
+
+    Raises:
+      StrategyError: no TPU / GPU / TF_CONFIG where one was asked for.
+    """
+    name = resolve_strategy_name(name, tpu)
+    if name == "tpu":
+        return _tpu_strategy(tpu or os.environ.get("TPU_NAME") or "local")
+    if name == "gpu":
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            raise StrategyError(
+                "--strategy gpu: TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build "
+                "(pip install 'tensorflow[and-cuda]~=2.20.0') or use --strategy cpu."
+            )
+        if len(gpus) == 1:
+            # No strategy on one GPU: Keras then compiles with XLA (jit_compile
+            # "auto"), which it turns off under any strategy.
+            return tf.distribute.get_strategy()
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if _tf_config_task_count() < 1:
+            raise StrategyError(
+                "--strategy multiworker needs TF_CONFIG, e.g. "
+                '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, '
+                '"task": {"type": "worker", "index": 0}}, set on every worker.'
+            )
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        compat.patch_keras_for_multi_worker()
+        return strategy
+    if name == "cpu":
+        return tf.distribute.get_strategy()
+    raise StrategyError(
+        f"Unknown strategy {name!r}; expected auto, tpu, gpu, multiworker or cpu."
+    )
+
+
+def is_tpu_strategy(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, (tf.distribute.TPUStrategy,))
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def worker_index(strategy: tf.distribute.Strategy) -> int:
+    """This process's worker index under MWMS (0 elsewhere)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not is_multi_worker(strategy) or resolver is None:
+        return 0
+    return int(resolver.task_id or 0)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints and logs: the "chief" task, or worker
+    0 when the cluster has no chief, or the only process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not is_multi_worker(strategy) or resolver is None:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and not has_chief and worker_index(strategy) == 0
+
+
+def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:
+    if tpu == "local" and not tf.config.list_physical_devices("TPU"):
+        # Without this check the resolver would wait for a TPU runtime that is not
+        # there; on a TPU VM the TPU devices are listed before initialisation.
+        raise StrategyError(
+            "--strategy tpu: no TPU found (--tpu local, and TensorFlow lists no TPU "
+            "devices). On a Cloud TPU VM install tensorflow-tpu==2.20.* (see the "
+            "README); elsewhere pass --tpu NAME or use --strategy gpu / cpu."
+        )
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        if tpu != "local":
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        raise StrategyError(f"--strategy tpu: cannot connect to TPU {tpu!r}: {error}") from error
+
+
+def _tf_config_task_count() -> int:
+    """Number of tasks in $TF_CONFIG's cluster (0 without TF_CONFIG)."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return 0
+    try:
+        cluster = json.loads(text).get("cluster", {})
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise StrategyError(f"TF_CONFIG is not a JSON object: {error}") from error
+    return sum(len(tasks) for tasks in cluster.values())
