@@ -6,14 +6,16 @@ import json
 import keras
 import pytest
 
+from export import predict
 from training import train
 
 
 @pytest.mark.slow
 def test_demo_trains_to_95_percent_top1_with_every_output(tmp_path, capsys):
+    """The README's main job: train the demo, evaluate, export, classify with the export."""
     model_dir = tmp_path / "model"
     status = train.main(["--config", "demo", "--data_dir", str(tmp_path / "data"),
-                         "--model_dir", str(model_dir)])
+                         "--model_dir", str(model_dir), "--export_dir", str(tmp_path / "export")])
     assert status == 0, capsys.readouterr().err
 
     results = json.loads((model_dir / "eval_results.json").read_text())
@@ -44,3 +46,14 @@ def test_demo_trains_to_95_percent_top1_with_every_output(tmp_path, capsys):
     assert last.output_shape == (None, 10)
     printed = capsys.readouterr().out
     assert "TF_ENABLE_ONEDNN_OPTS=" in printed and "architecture: LambdaResNet" in printed
+    assert f"Exported the model for serving to {tmp_path / 'export' / '1'}" in printed
+
+    # One validation sample per digit, classified by the export's serving_default.
+    samples = [tmp_path / "data" / "samples" / f"digit_{digit}.jpg" for digit in range(10)]
+    top_k = predict.classify(tmp_path / "export", samples)
+    correct = sum(labels[0][0] == f"class_{digit}" for digit, labels in enumerate(top_k))
+    assert correct >= 8, top_k  # 97% validation top-1: two misses in ten would be rare
+    assert predict.main([str(tmp_path / "export"), str(samples[3])]) == 0
+    assert "digit_3.jpg: class_" in capsys.readouterr().out
+    assert predict.main([str(tmp_path / "export"), str(tmp_path / "missing.jpg")]) == 2
+    assert "no such image file" in capsys.readouterr().err

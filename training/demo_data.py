@@ -12,7 +12,8 @@ a CPU), converted to RGB and written as JPEG (quality 95) tf.Examples with the
 default, like ImageNet's 1..1000). So the demo goes through exactly the ImageNet path:
 `build_dataset(demo_input_config(DIR), "train")`.
 
-A fixed permutation (seed 0) puts 1500 digits in train-* and 297 in validation-*.
+A fixed permutation (seed 0) puts 1500 digits in train-* and 297 in validation-*;
+`samples/digit_<d>.jpg` holds one validation image per digit, to classify with an export.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from training.prepare_imagenet import image_example, shard_name, write_records_a
 NUM_CLASSES = 10
 DEFAULT_IMAGE_SIZE = 32
 VALIDATION_SIZE = 297
+SAMPLES_DIR = "samples"
 # sklearn's digits are 4-bit: pixel values 0..16.
 _DIGITS_MAX_VALUE = 16.0
 
@@ -97,7 +99,17 @@ def write_demo_data(
             )
             path = os.path.join(output_dir, shard_name(split, shard, shards[split]))
             written[split] += write_records_atomically(path, records)
+    write_samples(os.path.join(output_dir, SAMPLES_DIR), images, digits, splits["validation"])
     return written
+
+
+def write_samples(samples_dir: str, images: np.ndarray, digits: np.ndarray, indices: np.ndarray) -> None:
+    """One validation JPEG per digit, ``samples/digit_<d>.jpg``, to classify with an export."""
+    tf.io.gfile.makedirs(samples_dir)
+    for digit in range(NUM_CLASSES):
+        first = next(i for i in indices if digits[i] == digit)
+        with tf.io.gfile.GFile(os.path.join(samples_dir, f"digit_{digit}.jpg"), "wb") as handle:
+            handle.write(encode_jpeg(images[first]))
 
 
 def demo_input_config(data_dir: str, **overrides: Any) -> InputConfig:
