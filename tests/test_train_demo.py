@@ -23,11 +23,11 @@ def test_demo_trains_to_95_percent_top1_with_every_output(tmp_path, capsys):
     assert results["top5"] >= results["top1"]
     assert results["skipped_train_records"] == 0
     assert (results["start_epoch"], results["start_step"]) == (0, 0)
-    assert results["final_step"] == 5 * (1500 // 64)  # epochs x steps per epoch
+    assert results["final_step"] == 8 * (1500 // 64)  # epochs x steps per epoch
 
     with open(model_dir / "train_log.csv") as file:
         rows = list(csv.DictReader(file))
-    assert [int(row["epoch"]) for row in rows] == list(range(5))
+    assert [int(row["epoch"]) for row in rows] == list(range(8))
     for key in ("loss", "top1", "top5", "val_top1", "val_top5", "learning_rate",
                 "images_per_second", "skipped_records"):
         assert key in rows[0], key
