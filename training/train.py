@@ -61,7 +61,7 @@ BEST_METRIC = "val_top1"
 
 
 class ExportUnavailableError(RuntimeError):
-    """--export_dir was given but export/saved_model.py is not installed."""
+    """--export_dir was given but the export's serving dependency is not installed."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -385,12 +385,12 @@ def _write_demo_data_if_missing(config: ExperimentConfig) -> None:
 
 
 def _export_function():
-    if importlib.util.find_spec("export") is None or importlib.util.find_spec(
-        "export.saved_model"
-    ) is None:
+    # The export writes TF Serving warm-up requests with tensorflow-serving-api (the
+    # `serve` extra); without it a long run would fail only after training.
+    if importlib.util.find_spec("tensorflow_serving") is None:
         raise ExportUnavailableError(
-            "--export_dir needs export/saved_model.py (export_model), which this "
-            "checkout does not have yet; run without --export_dir."
+            "--export_dir needs tensorflow-serving-api (pip install 'lambda-keras[serve]') "
+            "to write the TF Serving warm-up requests; install it or run without --export_dir."
         )
     from export import saved_model  # pylint: disable=import-outside-toplevel
 
