@@ -77,6 +77,10 @@ REFERENCE_CASES = [
     pytest.param((2, 5, 6, 12), 4, 3, 2, 23, True, True, id="img5x6-r23-wider-than-input"),
     pytest.param((2, 5, 7, 8), 4, 2, 1, 3, True, False, id="img-content-only"),
     pytest.param((2, 5, 7, 8), 4, 2, 2, 3, False, True, id="img-position-only"),
+    # h (k + v) < k v: the einsum contracts queries with the embeddings first.
+    pytest.param((2, 9, 16), 4, 2, 2, 5, True, True, id="seq-queries-first"),
+    pytest.param((2, 5, 6, 16), 4, 2, 2, 3, True, True, id="img-queries-first"),
+    pytest.param((2, 4, 5, 16), 4, 2, 1, None, False, True, id="img-global-queries-first"),
 ]
 
 
@@ -177,11 +181,12 @@ def test_keys_are_normalized_over_positions_not_key_depth():
     np.testing.assert_allclose(outputs, np.repeat(queries.sum(-1, keepdims=True), 4, axis=-1), atol=ATOL)
 
 
+@pytest.mark.parametrize("channels", [8, 16])  # 16: the einsum takes the queries-first order
 @pytest.mark.parametrize("scope_size", [5, None])
 @pytest.mark.parametrize("implementation", ["einsum", "conv"])
-def test_causal_matches_reference(scope_size, implementation):
+def test_causal_matches_reference(scope_size, implementation, channels):
     layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=scope_size, causal=True, implementation=implementation)
-    shape = (2, 9, 8)
+    shape = (2, 9, channels)
     weights = randomize(layer, shape)
     inputs = random_inputs(shape)
     np.testing.assert_allclose(
@@ -249,17 +254,19 @@ def test_strides_two_average_pools_after_the_layer(shape):
     np.testing.assert_allclose(outputs, expected, atol=ATOL, rtol=0)
 
 
-def test_position_bias_adds_query_weighted_bias():
+@pytest.mark.parametrize("channels", [8, 16])  # 16: the einsum takes the queries-first order
+def test_position_bias_adds_query_weighted_bias(channels):
     layer = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, use_position_bias=True)
-    shape = (1, 4, 4, 8)
+    shape = (1, 4, 4, channels)
     weights = randomize(layer, shape)
     bias = np.array([0.5, -1.0, 2.0, 0.25], "float32")
     layer.position_bias.assign(bias)
     inputs = random_inputs(shape)
     queries = reference.batch_norm(
-        inputs.reshape(1, 16, 8) @ weights["query_kernel"], *weights["query_norm"], 1e-3
+        inputs.reshape(1, 16, channels) @ weights["query_kernel"], *weights["query_norm"], 1e-3
     ).reshape(1, 4, 4, 2, 4)
-    bias_term = np.repeat((queries @ bias)[..., None], 4, axis=-1).reshape(1, 4, 4, 8)
+    value_dim = channels // 2
+    bias_term = np.repeat((queries @ bias)[..., None], value_dim, axis=-1).reshape(1, 4, 4, channels)
     for implementation in ("einsum", "conv", "banded"):
         layer.implementation = implementation
         np.testing.assert_allclose(

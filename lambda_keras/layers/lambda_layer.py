@@ -19,7 +19,7 @@ IMPLEMENTATIONS = ("auto", "einsum", "conv", "banded")
 # call trains (the backward pass changes the ranking). The paper switches from the
 # einsum to the convolution at n > 85^2 on TPUv3 (Section 5); these thresholds are
 # the crossovers measured on CPU by benchmarks/layer_speed.py (README table).
-AUTO_INFERENCE_EINSUM_MAX_POSITIONS = 16 * 16
+AUTO_INFERENCE_EINSUM_MAX_POSITIONS = 20 * 20
 AUTO_TRAINING_EINSUM_MAX_POSITIONS = 20 * 20
 AUTO_TRAINING_BANDED_MAX_POSITIONS = 64 * 64
 
@@ -77,7 +77,8 @@ class LambdaLayer(keras.layers.Layer):
       strides: 1, or 2 for a 3x3 (3-long) average pool with stride 2 and ``"same"``
         padding after the layer, the paper's downsampling (Appendix E.1).
       implementation: ``"einsum"`` gathers the embeddings into an ``[n, m, k, u]``
-        table masked outside the scope (Figure 3); ``"conv"`` computes the position
+        table masked outside the scope (Figure 3) and contracts it with the queries
+        first when that is cheaper (``h (k + v) < k v``); ``"conv"`` computes the position
         lambdas as a convolution of the values with the table (Figure 5) without the
         ``n x m`` table; ``"banded"`` computes the same convolution as banded
         (Toeplitz) matrix products, rows by columns, which trains fastest on CPU at
@@ -265,13 +266,6 @@ class LambdaLayer(keras.layers.Layer):
             table = table * relative_positions.causal_table_mask(table.shape[0], table.dtype)
         return table
 
-    def _position_lambdas_einsum(self, values, spatial_shape):
-        """``[b, n, u, v]`` values -> ``[b, n, k, v]`` position lambdas (Figure 3)."""
-        embeddings = relative_positions.gather_relative_embeddings(
-            self._position_table(), spatial_shape, causal=self.causal
-        )
-        return ops.einsum("nmku,bmuv->bnkv", embeddings, values)
-
     def _position_lambdas_conv(self, values, spatial_shape):
         """``[b, n, u, v]`` values -> ``[b, v, n, k]`` position lambdas (Figure 5).
 
@@ -319,9 +313,16 @@ class LambdaLayer(keras.layers.Layer):
         return ops.reshape(lambdas, (batch, -1, self.key_dim, self.value_dim))
 
     def _content_lambda(self, keys, values):
-        """Global content lambda ``sum_{m,u} softmax_m(K) V^T``, ``[b, k, v]``."""
-        normalized_keys = ops.softmax(keys, axis=1)
-        return ops.einsum("bmuk,bmuv->bkv", normalized_keys, values)
+        """Global content lambda ``sum_{m,u} softmax_m(K) V^T``, ``[b, k, v]``.
+
+        The softmax over the context axis ``m`` is written out (shift, exp, and the
+        normalisation applied to the ``[b, u, k, v]`` sums): a softmax over a
+        non-minor axis transposes the keys first and costs more than the whole
+        content lambda.
+        """
+        weights = ops.exp(keys - ops.max(keys, axis=1, keepdims=True))  # [b, m, u, k]
+        unnormalized = ops.einsum("bmuk,bmuv->bukv", weights, values)
+        return ops.sum(unnormalized / ops.sum(weights, axis=1)[..., None], axis=1)
 
     def _causal_content_lambdas(self, keys, values, mask):
         """Per-query content lambdas over context positions ``<= n``, ``[b, n, k, v]``.
@@ -373,6 +374,67 @@ class LambdaLayer(keras.layers.Layer):
         exp_sums = ops.maximum(exp_sums, ops.cast(1e-30, exp_sums.dtype))
         return ops.sum(weighted_sums / exp_sums[..., None], axis=2)
 
+    def _inference_norm_affine(self, norm):
+        """``(scale, shift)``, float32 ``[channels]``: batch norm with moving statistics."""
+        scale = ops.cast(norm.gamma, "float32") * ops.rsqrt(
+            ops.cast(norm.moving_variance, "float32") + norm.epsilon
+        )
+        return scale, ops.cast(norm.beta, "float32") - ops.cast(norm.moving_mean, "float32") * scale
+
+    def _project(self, inputs, training):
+        """Queries ``[b, n, h*k]``, keys ``[b, n, u*k]`` (None without content) and
+        values ``[b, n, u*v]`` in float32, with the batch norms applied.
+
+        One matmul with the concatenated kernels reads the input once for all three
+        projections. At inference a batch norm is an affine map per channel, which is
+        folded into the kernel (float32 compute) or applied once to the concatenated
+        projection, instead of two separate normalisation passes.
+        """
+        kernels = [self.query_kernel] + ([self.key_kernel] if self.use_content else [])
+        kernels.append(self.value_kernel)
+        splits = [self.num_heads * self.key_dim]
+        if self.use_content:
+            splits.append(splits[-1] + self.intra_depth * self.key_dim)
+        kernel = ops.concatenate(kernels, axis=1)
+        if training and self.query_norm.trainable:  # batch statistics, moving averages updated
+            projected = ops.split(ops.matmul(inputs, kernel), splits, axis=-1)
+            projected[0] = self.query_norm(projected[0], training=True)
+            projected[-1] = self.value_norm(projected[-1], training=True)
+            projected = [ops.cast(part, "float32") for part in projected]
+        else:
+            query_scale, query_shift = self._inference_norm_affine(self.query_norm)
+            value_scale, value_shift = self._inference_norm_affine(self.value_norm)
+            key_channels = self.intra_depth * self.key_dim if self.use_content else 0
+            scale = ops.concatenate([query_scale, ops.ones((key_channels,)), value_scale], axis=0)
+            shift = ops.concatenate([query_shift, ops.zeros((key_channels,)), value_shift], axis=0)
+            if self.compute_dtype == "float32":
+                projected = ops.matmul(inputs, kernel * scale) + shift
+            else:  # keep the folding in float32 rather than rounding the kernel twice
+                projected = ops.cast(ops.matmul(inputs, kernel), "float32") * scale + shift
+            projected = ops.split(projected, splits, axis=-1)
+        if not self.use_content:
+            projected.insert(1, None)
+        return projected
+
+    def _position_outputs_einsum(self, queries, values, spatial_shape):
+        """``[b, n, h, k]`` queries, ``[b, n, u, v]`` values -> ``[b, n, h, v]``.
+
+        ``y_n = q_n lambda^p_n`` with ``lambda^p_n = sum_m E[n, m] V[m]^T``: the two
+        contractions are associative, so the cheaper order runs. Building the
+        lambdas costs ``n m u k v``; weighting the context by ``q_n E[n, m]`` first,
+        as attention does, costs ``n m u h (k + v)``, less whenever
+        ``h (k + v) < k v`` (the paper's k=16, h=4 with v > 5).
+        """
+        embeddings = relative_positions.gather_relative_embeddings(
+            self._position_table(), spatial_shape, causal=self.causal
+        )  # [n, m, k, u]
+        heads, key_dim, value_dim = self.num_heads, self.key_dim, self.value_dim
+        if heads * (key_dim + value_dim) < key_dim * value_dim:
+            position_weights = ops.einsum("bnhk,nmku->bnhmu", queries, embeddings)
+            return ops.einsum("bnhmu,bmuv->bnhv", position_weights, values)
+        position_lambdas = ops.einsum("nmku,bmuv->bnkv", embeddings, values)
+        return ops.einsum("bnhk,bnkv->bnhv", queries, position_lambdas)
+
     def call(self, inputs, training=None, mask=None):
         input_shape = ops.shape(inputs)
         batch = input_shape[0]
@@ -383,19 +445,17 @@ class LambdaLayer(keras.layers.Layer):
         static_positions = math.prod(inputs.shape[1:-1]) if None not in inputs.shape[1:-1] else None
         heads, key_dim, depth, value_dim = self.num_heads, self.key_dim, self.intra_depth, self.value_dim
 
-        queries = self.query_norm(ops.matmul(inputs, self.query_kernel), training=training)
-        values = self.value_norm(ops.matmul(inputs, self.value_kernel), training=training)
-        # Float32 from here on: softmax and lambda sums (Section 5, peers' AMP NaNs).
-        queries = ops.reshape(ops.cast(queries, "float32"), (batch, -1, heads, key_dim))
-        values = ops.reshape(ops.cast(values, "float32"), (batch, -1, depth, value_dim))
+        # Float32 from the projections on: softmax and lambda sums (Section 5, peers' AMP NaNs).
+        queries, keys, values = self._project(inputs, training)
+        queries = ops.reshape(queries, (batch, -1, heads, key_dim))
+        values = ops.reshape(values, (batch, -1, depth, value_dim))
         if mask is not None:
             mask = ops.reshape(ops.cast(mask, "bool"), (batch, -1))
             values = values * ops.cast(mask, values.dtype)[:, :, None, None]
 
         outputs = None
         if self.use_content:
-            keys = ops.matmul(inputs, self.key_kernel)
-            keys = ops.reshape(ops.cast(keys, "float32"), (batch, -1, depth, key_dim))
+            keys = ops.reshape(keys, (batch, -1, depth, key_dim))
             if mask is not None:
                 keys = ops.where(mask[:, :, None, None], keys, _NO_CONTEXT)
             if self.causal:
@@ -411,14 +471,18 @@ class LambdaLayer(keras.layers.Layer):
                 if self.use_position_bias:
                     position_lambdas = position_lambdas + self.position_bias
                 position_outputs = ops.einsum("bnhk,bvnk->bnhv", queries, position_lambdas)
-            else:
-                if implementation == "banded" and len(spatial_shape) == 2:
-                    position_lambdas = self._position_lambdas_banded(values, spatial_shape)
-                else:  # einsum; for sequences the banded product is the einsum itself
-                    position_lambdas = self._position_lambdas_einsum(values, spatial_shape)
+            elif implementation == "banded" and len(spatial_shape) == 2:
+                position_lambdas = self._position_lambdas_banded(values, spatial_shape)
                 if self.use_position_bias:
                     position_lambdas = position_lambdas + self.position_bias[None, None, :, None]
                 position_outputs = ops.einsum("bnhk,bnkv->bnhv", queries, position_lambdas)
+            else:  # einsum; for sequences the banded product is the einsum itself
+                position_outputs = self._position_outputs_einsum(queries, values, spatial_shape)
+                if self.use_position_bias:
+                    # The bias adds bias[k] to every column of lambda^p_n.
+                    position_outputs = position_outputs + ops.einsum(
+                        "bnhk,k->bnh", queries, self.position_bias
+                    )[..., None]
             outputs = position_outputs if outputs is None else outputs + position_outputs
 
         # Head-major output channels: head * v + j (Figure 3).
