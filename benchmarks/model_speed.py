@@ -3,11 +3,10 @@
 Models (all at ``--image-size``, 224 by default, 1000 classes): LambdaResNet50,
 ResNetRS50 with SE, keras.applications.ResNet50, the eight Table 13 hybrids of
 the vanilla ResNet-50 (``HybridResNet50(placement=...)``), LambdaResNet101 and
-ResNetRS101 with SE (Table 14). For each: trainable parameters, FLOPs of one
-image (TensorFlow's profiler on the frozen inference graph, 2 FLOPs per
-multiply-add; ops without registered FLOP statistics, such as ``Einsum``, count
-0, so the lambda layers' einsums are missing from the lambda models' figures),
-inference images/s (``tf.function``, inference mode) and training images/s (one
+ResNetRS101 with SE (Table 14). For each: trainable parameters, multiply-adds
+of one image (``lambda_keras.models.multiply_adds``: the analytic count of the
+convolutions, dense and lambda layers, the convention in which ResNet-50 has
+"4.1 GFLOPs"; TensorFlow's profiler counts ``Einsum`` as zero), inference images/s (``tf.function``, inference mode) and training images/s (one
 SGD step of a compiled ``train_on_batch``), each the median of ``--repeats``
 timed calls after 2 warm-up calls.
 
@@ -72,23 +71,12 @@ def build(name: str, image_size: int):
     return lk.HybridResNet50(placement=name, input_shape=shape)
 
 
-def inference_flops(model, image_size: int) -> int:
-    """FLOPs of one image through the frozen inference graph (TF profiler)."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    function = tf.function(lambda x: model(x, training=False))
-    concrete = function.get_concrete_function(tf.TensorSpec((1, image_size, image_size, 3), tf.float32))
-    graph = convert_variables_to_constants_v2(concrete).graph
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
-
-
 def measure(name: str, image_size: int, batch: int, repeats: int) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
+
+    from lambda_keras.models import multiply_adds
 
     model = build(name, image_size)
     images = tf.random.uniform((batch, image_size, image_size, 3), seed=0)
@@ -103,7 +91,7 @@ def measure(name: str, image_size: int, batch: int, repeats: int) -> dict:
         "model": name,
         "params_m": round(params / 1e6, 2),
         "paper_params_m": paper_params,
-        "gflops": round(inference_flops(model, image_size) / 1e9, 2),
+        "gmacs": round(multiply_adds(model) / 1e9, 2),
         "inference_img_s": round(batch / inference, 2),
         "training_img_s": round(batch / training, 2),
         "paper_inference_ex_s_tpu": paper_throughput,
@@ -134,11 +122,11 @@ def main() -> None:
 
     by_name = {row["model"]: row for row in rows}
     print(f"\nCPU, {args.image_size}x{args.image_size}, batch {args.batch}\n")
-    print("| model | params (M) | paper params (M) | GFLOPs | inference img/s | training img/s | paper ex/s (8 TPUv3) |")
+    print("| model | params (M) | paper params (M) | G multiply-adds | inference img/s | training img/s | paper ex/s (8 TPUv3) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['model']} | {row['params_m']} | {row['paper_params_m'] or '-'} | {row['gflops']} | "
+            f"| {row['model']} | {row['params_m']} | {row['paper_params_m'] or '-'} | {row['gmacs']} | "
             f"{row['inference_img_s']} | {row['training_img_s']} | {row['paper_inference_ex_s_tpu'] or '-'} |"
         )
     for numerator, denominator, floor in RATIOS:

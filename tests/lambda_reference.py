@@ -52,6 +52,9 @@ def lambda_layer(
     causal=False,
     mask=None,
     epsilon=1e-3,
+    key_normalization="softmax",
+    query_softmax=False,
+    use_batch_norm=True,
 ):
     """The lambda layer of Figures 3 and 8 in inference mode.
 
@@ -61,6 +64,10 @@ def lambda_layer(
         ``value_kernel [d, u*v]``, ``query_norm`` / ``value_norm`` as
         ``(gamma, beta, mean, variance)``, ``position_embeddings [*T, k, u]``.
       mask: optional ``[b, n]`` booleans, False for padded context positions.
+      key_normalization, query_softmax, use_batch_norm: the Table 12 variants: keys
+        normalised over the context by softmax, to unit L2 norm, or not at all;
+        queries also softmax-normalised over k; no batch norm on queries and values
+        (``weights`` then has no ``query_norm`` / ``value_norm``).
 
     Returns:
       ``[b, *S, h*v]``, channel ``head * v + j``.
@@ -69,9 +76,14 @@ def lambda_layer(
     batch, spatial_shape, channels = inputs.shape[0], inputs.shape[1:-1], inputs.shape[-1]
     positions = int(np.prod(spatial_shape))
     flat = inputs.reshape(batch, positions, channels)
-    queries = batch_norm(flat @ weights["query_kernel"], *weights["query_norm"], epsilon)
+    queries = flat @ weights["query_kernel"]
+    values = flat @ weights["value_kernel"]
+    if use_batch_norm:
+        queries = batch_norm(queries, *weights["query_norm"], epsilon)
+        values = batch_norm(values, *weights["value_norm"], epsilon)
     queries = queries.reshape(batch, positions, num_heads, key_dim)
-    values = batch_norm(flat @ weights["value_kernel"], *weights["value_norm"], epsilon)
+    if query_softmax:
+        queries = softmax(queries, axis=-1)
     value_dim = values.shape[-1] // intra_depth
     values = values.reshape(batch, positions, intra_depth, value_dim)  # u-major channels
     context = np.ones((batch, positions), bool) if mask is None else np.asarray(mask, bool)
@@ -88,7 +100,13 @@ def lambda_layer(
             if not visible[b, n].any():
                 continue
             keys_in_context = keys[b, visible[b, n]]  # [m', u, k]
-            normalized = softmax(keys_in_context, axis=0)  # over context positions
+            if key_normalization == "softmax":  # over context positions
+                normalized = softmax(keys_in_context, axis=0)
+            elif key_normalization == "l2":
+                norms = np.sqrt((keys_in_context**2).sum(axis=0, keepdims=True))
+                normalized = keys_in_context / np.maximum(norms, 1e-6)
+            else:
+                normalized = keys_in_context
             lambdas[b, n] += np.einsum("muk,muv->kv", normalized, values[b, visible[b, n]])
     if use_position:
         embeddings = relative_embeddings(weights["position_embeddings"], spatial_shape, causal)

@@ -29,6 +29,8 @@ def randomize(layer: LambdaLayer, input_shape, seed: int = 0) -> dict:
             weights[name] = value.astype("float32").astype(np.float64)
     for name in ("query_norm", "value_norm"):
         norm = getattr(layer, name)
+        if norm is None:  # use_batch_norm=False
+            continue
         channels = norm.gamma.shape[0]
         stats = (
             rng.uniform(0.5, 1.5, channels),
@@ -58,6 +60,9 @@ def run_reference(layer: LambdaLayer, inputs, weights, **kwargs):
         use_position=layer.use_position,
         causal=layer.causal,
         epsilon=layer.norm_epsilon,
+        key_normalization=layer.key_normalization,
+        query_softmax=layer.query_softmax,
+        use_batch_norm=layer.use_batch_norm,
         **kwargs,
     )
 
@@ -106,6 +111,49 @@ def test_matches_numpy_reference(
     expected = run_reference(layer, inputs, weights)
     assert outputs.shape == expected.shape
     np.testing.assert_allclose(outputs, expected, atol=ATOL, rtol=0)
+
+
+TABLE_12_VARIANTS = [
+    pytest.param({"query_softmax": True}, id="softmax-on-queries"),
+    pytest.param({"key_normalization": "l2"}, id="l2-keys"),
+    pytest.param({"key_normalization": "none"}, id="no-key-normalization"),
+    pytest.param({"use_batch_norm": False}, id="no-batch-norm"),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("variant", TABLE_12_VARIANTS)
+def test_table_12_normalization_variants_match_reference(variant, causal):
+    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=5, causal=causal, **variant)
+    shape = (2, 9, 8)
+    weights = randomize(layer, shape)
+    inputs = random_inputs(shape)
+    np.testing.assert_allclose(
+        np.asarray(layer(inputs)), run_reference(layer, inputs, weights), atol=ATOL, rtol=0
+    )
+    assert LambdaLayer.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("key_normalization", ["l2", "none"])
+def test_unnormalized_keys_respect_padding_masks(key_normalization):
+    layer = LambdaLayer(key_dim=4, num_heads=2, scope_size=5, key_normalization=key_normalization, causal=True)
+    weights = randomize(layer, (1, 11, 8))
+    padded = np.concatenate([random_inputs((1, 7, 8)), np.zeros((1, 4, 8), "float32")], axis=1)
+    mask = np.array([[True] * 7 + [False] * 4])
+    np.testing.assert_allclose(
+        np.asarray(layer(padded, mask=mask))[:, :7],
+        run_reference(layer, padded, weights, mask=mask)[:, :7],
+        atol=ATOL,
+        rtol=0,
+    )
+
+
+def test_no_batch_norm_layer_has_no_norm_weights():
+    layer = LambdaLayer(key_dim=4, num_heads=2, use_batch_norm=False)
+    layer.build((1, 5, 5, 8))
+    assert sorted(weight.name for weight in layer.weights) == [
+        "key_kernel", "position_embeddings", "query_kernel", "value_kernel"
+    ]
 
 
 def test_filters_differ_from_input_channels():
@@ -399,6 +447,7 @@ def test_auto_picks_by_size_and_training():
         ({"key_dim": 0}, "key_dim"),
         ({"strides": 3}, "strides"),
         ({"implementation": "fft"}, "implementation"),
+        ({"key_normalization": "l1"}, "key_normalization"),
         ({"use_content": False, "use_position": False}, "use_content"),
     ],
 )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lambda_keras import LambdaLayer, StochasticDepth
-from lambda_keras.models import HybridResNet50, LambdaResNet, LambdaResNet50
+from lambda_keras.models import HybridResNet50, LambdaResNet, LambdaResNet50, complexity, multiply_adds
 
 # A 4-block network (one block per stage) with lambda layers in the first, strided
 # block of c3 and c5 and a conv block in c4: every code path, built in about a second.
@@ -97,6 +97,18 @@ def test_hybrid_resnet50_is_vanilla():
     stages = {name.split("_")[0] for name in names if name.endswith("_lambda")}
     assert stages == {"c4", "c5"}
     assert model.name == "hybrid_resnet50_ccll"
+
+
+def test_table_12_options_reach_every_lambda_layer():
+    model = HybridResNet50(placement="CCCL", input_shape=(32, 32, 3), include_top=False,
+                           key_normalization="l2", query_softmax=True, lambda_batch_norm=False)
+    lambda_layers = [layer for layer in model.layers if isinstance(layer, LambdaLayer)]
+    assert len(lambda_layers) == 3
+    for layer in lambda_layers:
+        assert (layer.key_normalization, layer.query_softmax, layer.use_batch_norm) == ("l2", True, False)
+    # The c5 lambda layers lose their two batch norms: 2 * (h k + v) gammas and betas each.
+    default = HybridResNet50(placement="CCCL", input_shape=(32, 32, 3), include_top=False)
+    assert default.count_params() - model.count_params() == 3 * 4 * (4 * 16 + 512 // 4)
 
 
 def test_stochastic_depth_grows_per_stage():
@@ -296,3 +308,33 @@ def test_preprocess_input_is_imagenet_mean_and_std():
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(out[0, 0, 0], -mean / std, rtol=1e-5)
     np.testing.assert_allclose(out[1, 1, 1], (1 - mean) / std, rtol=1e-5)
+
+
+def test_scope_pairs_count_in_scope_offsets():
+    for length, scope, causal in [(7, 3, False), (5, 23, False), (9, None, False), (8, 5, True)]:
+        half = length if scope is None else scope // 2
+        brute = sum(
+            1 for query in range(length) for context in range(length)
+            if abs(context - query) <= half and (not causal or context <= query)
+        )
+        assert complexity.scope_pairs(length, scope, causal) == brute
+
+
+def test_multiply_adds_counts_convs_dense_and_lambda_layers():
+    inputs = keras.Input((6, 5, 8))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)  # 3x3 out, 9 taps, 8 -> 4
+    x = keras.layers.Conv2D(16, 1)(x)
+    x = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=3)(x)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    # Lambda layer on 3x3x16, k=4, h=2, u=2, v=8: projections 9*16*(8+8+16), content
+    # lambda 9*2*4*8, 7x7 in-scope pairs for r=3 on 3x3 ((3+2+2)^2 ... per axis 7),
+    # applying the lambdas 9*2*4*8.
+    lambda_cost = 9 * 16 * 32 + 9 * 2 * 4 * 8 + 7 * 7 * 2 * 4 * 8 + 9 * 2 * 4 * 8
+    expected = 3 * 3 * 4 * 9 * 8 + 3 * 3 * 16 * 4 + lambda_cost + 16 * 10
+    assert multiply_adds(model) == expected
+
+
+def test_multiply_adds_of_resnet50_is_the_quoted_4_1_g():
+    # ResNet-50 "has 4.1 GFLOPs" (multiply-adds; 4.09 G for the torchvision layout).
+    assert multiply_adds(HybridResNet50(placement="CCCC")) / 1e9 == pytest.approx(4.09, abs=0.01)

@@ -39,6 +39,21 @@ def test_architecture_names_match_the_models_package():
     assert set(config_lib.ARCHITECTURES) == constructors
 
 
+def test_key_normalizations_match_the_layer():
+    from lambda_keras.layers import lambda_layer
+
+    assert config_lib.KEY_NORMALIZATIONS == lambda_layer.KEY_NORMALIZATIONS
+
+
+def test_table_12_options_reach_the_lambda_layers():
+    config = _load("lambda_resnet50_vanilla_90ep", "model.key_normalization=l2",
+                   "model.query_softmax=true", "model.lambda_batch_norm=false")
+    kwargs = config.model.constructor_kwargs()
+    assert (kwargs["key_normalization"], kwargs["query_softmax"], kwargs["lambda_batch_norm"]) == ("l2", True, False)
+    with pytest.raises(ConfigError, match="model.key_normalization"):
+        _load("lambda_resnet50_vanilla_90ep", "model.key_normalization=l1")
+
+
 @pytest.mark.parametrize("name", config_lib.available_configs())
 def test_every_recipe_loads_and_round_trips(name):
     config = _load(name)

@@ -47,6 +47,8 @@ ARCHITECTURES = (
     "ResNetRS50", "ResNetRS101", "ResNetRS152", "ResNetRS200",
     "ResNetRS270", "ResNetRS350", "ResNetRS420",
 )
+# lambda_keras.layers.lambda_layer.KEY_NORMALIZATIONS, for the same reason.
+KEY_NORMALIZATIONS = ("softmax", "l2", "none")
 STRATEGIES = ("auto", "tpu", "gpu", "multiworker", "cpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
@@ -87,6 +89,9 @@ class ModelConfig:
     scope_size: int | None = None
     use_content: bool | None = None
     use_position: bool | None = None
+    key_normalization: str | None = None
+    query_softmax: bool | None = None
+    lambda_batch_norm: bool | None = None
     lambda_implementation: str | None = None
     norm_momentum: float | None = None
     norm_epsilon: float | None = None
@@ -113,6 +118,8 @@ class ModelConfig:
                 _fail(f"model.{name}", value, "must be a positive integer")
         if self.scope_size is not None and (self.scope_size < 1 or self.scope_size % 2 == 0):
             _fail("model.scope_size", self.scope_size, "must be a positive odd integer")
+        if self.key_normalization is not None and self.key_normalization not in KEY_NORMALIZATIONS:
+            _fail("model.key_normalization", self.key_normalization, f"must be one of {KEY_NORMALIZATIONS}")
         if self.norm_momentum is not None and not 0 <= self.norm_momentum < 1:
             _fail("model.norm_momentum", self.norm_momentum, "must be in [0, 1)")
 

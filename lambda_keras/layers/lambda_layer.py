@@ -14,6 +14,7 @@ from keras import ops
 from lambda_keras.layers import relative_positions
 
 IMPLEMENTATIONS = ("auto", "einsum", "conv", "banded")
+KEY_NORMALIZATIONS = ("softmax", "l2", "none")
 
 # How "auto" picks, by the number of positions n = H * W (or L) and by whether the
 # call trains (the backward pass changes the ranking). The paper switches from the
@@ -26,6 +27,11 @@ AUTO_TRAINING_BANDED_MAX_POSITIONS = 64 * 64
 # Key logit of a padded (or not yet seen) context position: exp() of it vanishes
 # next to any real key, without the NaNs of -inf - (-inf).
 _NO_CONTEXT = -1e30
+
+
+def _rsqrt_clipped(squared_norms):
+    """``1 / max(norm, 1e-6)``: an all-zero key (padding) normalises to zero."""
+    return ops.rsqrt(ops.maximum(squared_norms, 1e-12))
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -89,6 +95,13 @@ class LambdaLayer(keras.layers.Layer):
         ``Conv3d`` bias of lucidrains and timm; for importing their weights only.
       norm_momentum: momentum of the batch norms on queries and values.
       norm_epsilon: epsilon of the batch norms on queries and values.
+      key_normalization: how the keys are normalised over the context positions
+        ``m``: ``"softmax"`` (the paper's), ``"l2"`` (unit L2 norm per key channel)
+        or ``"none"``; the Table 12 ablation.
+      query_softmax: also softmax-normalise the queries over the key depth ``k``
+        (Table 12, "softmax on keys & softmax on queries").
+      use_batch_norm: batch norm on queries and values; False is Table 12's "no batch
+        normalization on queries and values".
       **kwargs: standard layer arguments (``name``, ``dtype``, ``trainable``).
 
     Under a mixed precision policy the projections run in the compute dtype and
@@ -114,6 +127,9 @@ class LambdaLayer(keras.layers.Layer):
         use_position_bias: bool = False,
         norm_momentum: float = 0.99,
         norm_epsilon: float = 1e-3,
+        key_normalization: str = "softmax",
+        query_softmax: bool = False,
+        use_batch_norm: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -153,6 +169,11 @@ class LambdaLayer(keras.layers.Layer):
                 f"`implementation` must be one of {IMPLEMENTATIONS}. "
                 f"Received: implementation={implementation!r}"
             )
+        if key_normalization not in KEY_NORMALIZATIONS:
+            raise ValueError(
+                f"`key_normalization` must be one of {KEY_NORMALIZATIONS}. "
+                f"Received: key_normalization={key_normalization!r}"
+            )
         self.filters = filters
         self.key_dim = key_dim
         self.num_heads = num_heads
@@ -166,13 +187,18 @@ class LambdaLayer(keras.layers.Layer):
         self.use_position_bias = use_position_bias
         self.norm_momentum = norm_momentum
         self.norm_epsilon = norm_epsilon
+        self.key_normalization = key_normalization
+        self.query_softmax = query_softmax
+        self.use_batch_norm = use_batch_norm
         self.supports_masking = True
-        self.query_norm = keras.layers.BatchNormalization(
-            momentum=norm_momentum, epsilon=norm_epsilon, dtype=self.dtype_policy, name="query_norm"
-        )
-        self.value_norm = keras.layers.BatchNormalization(
-            momentum=norm_momentum, epsilon=norm_epsilon, dtype=self.dtype_policy, name="value_norm"
-        )
+        self.query_norm = self.value_norm = None
+        if use_batch_norm:
+            self.query_norm = keras.layers.BatchNormalization(
+                momentum=norm_momentum, epsilon=norm_epsilon, dtype=self.dtype_policy, name="query_norm"
+            )
+            self.value_norm = keras.layers.BatchNormalization(
+                momentum=norm_momentum, epsilon=norm_epsilon, dtype=self.dtype_policy, name="value_norm"
+            )
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -226,8 +252,9 @@ class LambdaLayer(keras.layers.Layer):
             shape=(channels, depth * self.value_dim),
             initializer=keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(channels)),
         )
-        self.query_norm.build(input_shape[:-1] + (heads * key_dim,))
-        self.value_norm.build(input_shape[:-1] + (depth * self.value_dim,))
+        if self.use_batch_norm:
+            self.query_norm.build(input_shape[:-1] + (heads * key_dim,))
+            self.value_norm.build(input_shape[:-1] + (depth * self.value_dim,))
         if self.use_position:
             if self.scope_size is None:
                 table_extent = tuple(2 * size - 1 for size in spatial_shape)
@@ -320,6 +347,11 @@ class LambdaLayer(keras.layers.Layer):
         non-minor axis transposes the keys first and costs more than the whole
         content lambda.
         """
+        if self.key_normalization == "none":
+            return ops.einsum("bmuk,bmuv->bkv", keys, values)
+        if self.key_normalization == "l2":
+            squared_norms = ops.sum(ops.square(keys), axis=1, keepdims=True)
+            return ops.einsum("bmuk,bmuv->bkv", keys * _rsqrt_clipped(squared_norms), values)
         weights = ops.exp(keys - ops.max(keys, axis=1, keepdims=True))  # [b, m, u, k]
         unnormalized = ops.einsum("bmuk,bmuv->bukv", weights, values)
         return ops.sum(unnormalized / ops.sum(weights, axis=1)[..., None], axis=1)
@@ -332,7 +364,16 @@ class LambdaLayer(keras.layers.Layer):
         underflows) for large keys, so the sum carries its running maximum like an
         online softmax: an inclusive prefix scan (Hillis-Steele, log2(n) steps) over
         ``(running max, sum of exp, sum of exp * V)``.
+
+        Without the softmax (Table 12's L2 and no key normalisation) the prefix sums
+        are plain cumulative sums, divided by the running key norm for L2.
         """
+        if self.key_normalization != "softmax":
+            prefix_sums = ops.cumsum(keys[..., None] * values[:, :, :, None, :], axis=1)  # [b, n, u, k, v]
+            if self.key_normalization == "l2":
+                prefix_norms = _rsqrt_clipped(ops.cumsum(ops.square(keys), axis=1))
+                prefix_sums = prefix_sums * prefix_norms[..., None]
+            return ops.sum(prefix_sums, axis=2)
         present = ops.ones_like(keys) if mask is None else ops.cast(mask, keys.dtype)[:, :, None, None]
         present = ops.broadcast_to(present, ops.shape(keys))
         state = (keys, present, present[..., None] * values[:, :, :, None, :])  # [b, n, u, k(, v)]
@@ -396,7 +437,9 @@ class LambdaLayer(keras.layers.Layer):
         if self.use_content:
             splits.append(splits[-1] + self.intra_depth * self.key_dim)
         kernel = ops.concatenate(kernels, axis=1)
-        if training and self.query_norm.trainable:  # batch statistics, moving averages updated
+        if not self.use_batch_norm:
+            projected = ops.split(ops.cast(ops.matmul(inputs, kernel), "float32"), splits, axis=-1)
+        elif training and self.query_norm.trainable:  # batch statistics, moving averages updated
             projected = ops.split(ops.matmul(inputs, kernel), splits, axis=-1)
             projected[0] = self.query_norm(projected[0], training=True)
             projected[-1] = self.value_norm(projected[-1], training=True)
@@ -423,13 +466,21 @@ class LambdaLayer(keras.layers.Layer):
         contractions are associative, so the cheaper order runs. Building the
         lambdas costs ``n m u k v``; weighting the context by ``q_n E[n, m]`` first,
         as attention does, costs ``n m u h (k + v)``, less whenever
-        ``h (k + v) < k v`` (the paper's k=16, h=4 with v > 5).
+        ``h (k + v) < k v`` (the paper's k=16, h=4 with v > 5). Its intermediate
+        ``[b, n, h, m, u]`` grows with ``m``, so past 8x the lambdas' size
+        (measured: a win at 28x28x128, 6x; a loss at 56x56x64, 49x) the lambdas
+        come first.
         """
         embeddings = relative_positions.gather_relative_embeddings(
             self._position_table(), spatial_shape, causal=self.causal
         )  # [n, m, k, u]
         heads, key_dim, value_dim = self.num_heads, self.key_dim, self.value_dim
-        if heads * (key_dim + value_dim) < key_dim * value_dim:
+        context_positions = embeddings.shape[1]
+        lambda_size = key_dim * value_dim
+        if heads * (key_dim + value_dim) < lambda_size and (
+            context_positions is not None
+            and heads * context_positions * self.intra_depth <= 8 * lambda_size
+        ):
             position_weights = ops.einsum("bnhk,nmku->bnhmu", queries, embeddings)
             return ops.einsum("bnhmu,bmuv->bnhv", position_weights, values)
         position_lambdas = ops.einsum("nmku,bmuv->bnkv", embeddings, values)
@@ -448,6 +499,8 @@ class LambdaLayer(keras.layers.Layer):
         # Float32 from the projections on: softmax and lambda sums (Section 5, peers' AMP NaNs).
         queries, keys, values = self._project(inputs, training)
         queries = ops.reshape(queries, (batch, -1, heads, key_dim))
+        if self.query_softmax:
+            queries = ops.softmax(queries, axis=-1)
         values = ops.reshape(values, (batch, -1, depth, value_dim))
         if mask is not None:
             mask = ops.reshape(ops.cast(mask, "bool"), (batch, -1))
@@ -457,7 +510,8 @@ class LambdaLayer(keras.layers.Layer):
         if self.use_content:
             keys = ops.reshape(keys, (batch, -1, depth, key_dim))
             if mask is not None:
-                keys = ops.where(mask[:, :, None, None], keys, _NO_CONTEXT)
+                no_context = _NO_CONTEXT if self.key_normalization == "softmax" else 0.0
+                keys = ops.where(mask[:, :, None, None], keys, no_context)
             if self.causal:
                 content_lambdas = self._causal_content_lambdas(keys, values, mask)
                 outputs = ops.einsum("bnhk,bnkv->bnhv", queries, content_lambdas)
@@ -524,6 +578,9 @@ class LambdaLayer(keras.layers.Layer):
                 "use_position_bias": self.use_position_bias,
                 "norm_momentum": self.norm_momentum,
                 "norm_epsilon": self.norm_epsilon,
+                "key_normalization": self.key_normalization,
+                "query_softmax": self.query_softmax,
+                "use_batch_norm": self.use_batch_norm,
             }
         )
         return config

@@ -1,6 +1,7 @@
 """keras.applications-style model constructors: LambdaResNets and their baselines."""
 
 from lambda_keras.models.blocks import StochasticDepth
+from lambda_keras.models.complexity import multiply_adds
 from lambda_keras.models.lambda_resnet import (
     MODEL_SPECS,
     HybridResNet50,
@@ -52,4 +53,5 @@ __all__ = [
     "ResNetRS350",
     "ResNetRS420",
     "StochasticDepth",
+    "multiply_adds",
 ]

@@ -125,6 +125,9 @@ def LambdaResNet(
     scope_size: int | None = 23,
     use_content: bool = True,
     use_position: bool = True,
+    key_normalization: str = "softmax",
+    query_softmax: bool = False,
+    lambda_batch_norm: bool = True,
     lambda_implementation: str = "auto",
     norm_momentum: float = 0.9,
     norm_epsilon: float = 1e-5,
@@ -179,6 +182,11 @@ def LambdaResNet(
         ``None`` for global position embeddings (needs a static input shape).
       use_content: whether the lambda layers compute content lambdas (Table 10).
       use_position: whether the lambda layers compute position lambdas (Table 10).
+      key_normalization: keys normalised over the context by "softmax" (the
+        paper's), "l2" or "none" (Table 12).
+      query_softmax: also softmax the queries over the key depth (Table 12).
+      lambda_batch_norm: batch norm on the lambda layers' queries and values; False
+        is Table 12's last row.
       lambda_implementation: ``LambdaLayer`` implementation, "auto", "einsum",
         "conv" or "banded" (same numbers; speed differs).
       norm_momentum: momentum of every batch norm, the lambda layers' included
@@ -212,6 +220,9 @@ def LambdaResNet(
         "scope_size": scope_size,
         "use_content": use_content,
         "use_position": use_position,
+        "key_normalization": key_normalization,
+        "query_softmax": query_softmax,
+        "use_batch_norm": lambda_batch_norm,
         "implementation": lambda_implementation,
     }
 
@@ -524,7 +535,9 @@ def HybridResNet50(
 
     Table 3's ``|u|=4`` row (16.04 M, printed 16.0) is
     ``placement="LLLL", intra_depth=4, scope_size=7``; Table 9 varies ``key_dim``
-    and ``num_heads``; Table 10 ``use_content`` / ``use_position``.
+    and ``num_heads``; Table 10 ``use_content`` / ``use_position``; Table 12
+    ``key_normalization="l2"`` or ``"none"``, ``query_softmax=True`` and
+    ``lambda_batch_norm=False``.
 
     Args:
       include_top, weights, input_tensor, input_shape, pooling, classes,
