@@ -16,6 +16,9 @@ process, until attention runs out of memory.
 
 Writes ``benchmarks/results/layer_speed.csv``, ``layer_memory.csv`` and
 ``layer_speed.png``. Timing: 2 warm-up calls, then the median of ``--repeats`` calls.
+Every mode runs in its own process; our implementations are timed round-robin; graph
+mode and the peers alternate for ``--rounds`` rounds and the median of the rounds is
+reported, so that a slow spell of a shared machine does not decide a comparison.
 
     python benchmarks/layer_speed.py --torch-python /path/to/python-with-torch
 """
@@ -26,6 +29,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -36,6 +40,7 @@ from timing import median_seconds  # benchmarks/ is on sys.path when run as a sc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = [(56, 64), (28, 128), (14, 256)]  # (height = width, channels)
+IMPLEMENTATIONS = ("einsum", "conv", "banded", "auto")
 BATCH, SCOPE, KEY_DIM, HEADS = 8, 23, 16, 4
 MEMORY_SIZES = [32, 64, 128, 256]
 MEMORY_LIMIT_BYTES = 20 * 2**30  # a worker above this is killed and recorded as out of memory
@@ -45,51 +50,100 @@ def median_ms(function, repeats: int) -> float:
     return 1000 * median_seconds(function, repeats)
 
 
-def run_tensorflow(repeats: int) -> list[dict]:
+def tensorflow_worker(mode: str, repeats: int) -> None:
+    """Runs in a fresh process; prints one JSON row per measurement of `mode`.
+
+    Each process measures one mode ("graph", "eager" or "xla") and exits, so no
+    thread pool of an earlier mode (XLA's spins for a while after a call) competes
+    with the next. Within a size and direction the implementations are timed
+    round-robin, one call each per round, so a slow spell of the machine hits all
+    of them alike; each figure is the median over the rounds.
+    """
     import tensorflow as tf
 
     from lambda_keras import LambdaLayer
 
-    rows = []
+    def fetch(outputs):
+        tf.nest.map_structure(lambda t: t.numpy(), outputs)
+
     for size, channels in STAGES:
         inputs = tf.random.normal((BATCH, size, size, channels), seed=0)
-        for implementation in ("einsum", "conv", "banded", "auto"):
-            layer = LambdaLayer(key_dim=KEY_DIM, num_heads=HEADS, scope_size=SCOPE, implementation=implementation)
-            layer.build(inputs.shape)
+        for direction in ("forward", "forward+backward"):
+            training = direction != "forward"
+            calls, status = {}, {}
+            for implementation in IMPLEMENTATIONS:
+                layer = LambdaLayer(key_dim=KEY_DIM, num_heads=HEADS, scope_size=SCOPE, implementation=implementation)
+                layer.build(inputs.shape)
 
-            def forward(x):
-                return layer(x, training=False)
+                def forward(x, layer=layer):
+                    return layer(x, training=False)
 
-            def forward_backward(x):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    outputs = layer(x, training=True)
-                    loss = tf.reduce_sum(outputs * outputs)
-                return tape.gradient(loss, [x] + layer.trainable_weights)
+                def forward_backward(x, layer=layer):
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        outputs = layer(x, training=True)
+                        loss = tf.reduce_sum(outputs * outputs)
+                    return tape.gradient(loss, [x] + layer.trainable_weights)
 
-            for mode in ("eager", "graph", "xla"):
-                if mode == "eager":
-                    fwd, fwd_bwd = forward, forward_backward
-                else:
-                    fwd = tf.function(forward, jit_compile=mode == "xla")
-                    fwd_bwd = tf.function(forward_backward, jit_compile=mode == "xla")
-                for direction, function in (("forward", fwd), ("forward+backward", fwd_bwd)):
-                    chosen = layer.resolve_implementation(size * size, training=direction != "forward")
-                    try:
-                        ms = median_ms(lambda: tf.nest.map_structure(lambda t: t.numpy(), function(inputs)), repeats)
-                        status = "ok"
-                    except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as error:
-                        ms, status = float("nan"), type(error).__name__
-                    rows.append(
-                        {
-                            "framework": "tensorflow", "implementation": f"lambda_keras {implementation}"
-                            + (f" ({chosen})" if implementation == "auto" else ""), "mode": mode,
-                            "size": f"{size}x{size}x{channels}", "direction": direction, "ms": round(ms, 1),
-                            "status": status,
-                        }
-                    )
-                    print(rows[-1], flush=True)
+                function = forward_backward if training else forward
+                if mode != "eager":
+                    function = tf.function(function, jit_compile=mode == "xla")
+                name = f"lambda_keras {implementation}"
+                if implementation == "auto":
+                    name += f" ({layer.resolve_implementation(size * size, training=training)})"
+                try:
+                    for _ in range(2):  # warm-up: tracing, compilation, oneDNN primitives
+                        fetch(function(inputs))
+                    calls[name], status[name] = (lambda f=function: fetch(f(inputs))), "ok"
+                except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as error:
+                    status[name] = type(error).__name__
+            seconds = {name: [] for name in calls}
+            for _ in range(repeats):
+                for name, call in calls.items():
+                    start = time.perf_counter()
+                    call()
+                    seconds[name].append(time.perf_counter() - start)
+            for name in status:
+                ms = 1000 * statistics.median(seconds[name]) if name in seconds else float("nan")
+                print(json.dumps({
+                    "framework": "tensorflow", "implementation": name, "mode": mode,
+                    "size": f"{size}x{size}x{channels}", "direction": direction,
+                    "ms": round(ms, 1), "status": status[name],
+                }), flush=True)
+
+
+def run_worker(command: list[str], label: str) -> list[dict]:
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    rows = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    if completed.returncode:
+        rows.append({"implementation": label, "status": f"exit {completed.returncode}: {completed.stderr[-300:]}"})
+    for row in rows:
+        print(row, flush=True)
     return rows
+
+
+def run_speed(torch_python: str, repeats: int, rounds: int) -> list[dict]:
+    """Graph mode and the peers alternate for `rounds` rounds (the reported figure is
+    the median of the rounds' medians); eager and XLA run once, at the end."""
+    script = [sys.executable, __file__, "--repeats", str(repeats)]
+    per_round = []
+    for _ in range(rounds):
+        per_round.append(run_worker(script + ["--tensorflow-worker", "graph"], "tensorflow graph worker"))
+        per_round.append(run_torch(torch_python, repeats))
+    rows = _median_over_rounds([row for round_rows in per_round for row in round_rows])
+    for mode in ("eager", "xla"):
+        rows += run_worker(script + ["--tensorflow-worker", mode], f"tensorflow {mode} worker")
+    return rows
+
+
+def _median_over_rounds(rows: list[dict]) -> list[dict]:
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        key = tuple(row.get(field) for field in ("framework", "implementation", "mode", "size", "direction"))
+        merged.setdefault(key, {**row, "round_ms": []})["round_ms"].append(row.get("ms", float("nan")))
+    for row in merged.values():
+        row["ms"] = round(statistics.median(row.pop("round_ms")), 1)
+    return list(merged.values())
 
 
 def torch_worker(repeats: int) -> None:
@@ -136,16 +190,7 @@ def torch_worker(repeats: int) -> None:
 
 
 def run_torch(torch_python: str, repeats: int) -> list[dict]:
-    completed = subprocess.run(
-        [torch_python, __file__, "--torch-worker", "--repeats", str(repeats)],
-        capture_output=True, text=True, check=False,
-    )
-    rows = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
-    if completed.returncode:
-        rows.append({"implementation": "torch worker", "status": f"exit {completed.returncode}: {completed.stderr[-300:]}"})
-    for row in rows:
-        print(row, flush=True)
-    return rows
+    return run_worker([torch_python, __file__, "--torch-worker", "--repeats", str(repeats)], "torch worker")
 
 
 def memory_worker(kind: str, size: int, repeats: int) -> None:
@@ -285,10 +330,12 @@ def plot(speed_rows: list[dict], memory_rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch-python", default=sys.executable, help="a Python that imports torch and the peers")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating graph / peer rounds")
     parser.add_argument("--skip-speed", action="store_true", help="reuse results/layer_speed.csv")
     parser.add_argument("--skip-memory", action="store_true", help="reuse results/layer_memory.csv")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tensorflow-worker", choices=("graph", "eager", "xla"), help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:
@@ -301,11 +348,14 @@ def main() -> None:
     if args.memory_worker:
         memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.repeats)
         return
+    if args.tensorflow_worker:
+        tensorflow_worker(args.tensorflow_worker, args.repeats)
+        return
     RESULTS.mkdir(exist_ok=True)
     if args.skip_speed:
         speed_rows = read_csv(RESULTS / "layer_speed.csv")
     else:
-        speed_rows = run_tensorflow(args.repeats) + run_torch(args.torch_python, args.repeats)
+        speed_rows = run_speed(args.torch_python, args.repeats, args.rounds)
         for row in speed_rows:
             row["onednn"] = os.environ["TF_ENABLE_ONEDNN_OPTS"] if row.get("framework") == "tensorflow" else ""
         write_csv(RESULTS / "layer_speed.csv", speed_rows)

@@ -2,8 +2,10 @@
 
 1. Latency and images/s of `serving_default` (JPEG bytes in, decoding and eval
    preprocessing in the graph) loaded with `tf.saved_model.load`, at batch 1, 8 and
-   32, next to `model.predict` of the Keras model on the same images already
-   preprocessed: the difference is what decoding + preprocessing in the graph cost.
+   32, next to `model.predict` and `model.predict_on_batch` of the Keras model on the
+   same images already preprocessed. `predict_on_batch` is the model's compute alone
+   (`predict` adds a data adapter and an epoch iterator per call), so the difference
+   to it is what decoding + preprocessing in the graph cost.
    Each figure is the median of `--repeats` timed calls after 2 warm-up calls.
 2. Load: `--threads` threads call `serving_default` for `--seconds` with a mix of
    valid images (batches of 1-4) and invalid ones (30% of requests carry garbage or a
@@ -70,6 +72,7 @@ def speed_rows(model, serve, jpegs, image_size, repeats) -> list[dict]:
         for path, function in (
             ("serving_default (JPEG bytes)", lambda: serve(image_bytes=encoded)),
             ("model.predict (preprocessed)", lambda: model.predict(pixels, batch_size=batch, verbose=0)),
+            ("model.predict_on_batch (preprocessed)", lambda: model.predict_on_batch(pixels)),
         ):
             seconds = median_seconds(function, repeats)
             rows.append({"path": path, "batch": batch, "latency_ms": round(seconds * 1e3, 2),

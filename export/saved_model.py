@@ -14,9 +14,14 @@ read. The export is written to `BASE/NAME/<version>/`, the layout TF Serving wat
                                     PredictionLog records replayed at load time
 
 Versions are never overwritten: without --version the next free number is used;
---version naming an existing one is an error. The version is written under a
-temporary name in BASE/NAME (TF Serving ignores names that are not integers) and
-renamed into place only when complete, so a server never sees a half-written model.
+--version naming an existing one is an error. On a local filesystem the version is
+written under a temporary name in BASE/NAME (TF Serving ignores names that are not
+integers) and renamed into place only when complete, so a server never sees a
+half-written model. BASE may also be an object store TensorFlow can write
+(`gs://bucket/models`): these have no atomic rename, so the version is written
+locally and then uploaded with `saved_model.pb` last; a server that looks in between
+finds no graph and retries the load (TF Serving's --max_num_load_retries). A failed
+upload removes what it wrote.
 
 Signatures (batch size free, every output row for one image):
   serving_default  image_bytes: tf.string [batch], JPEG or PNG files of any size
@@ -85,8 +90,9 @@ def export_model(
     Args:
       model: a Keras model (e.g. the trainer's, holding the EMA weights after `fit`),
         a `.keras` file, or a training model_dir.
-      export_dir: BASE/NAME, the model's directory on the server (local path);
-        NAME is also the model name in the warm-up requests.
+      export_dir: BASE/NAME, the model's directory on the server: a local path or
+        a URL of a filesystem TensorFlow writes (``gs://...``); NAME is also the
+        model name in the warm-up requests.
       version: positive integer; None takes the highest existing version + 1.
       image_size: serving resolution. Default: `input_config.image_size`, the
         model_dir's config.yaml, else the model's input size. A size other than the
@@ -102,7 +108,7 @@ def export_model(
       warmup: write assets.extra/tf_serving_warmup_requests.
 
     Returns:
-      The version directory that was written.
+      The version directory that was written (a ``Path``; a ``str`` for a URL).
 
     Raises:
       ExportError: the version exists, the path holds no model, or an argument does
@@ -127,27 +133,66 @@ def export_model(
     if not 1 <= top_k <= classes:
         raise ExportError(f"top_k must be in [1, {classes}], not {top_k}.")
 
-    export_dir = _local_path(export_dir)
+    if _is_url(export_dir):
+        return _export_to_url(
+            str(export_dir).rstrip("/"), version, serving_model, image_size, crop_padding,
+            top_k, class_names, warmup,
+        )
+    export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     version = _choose_version(export_dir, version)
     final = export_dir / str(version)
     # Same directory as the final one, so the rename is atomic (one filesystem).
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_dir))
     try:
-        archive = build_archive(serving_model, image_size, crop_padding, top_k, class_names)
-        archive.write_out(str(staging), verbose=False)
-        if warmup:
-            from export import warmup as warmup_lib  # needs tensorflow-serving-api
-
-            warmup_lib.write_warmup_requests(
-                staging, model_name=export_dir.name, image_size=image_size + crop_padding
-            )
+        _write_version(staging, export_dir.name, serving_model, image_size, crop_padding,
+                       top_k, class_names, warmup)
         if final.exists():  # another exporter took the number meanwhile
             raise ExportError(f"Version {version} appeared in {export_dir} during the export.")
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return final
+
+
+def _write_version(directory: Path, model_name: str, serving_model: keras.Model, image_size: int,
+                   crop_padding: int, top_k: int, class_names: Sequence[str], warmup: bool) -> None:
+    archive = build_archive(serving_model, image_size, crop_padding, top_k, class_names)
+    archive.write_out(str(directory), verbose=False)
+    if warmup:
+        from export import warmup as warmup_lib  # needs tensorflow-serving-api
+
+        warmup_lib.write_warmup_requests(
+            directory, model_name=model_name, image_size=image_size + crop_padding
+        )
+
+
+def _export_to_url(export_dir: str, version: int | None, serving_model: keras.Model,
+                   image_size: int, crop_padding: int, top_k: int,
+                   class_names: Sequence[str], warmup: bool) -> str:
+    """The export to an object store: written locally, uploaded graph last."""
+    tf.io.gfile.makedirs(export_dir)
+    version = _choose_version(export_dir, version)
+    final = f"{export_dir}/{version}"
+    model_name = export_dir.rsplit("/", 1)[-1]
+    with tempfile.TemporaryDirectory(prefix=f"lambda-keras-export-{version}-") as staging:
+        _write_version(Path(staging), model_name, serving_model, image_size, crop_padding,
+                       top_k, class_names, warmup)
+        if tf.io.gfile.exists(final):
+            raise ExportError(f"Version {version} appeared in {export_dir} during the export.")
+        files = sorted(path for path in Path(staging).rglob("*") if path.is_file())
+        # saved_model.pb last: a version without its graph is not a model to a server.
+        files.sort(key=lambda path: path.name == "saved_model.pb")
+        try:
+            for path in files:
+                target = f"{final}/{path.relative_to(staging).as_posix()}"
+                tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+                tf.io.gfile.copy(str(path), target, overwrite=False)
+        except BaseException:
+            if tf.io.gfile.exists(final):
+                tf.io.gfile.rmtree(final)
+            raise
     return final
 
 
@@ -303,32 +348,33 @@ def default_class_names(classes: int) -> list[str]:
 
 
 def existing_versions(export_dir: str | os.PathLike) -> list[int]:
-    """The version numbers (integer-named subdirectories) under BASE/NAME, sorted."""
-    path = Path(export_dir)
-    if not path.is_dir():
+    """The version numbers (integer-named subdirectories) under BASE/NAME, sorted.
+
+    BASE/NAME is a local path or a URL TensorFlow's filesystems read (``gs://``).
+    """
+    export_dir = str(export_dir).rstrip("/")
+    if not tf.io.gfile.isdir(export_dir):
         return []
-    return sorted(int(child.name) for child in path.iterdir()
-                  if child.is_dir() and child.name.isdigit())
+    # Object stores list directories with a trailing slash.
+    names = (name.rstrip("/") for name in tf.io.gfile.listdir(export_dir))
+    return sorted(int(name) for name in names
+                  if name.isdigit() and tf.io.gfile.isdir(f"{export_dir}/{name}"))
 
 
-def _choose_version(export_dir: Path, version: int | None) -> int:
+def _choose_version(export_dir: Path | str, version: int | None) -> int:
     taken = existing_versions(export_dir)
     if version is None:
         return max(taken, default=0) + 1
     if version < 1:
         raise ExportError(f"--version must be a positive integer, not {version}.")
-    if version in taken or (export_dir / str(version)).exists():
+    if version in taken or tf.io.gfile.exists(f"{export_dir}/{version}"):
         raise ExportError(f"Version {version} already exists in {export_dir}; versions are "
                           f"never overwritten (next free: {max(taken, default=0) + 1}).")
     return version
 
 
-def _local_path(path: str | os.PathLike) -> Path:
-    if "://" in str(path):
-        # The atomic rename needs a local filesystem; object stores have none.
-        raise ExportError(f"{path}: export to a local path, then copy the version "
-                          "directory to the bucket.")
-    return Path(path)
+def _is_url(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
 
 
 def _float32_policies(config: Any) -> Any:

@@ -135,6 +135,46 @@ def test_failed_export_leaves_nothing(exported, monkeypatch):
     assert sorted(os.listdir(path.parent)) == ["1"]
 
 
+def test_export_to_an_object_store_url(exported, images, monkeypatch):
+    """A URL export dir (here TensorFlow's in-memory ram:// filesystem, standing in
+    for gs://, which has no atomic rename either): versions, contents, the graph
+    uploaded last, and a failed upload removes what it wrote."""
+    model, path, loaded = exported
+    base = "ram://exports/tiny"
+    uploaded = []
+    copy = tf.io.gfile.copy
+
+    def recording_copy(source, target, overwrite=False):
+        uploaded.append(target)
+        return copy(source, target, overwrite=overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", recording_copy)
+    first = saved_model.export_model(model, base, top_k=TOP_K, class_names=CLASS_NAMES,
+                                     crop_padding=CROP_PADDING, warmup=False)
+    assert first == f"{base}/1"
+    assert uploaded[-1] == f"{base}/1/saved_model.pb"
+    assert saved_model.existing_versions(base) == [1]
+    remote = tf.saved_model.load(first).signatures["serving_default"]
+    np.testing.assert_allclose(
+        remote(image_bytes=tf.constant(images))["probabilities"].numpy(),
+        loaded.signatures["serving_default"](image_bytes=tf.constant(images))["probabilities"].numpy(),
+        atol=1e-6,
+    )
+    with pytest.raises(saved_model.ExportError, match="already exists"):
+        saved_model.export_model(model, base, version=1)
+
+    def failing_copy(source, target, overwrite=False):
+        if target.endswith("saved_model.pb"):
+            raise OSError("connection reset")
+        return copy(source, target, overwrite=overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", failing_copy)
+    with pytest.raises(OSError, match="connection reset"):
+        saved_model.export_model(model, base, crop_padding=CROP_PADDING, warmup=False)
+    assert saved_model.existing_versions(base) == [1]
+    assert not tf.io.gfile.exists(f"{base}/2")
+
+
 def test_serving_default_equals_keras_model(exported, images):
     model, _, loaded = exported
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(images))

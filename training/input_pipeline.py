@@ -9,9 +9,10 @@ One entry point, `build_dataset(config, split, input_context=None)`, for two sou
   (`SkipDecoding`), so both sources share the decode-and-crop preprocessing.
 
 Pipeline (training): files, sharded per host -> shuffled -> parallel interleave of
-TFRecord readers -> [cache] -> repeat -> shuffle -> one parallel map (parse, check,
-decode and crop, augment) -> drop records with a missing or corrupt image (counted) ->
-batch with drop_remainder -> [Mixup/CutMix] -> prefetch. Evaluation reads the same way
+TFRecord readers -> [cache] -> repeat -> shuffle -> a cheap parallel map that checks
+each record -> drop records with a missing or corrupt image (counted) -> the parallel
+decode-crop-augment map, fused with the batching that follows (drop_remainder) ->
+normalise the batch -> [Mixup/CutMix] -> prefetch. Evaluation reads the same way
 without shuffling or repeating, deterministically.
 
 Use with `strategy.distribute_datasets_from_function(lambda ctx: build_dataset(config,
@@ -173,32 +174,38 @@ def build_dataset(
 
     mix_batch = augmentation.build_mixup_cutmix(config) if training else None
     compute_dtype = keras.config.dtype_policy().compute_dtype
-    # Mixup/CutMix blends in float32; the cast to the compute dtype follows it.
-    example_dtype = tf.float32 if mix_batch is not None else compute_dtype
-    preprocess_image = _image_preprocessor(config, training, example_dtype)
+    # Training images stay float32 in [0, 255] until the whole batch is normalised
+    # (and blended by Mixup/CutMix, in float32); evaluation uses the one per-image
+    # function that the serving export also runs.
+    preprocess_image = _image_preprocessor(config, training, compute_dtype)
 
-    def preprocess(image_bytes, stored_label, source):
-        return _preprocess_example(
-            config, preprocess_image, example_dtype, skipped_records,
-            image_bytes, stored_label, source,
-        )
+    def check(image_bytes, stored_label, source):
+        usable = _check_record(config, skipped_records, image_bytes, source)
+        return image_bytes, stored_label, source, usable
 
-    dataset = examples.map(
+    def preprocess(image_bytes, stored_label, source, usable):
+        del usable  # Always True after the filter.
+        return _preprocess_record(config, preprocess_image, image_bytes, stored_label, source)
+
+    # Checking and dropping before the expensive map lets tf.data fuse that map with
+    # the batch (each image is written straight into the batch buffer).
+    dataset = examples.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.filter(lambda image_bytes, stored_label, source, usable: usable)
+    dataset = dataset.map(
         preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
-    dataset = dataset.filter(lambda image, label, usable: usable)
     dataset = dataset.batch(
         batch_size, drop_remainder=training or config.eval_drop_remainder
     )
 
-    def finish_batch(images, labels, usable):
-        del usable  # Always True after the filter.
-        if mix_batch is not None:
-            images, labels = mix_batch(images, labels)
-            images = tf.cast(images, compute_dtype)
-        return images, labels
+    if training:
+        def finish_batch(images, labels):
+            images = preprocessing.normalize_image(images)
+            if mix_batch is not None:
+                images, labels = mix_batch(images, labels)
+            return tf.cast(images, compute_dtype), labels
 
-    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset = dataset.with_options(_dataset_options(deterministic, input_context))
     dataset.skipped_records = skipped_records
@@ -289,7 +296,11 @@ def _read_tfds(
 
 
 def _image_preprocessor(config: InputConfig, training: bool, dtype):
-    """The per-image function: JPEG bytes -> [image_size, image_size, 3] of `dtype`."""
+    """The per-image function: JPEG bytes -> [image_size, image_size, 3].
+
+    Evaluation: normalised, in `dtype`. Training: float32 in [0, 255]; the batch is
+    normalised and cast later.
+    """
     if not training:
         return lambda image_bytes: preprocessing.preprocess_for_eval(
             image_bytes, config.image_size, config.eval_crop_padding, dtype
@@ -304,45 +315,23 @@ def _image_preprocessor(config: InputConfig, training: bool, dtype):
         crop_padding=config.eval_crop_padding,
         random_flip=config.random_flip,
         augment_fn=augment_fn,
-        dtype=dtype,
+        normalize=False,
     )
 
 
-def _preprocess_example(
+def _check_record(
     config: InputConfig,
-    preprocess_image,
-    dtype,
     skipped_records: SkippedRecordCounter,
     image_bytes: tf.Tensor,
-    stored_label: tf.Tensor,
     source: tf.Tensor,
-):
-    """Checks and preprocesses one record.
+) -> tf.Tensor:
+    """Whether a record's image is usable (bool []), without decoding it.
 
-    Returns:
-      (image [image_size, image_size, 3], label int32 [], usable bool []). An unusable
-      record (missing, non-JPEG or truncated image) yields a zero image, is counted
-      and logged, and is dropped by the filter that follows; with
-      skip_corrupt_records=False it raises instead.
+    An unusable record (missing, non-JPEG or truncated image) is counted and logged;
+    the filter that follows drops it. With skip_corrupt_records=False it raises
+    instead.
     """
     usable = preprocessing.is_complete_jpeg(image_bytes)
-    label_offset = config.resolved_label_offset
-    label = tf.cast(stored_label + label_offset, tf.int32)
-    shape = [config.image_size, config.image_size, 3]
-
-    def checked_image():
-        in_range = tf.logical_and(label >= 0, label < config.num_classes)
-        check_label = tf.debugging.Assert(
-            in_range,
-            [
-                "Label out of range: stored label", stored_label,
-                f"with label_offset {label_offset} is not in [0, {config.num_classes})"
-                " (num_classes) in", source,
-            ],
-        )
-        with tf.control_dependencies([check_label]):
-            return preprocess_image(image_bytes)
-
     if not config.skip_corrupt_records:
         check_image = tf.debugging.Assert(
             usable,
@@ -352,9 +341,9 @@ def _preprocess_example(
             ],
         )
         with tf.control_dependencies([check_image]):
-            return checked_image(), label, usable
+            return tf.identity(usable)
 
-    def skip():
+    def count_skip():
         count = skipped_records.variable.assign_add(1)
         log = tf.print(
             "WARNING: skipping a record whose image is missing, not a JPEG or "
@@ -362,10 +351,36 @@ def _preprocess_example(
             output_stream=sys.stderr,
         )
         with tf.control_dependencies([log]):
-            return tf.zeros(shape, dtype)
+            return tf.constant(False)
 
-    image = tf.cond(usable, checked_image, skip)
-    return image, label, usable
+    return tf.cond(usable, lambda: tf.constant(True), count_skip)
+
+
+def _preprocess_record(
+    config: InputConfig,
+    preprocess_image,
+    image_bytes: tf.Tensor,
+    stored_label: tf.Tensor,
+    source: tf.Tensor,
+):
+    """(image [image_size, image_size, 3], label int32 []) of a checked record.
+
+    Raises (when the dataset runs) if the label, after the offset, is outside
+    [0, num_classes).
+    """
+    label_offset = config.resolved_label_offset
+    label = tf.cast(stored_label + label_offset, tf.int32)
+    in_range = tf.logical_and(label >= 0, label < config.num_classes)
+    check_label = tf.debugging.Assert(
+        in_range,
+        [
+            "Label out of range: stored label", stored_label,
+            f"with label_offset {label_offset} is not in [0, {config.num_classes})"
+            " (num_classes) in", source,
+        ],
+    )
+    with tf.control_dependencies([check_label]):
+        return preprocess_image(image_bytes), label
 
 
 def _dataset_options(

@@ -342,10 +342,9 @@ class LambdaLayer(keras.layers.Layer):
     def _content_lambda(self, keys, values):
         """Global content lambda ``sum_{m,u} softmax_m(K) V^T``, ``[b, k, v]``.
 
-        The softmax over the context axis ``m`` is written out (shift, exp, and the
-        normalisation applied to the ``[b, u, k, v]`` sums): a softmax over a
-        non-minor axis transposes the keys first and costs more than the whole
-        content lambda.
+        The softmax over the context axis ``m`` is written out (shift, exp,
+        normalise): a softmax over a non-minor axis transposes the keys first and
+        costs more than the whole content lambda.
         """
         if self.key_normalization == "none":
             return ops.einsum("bmuk,bmuv->bkv", keys, values)
@@ -353,8 +352,8 @@ class LambdaLayer(keras.layers.Layer):
             squared_norms = ops.sum(ops.square(keys), axis=1, keepdims=True)
             return ops.einsum("bmuk,bmuv->bkv", keys * _rsqrt_clipped(squared_norms), values)
         weights = ops.exp(keys - ops.max(keys, axis=1, keepdims=True))  # [b, m, u, k]
-        unnormalized = ops.einsum("bmuk,bmuv->bukv", weights, values)
-        return ops.sum(unnormalized / ops.sum(weights, axis=1)[..., None], axis=1)
+        normalized_keys = weights / ops.sum(weights, axis=1, keepdims=True)
+        return ops.einsum("bmuk,bmuv->bkv", normalized_keys, values)
 
     def _causal_content_lambdas(self, keys, values, mask):
         """Per-query content lambdas over context positions ``<= n``, ``[b, n, k, v]``.
