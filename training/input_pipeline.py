@@ -11,8 +11,8 @@ One entry point, `build_dataset(config, split, input_context=None)`, for two sou
 Pipeline (training): files, sharded per host -> shuffled -> parallel interleave of
 TFRecord readers -> [cache] -> repeat -> shuffle -> a cheap parallel map that checks
 each record -> drop records with a missing or corrupt image (counted) -> the parallel
-decode-crop-augment map, fused with the batching that follows (drop_remainder) ->
-normalise the batch -> [Mixup/CutMix] -> prefetch. Evaluation reads the same way
+decode-crop-augment-normalise map, fused with the batching that follows
+(drop_remainder) -> [Mixup/CutMix] -> prefetch. Evaluation reads the same way
 without shuffling or repeating, deterministically.
 
 Use with `strategy.distribute_datasets_from_function(lambda ctx: build_dataset(config,
@@ -174,10 +174,9 @@ def build_dataset(
 
     mix_batch = augmentation.build_mixup_cutmix(config) if training else None
     compute_dtype = keras.config.dtype_policy().compute_dtype
-    # Training images stay float32 in [0, 255] until the whole batch is normalised
-    # (and blended by Mixup/CutMix, in float32); evaluation uses the one per-image
-    # function that the serving export also runs.
-    preprocess_image = _image_preprocessor(config, training, compute_dtype)
+    # Mixup/CutMix blends in float32; the cast to the compute dtype follows it.
+    example_dtype = tf.float32 if mix_batch is not None else compute_dtype
+    preprocess_image = _image_preprocessor(config, training, example_dtype)
 
     def check(image_bytes, stored_label, source):
         usable = _check_record(config, skipped_records, image_bytes, source)
@@ -198,14 +197,12 @@ def build_dataset(
         batch_size, drop_remainder=training or config.eval_drop_remainder
     )
 
-    if training:
-        def finish_batch(images, labels):
-            images = preprocessing.normalize_image(images)
-            if mix_batch is not None:
-                images, labels = mix_batch(images, labels)
+    if mix_batch is not None:
+        def mix(images, labels):
+            images, labels = mix_batch(images, labels)
             return tf.cast(images, compute_dtype), labels
 
-        dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset = dataset.with_options(_dataset_options(deterministic, input_context))
     dataset.skipped_records = skipped_records
@@ -296,11 +293,7 @@ def _read_tfds(
 
 
 def _image_preprocessor(config: InputConfig, training: bool, dtype):
-    """The per-image function: JPEG bytes -> [image_size, image_size, 3].
-
-    Evaluation: normalised, in `dtype`. Training: float32 in [0, 255]; the batch is
-    normalised and cast later.
-    """
+    """The per-image function: JPEG bytes -> [image_size, image_size, 3] of `dtype`."""
     if not training:
         return lambda image_bytes: preprocessing.preprocess_for_eval(
             image_bytes, config.image_size, config.eval_crop_padding, dtype
@@ -315,7 +308,7 @@ def _image_preprocessor(config: InputConfig, training: bool, dtype):
         crop_padding=config.eval_crop_padding,
         random_flip=config.random_flip,
         augment_fn=augment_fn,
-        normalize=False,
+        dtype=dtype,
     )
 
 

@@ -157,8 +157,9 @@ def normalize_image(image: tf.Tensor) -> tf.Tensor:
     constants are materialised at one image's shape: TensorFlow's CPU kernels are
     about 3x slower broadcasting a 3-vector over the pixels than combining two tensors
     of the same shape (measured: 2.5 vs 0.9 ms for 224x224x3), which made the
-    normalisation cost more than the resize. A batch broadcasts them over its leading
-    axis, which is as fast.
+    normalisation cost more than the resize. Normalise each image in the input
+    pipeline's map, while it is in cache: a whole batch normalised at once is
+    memory-bound (measured: 69% against 81% of the decode-only rate).
     """
     image = tf.cast(image, tf.float32)
     scale = 1.0 / np.array(STDDEV_RGB, np.float32)
@@ -227,7 +228,6 @@ def preprocess_for_train(
     random_flip: bool = True,
     augment_fn: ImageFn | None = None,
     dtype: tf.DType | str = tf.float32,
-    normalize: bool = True,
 ) -> tf.Tensor:
     """Training preprocessing of one encoded JPEG.
 
@@ -245,9 +245,6 @@ def preprocess_for_train(
       augment_fn: maps a float32 [image_size, image_size, 3] image in [0, 255] to
         one of the same shape and range.
       dtype: output dtype.
-      normalize: False leaves the pixels in [0, 255], for a pipeline that
-        normalises whole batches with `normalize_image` (one op per batch instead of
-        three per image).
 
     Returns:
       [image_size, image_size, 3] tensor of `dtype`.
@@ -268,6 +265,4 @@ def preprocess_for_train(
     image = resize(image, image_size)
     if augment_fn is not None:
         image = augment_fn(image)
-    if normalize:
-        image = normalize_image(image)
-    return tf.cast(image, dtype)
+    return tf.cast(normalize_image(image), dtype)
