@@ -108,6 +108,27 @@ def test_round_trip(imagenet_dir, tmp_path):
     assert sorted(labels) == sorted(expected[n][1] - 1 for n in validation)
 
 
+def test_kaggle_validation_labels(imagenet_dir, tmp_path):
+    """Kaggle's LOC_val_solution.csv: rows in any order, the first synset of each
+    PredictionString (box coordinates follow it) is the label."""
+    input_dir, expected = imagenet_dir
+    validation = sorted(name for name in expected if name.startswith("ILSVRC"))
+    rows = [f"{name[:-5]},{SYNSETS[expected[name][1] - 1]} 12 7 40 44 {SYNSETS[0]} 1 2 3 4"
+            for name in reversed(validation)]
+    labels_file = tmp_path / "LOC_val_solution.csv"
+    labels_file.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    os.remove(os.path.join(input_dir, "synset_labels.txt"))
+    output = str(tmp_path / "records")
+    assert prepare_imagenet.main([
+        "--input", input_dir, "--output", output, "--train_shards", "2",
+        "--validation_shards", "1", "--num_workers", "1", "--validation_labels", str(labels_file),
+    ]) == 0
+    records = read_records(os.path.join(output, "validation-*"))
+    assert {feature(r, "image/filename").decode(): feature(r, "image/class/label") for r in records} == {
+        name: expected[name][1] for name in validation
+    }
+
+
 def test_summary_reports_reencoded_and_unreadable(imagenet_dir, tmp_path):
     input_dir, _ = imagenet_dir
     summaries = prepare_imagenet.convert(input_dir, str(tmp_path / "out"), 2, 1, num_workers=1)

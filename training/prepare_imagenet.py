@@ -11,7 +11,9 @@ Input layout (ILSVRC2012 as extracted from the official tars):
   DIR/synset_labels.txt               the validation synsets, either one per line in
                                       the sorted order of the validation file names
                                       (the imagenet_to_gcs file) or "<file> <synset>"
-                                      per line; --validation_labels overrides the path
+                                      per line, or Kaggle's LOC_val_solution.csv
+                                      ("ImageId,PredictionString", the first synset of
+                                      each row); --validation_labels overrides the path
 
 Output (what `training.input_pipeline` reads with source "tfrecord"):
   OUT/train-00000-of-01024 ... OUT/validation-00127-of-00128, tf.Examples with
@@ -182,6 +184,10 @@ def find_train_images(input_dir: str) -> tuple[list[ImageEntry], list[str]]:
     return entries, synsets
 
 
+# The header of Kaggle's ImageNet localisation challenge validation labels.
+_KAGGLE_HEADER = "ImageId,PredictionString"
+
+
 def find_validation_images(
     input_dir: str, synsets: Sequence[str], labels_file: str | None = None
 ) -> list[ImageEntry]:
@@ -198,7 +204,14 @@ def find_validation_images(
     if not tf.io.gfile.exists(labels_file):
         raise FileNotFoundError(f"Validation labels file {labels_file!r} does not exist.")
     with tf.io.gfile.GFile(labels_file) as file:
-        lines = [line.split() for line in file if line.strip()]
+        text = file.read()
+    if text.startswith(_KAGGLE_HEADER):
+        # ILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295
+        rows = [line.split(",", 1) for line in text.splitlines()[1:] if line.strip()]
+        by_stem = {image_id: prediction.split()[0] for image_id, prediction in rows}
+        synset_of = {name: by_stem.get(os.path.splitext(name)[0]) for name in names}
+        return _label_entries(names, synset_of, val_dir, synsets, labels_file)
+    lines = [line.split() for line in text.splitlines() if line.strip()]
     if all(len(fields) == 1 for fields in lines):
         if len(lines) < len(names):
             raise ValueError(
@@ -208,6 +221,13 @@ def find_validation_images(
         synset_of = {name: fields[0] for name, fields in zip(names, lines)}
     else:
         synset_of = {fields[0]: fields[1] for fields in lines}
+    return _label_entries(names, synset_of, val_dir, synsets, labels_file)
+
+
+def _label_entries(names: Sequence[str], synset_of: dict, val_dir: str, synsets: Sequence[str],
+                   labels_file: str) -> list[ImageEntry]:
+    """One entry per validation file name; an error names a file without a label or
+    with a synset that is not a training class."""
     label_of = {synset: label for label, synset in enumerate(synsets, start=1)}
     entries = []
     for name in names:
