@@ -521,21 +521,17 @@ class LambdaLayer(keras.layers.Layer):
             implementation = self.resolve_implementation(static_positions, training=bool(training))
             if implementation == "conv":
                 position_lambdas = self._position_lambdas_conv(values, spatial_shape)
-                if self.use_position_bias:
-                    position_lambdas = position_lambdas + self.position_bias
                 position_outputs = ops.einsum("bnhk,bvnk->bnhv", queries, position_lambdas)
             elif implementation == "banded" and len(spatial_shape) == 2:
                 position_lambdas = self._position_lambdas_banded(values, spatial_shape)
-                if self.use_position_bias:
-                    position_lambdas = position_lambdas + self.position_bias[None, None, :, None]
                 position_outputs = ops.einsum("bnhk,bnkv->bnhv", queries, position_lambdas)
             else:  # einsum; for sequences the banded product is the einsum itself
                 position_outputs = self._position_outputs_einsum(queries, values, spatial_shape)
-                if self.use_position_bias:
-                    # The bias adds bias[k] to every column of lambda^p_n.
-                    position_outputs = position_outputs + ops.einsum(
-                        "bnhk,k->bnh", queries, self.position_bias
-                    )[..., None]
+            if self.use_position_bias:
+                # bias[k] added to every column of lambda^p_n adds q_n . bias to every output.
+                position_outputs = position_outputs + ops.einsum(
+                    "bnhk,k->bnh", queries, self.position_bias
+                )[..., None]
             outputs = position_outputs if outputs is None else outputs + position_outputs
 
         # Head-major output channels: head * v + j (Figure 3).
