@@ -12,7 +12,8 @@
    truncated file). Every valid answer is checked against the single-image answer
    (atol 1e-4: oneDNN picks its convolution algorithm by batch size), every invalid
    request must be refused with "could not be decoded"; resident memory is sampled
-   after a warm-up tenth of the run and at the end.
+   after a warm-up tenth of the run and at the end (`export.load_test`, which the
+   serving tests run for a few seconds).
 
 The model is untrained (speed does not depend on the weights); the JPEGs are
 (size + 32)^2 pixels, as ImageNet validation images roughly are after a short-side
@@ -28,8 +29,6 @@ import argparse
 import csv
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import keras
@@ -40,7 +39,7 @@ import tensorflow as tf
 from timing import median_seconds  # benchmarks/ is on sys.path when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # export/ from a checkout
-from export import saved_model  # noqa: E402
+from export import load_test, saved_model  # noqa: E402
 from lambda_keras.models import LambdaResNet, LambdaResNet50  # noqa: E402
 from training import preprocessing  # noqa: E402
 
@@ -81,55 +80,18 @@ def speed_rows(model, serve, jpegs, image_size, repeats) -> list[dict]:
     return rows
 
 
-def load_test(serve, jpegs, threads: int, seconds: float) -> dict:
-    reference = [serve(image_bytes=tf.constant([j]))["probabilities"].numpy()[0] for j in jpegs]
+def load_row(serve, jpegs, threads: int, seconds: float) -> dict:
     invalid = [b"", b"not an image", jpegs[0][: len(jpegs[0]) // 2]]
-    stats = {"valid": 0, "refused": 0, "wrong": 0, "accepted_invalid": 0}
-    lock = threading.Lock()
-
-    def worker(seed: int, stop: float) -> None:
-        rng = np.random.default_rng(seed)
-        while time.monotonic() < stop:
-            picks = rng.choice(len(jpegs), size=int(rng.integers(1, 5)))
-            batch = [jpegs[i] for i in picks]
-            if rng.random() < 0.3:
-                batch.insert(int(rng.integers(0, len(batch) + 1)), invalid[rng.integers(3)])
-                try:
-                    serve(image_bytes=tf.constant(batch))
-                    outcome = "accepted_invalid"
-                except tf.errors.InvalidArgumentError as error:
-                    outcome = "refused" if "could not be decoded" in error.message else "wrong"
-            else:
-                probabilities = serve(image_bytes=tf.constant(batch))["probabilities"].numpy()
-                correct = np.allclose(probabilities, [reference[i] for i in picks], atol=1e-4)
-                outcome = "valid" if correct else "wrong"
-            with lock:
-                stats[outcome] += 1
-
-    def run(duration: float) -> None:
-        stop = time.monotonic() + duration
-        pool = [threading.Thread(target=worker, args=(seed, stop)) for seed in range(threads)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-
-    process = psutil.Process()
-    run(seconds / 10)
-    rss_after_warmup = process.memory_info().rss
-    before = dict(stats)
-    start = time.monotonic()
-    run(seconds)
-    elapsed = time.monotonic() - start
-    rss_end = process.memory_info().rss
+    report = load_test.run_load_test(serve, jpegs, invalid, threads, seconds,
+                                     warmup_seconds=seconds / 10)
     return {
-        "threads": threads, "seconds": round(elapsed, 1),
-        "valid_answered": stats["valid"] - before["valid"],
-        "invalid_refused": stats["refused"] - before["refused"],
-        "wrong_or_accepted": stats["wrong"] + stats["accepted_invalid"],
-        "requests_per_s": round((sum(stats.values()) - sum(before.values())) / elapsed, 1),
-        "rss_after_warmup_mib": round(rss_after_warmup / 2**20, 1),
-        "rss_end_mib": round(rss_end / 2**20, 1),
+        "threads": threads, "seconds": round(report.seconds, 1),
+        "valid_answered": report.valid_answered,
+        "invalid_refused": report.invalid_refused,
+        "wrong_or_accepted": len(report.failures),
+        "requests_per_s": round(report.requests_per_s, 1),
+        "rss_after_warmup_mib": round(report.rss_after_warmup_bytes / 2**20, 1),
+        "rss_end_mib": round(report.rss_end_bytes / 2**20, 1),
     }
 
 
@@ -148,7 +110,7 @@ def main() -> int:
         path = saved_model.export_model(model, Path(base) / "bench", warmup=False)
         serve = tf.saved_model.load(str(path)).signatures["serving_default"]
         rows = speed_rows(model, serve, jpegs, image_size, args.repeats)
-        load = load_test(serve, jpegs, args.threads, args.seconds)
+        load = load_row(serve, jpegs, args.threads, args.seconds)
     print(load)
 
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)

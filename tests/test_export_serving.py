@@ -14,12 +14,11 @@ import threading
 import time
 
 import numpy as np
-import psutil
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from export import client, warmup
+from export import client, load_test, warmup
 from test_export import CLASS_NAMES, CLASSES, TOP_K, keras_probabilities
 from test_export import exported, images  # noqa: F401  (module-scoped fixtures)
 
@@ -170,53 +169,12 @@ def test_grpc_request_matches_predict_proto(exported, images):  # noqa: F811
 def test_under_load_valid_answered_invalid_refused_memory_flat(exported, images):  # noqa: F811
     """4 threads for ~6 s (the 8-thread, 60 s run is benchmarks/serving_speed.py)."""
     _, _, loaded = exported
-    serve = loaded.signatures["serving_default"]
-    reference = [serve(image_bytes=tf.constant([image]))["probabilities"].numpy()[0]
-                 for image in images]
     invalid = [b"", b"not an image", images[0][:200], images[-1][:-30]]
-    counts = {"valid": 0, "refused": 0}
-    failures: list[str] = []
-    lock = threading.Lock()
-
-    def worker(seed: int, stop: float) -> None:
-        rng = np.random.default_rng(seed)
-        while time.monotonic() < stop:
-            picks = rng.choice(len(images), size=int(rng.integers(1, 4)))
-            batch = [images[i] for i in picks]
-            if rng.random() < 0.3:
-                batch.insert(int(rng.integers(0, len(batch) + 1)), invalid[rng.integers(4)])
-                try:
-                    serve(image_bytes=tf.constant(batch))
-                    failures.append("an invalid image was accepted")
-                except tf.errors.InvalidArgumentError as error:
-                    if "could not be decoded" not in error.message:
-                        failures.append(error.message[:200])
-                with lock:
-                    counts["refused"] += 1
-                continue
-            probabilities = serve(image_bytes=tf.constant(batch))["probabilities"].numpy()
-            # Against single-image answers: oneDNN picks its convolution algorithm by
-            # batch size, which moves probabilities by up to ~2e-5 (measured).
-            if not np.allclose(probabilities, [reference[i] for i in picks], atol=1e-4):
-                failures.append(f"wrong answer for images {picks.tolist()}")
-            with lock:
-                counts["valid"] += 1
-
-    def run(seconds: float) -> None:
-        stop = time.monotonic() + seconds
-        threads = [threading.Thread(target=worker, args=(seed, stop)) for seed in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-    process = psutil.Process()
-    run(2.0)  # warm-up: thread pools, allocator arenas
-    before = process.memory_info().rss
-    run(4.0)
-    growth = process.memory_info().rss - before
-    assert failures == []
-    assert counts["valid"] > 20 and counts["refused"] > 5
+    report = load_test.run_load_test(loaded.signatures["serving_default"], images, invalid,
+                                     threads=4, seconds=4.0, warmup_seconds=2.0, max_batch=3)
+    growth = report.rss_end_bytes - report.rss_after_warmup_bytes
+    assert report.failures == []
+    assert report.valid_answered > 20 and report.invalid_refused > 5
     assert growth < 40 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB under load"
 
 
