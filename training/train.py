@@ -327,6 +327,10 @@ def build_callbacks(
     backup_dir = os.path.join(model_dir, "backup")
     if not chief:
         backup_dir = os.path.join(backup_dir, f"worker_{strategies.worker_index(strategy)}")
+    # Created here, idempotently: BackupAndRestore checks for its directory and then
+    # calls os.makedirs, which fails when another worker creating backup/worker_<i>
+    # made backup/ in between (seen in a two-worker CI run).
+    tf.io.gfile.makedirs(backup_dir)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(
             backup_dir,
