@@ -459,3 +459,30 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, message):
 def test_bad_inputs_raise_naming_the_problem(kwargs, shape, message):
     with pytest.raises(ValueError, match=message):
         LambdaLayer(**kwargs).build(shape)
+
+
+@pytest.mark.parametrize(
+    "shape,intra_depth",
+    [pytest.param((2, 6, 5, 8), 1, id="image-u1"), pytest.param((2, 5, 6, 8), 2, id="image-u2"),
+     pytest.param((2, 9, 8), 2, id="sequence-u2")],
+)
+def test_implementations_have_the_same_gradients(shape, intra_depth):
+    """Training calls: the gradients of every implementation w.r.t. the input and every
+    weight match the einsum's (each implementation differentiates its own ops)."""
+    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=intra_depth, scope_size=3, implementation="einsum")
+    randomize(layer, shape)
+    inputs = tf.constant(random_inputs(shape))
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, training=True)
+            loss = tf.reduce_sum(outputs * tf.sin(outputs))
+        grads = tape.gradient(loss, [inputs] + layer.trainable_weights)
+        return [np.asarray(tf.convert_to_tensor(g)) for g in grads]  # gathers give IndexedSlices
+
+    expected = gradients()
+    for implementation in ("conv", "banded") if len(shape) == 4 else ("conv",):
+        layer.implementation = implementation
+        for name, actual, wanted in zip(["inputs"] + [w.path for w in layer.trainable_weights], gradients(), expected):
+            np.testing.assert_allclose(actual, wanted, atol=1e-4, rtol=1e-4, err_msg=f"{implementation}: {name}")
