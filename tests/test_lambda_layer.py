@@ -462,14 +462,20 @@ def test_bad_inputs_raise_naming_the_problem(kwargs, shape, message):
 
 
 @pytest.mark.parametrize(
-    "shape,intra_depth",
-    [pytest.param((2, 6, 5, 8), 1, id="image-u1"), pytest.param((2, 5, 6, 8), 2, id="image-u2"),
-     pytest.param((2, 9, 8), 2, id="sequence-u2")],
+    "shape,intra_depth,scope_size",
+    [
+        pytest.param((2, 6, 5, 8), 1, 3, id="image-u1"),
+        pytest.param((2, 5, 6, 8), 2, 3, id="image-u2"),
+        pytest.param((2, 4, 5, 8), 2, None, id="image-global"),
+        pytest.param((2, 9, 8), 2, 3, id="sequence-u2"),
+    ],
 )
-def test_implementations_have_the_same_gradients(shape, intra_depth):
+def test_implementations_have_the_same_gradients(shape, intra_depth, scope_size):
     """Training calls: the gradients of every implementation w.r.t. the input and every
-    weight match the einsum's (each implementation differentiates its own ops)."""
-    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=intra_depth, scope_size=3, implementation="einsum")
+    weight match the einsum's (the convolution's are written by hand)."""
+    layer = LambdaLayer(
+        key_dim=4, num_heads=2, intra_depth=intra_depth, scope_size=scope_size, implementation="einsum"
+    )
     randomize(layer, shape)
     inputs = tf.constant(random_inputs(shape))
 

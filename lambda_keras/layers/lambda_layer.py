@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from lambda_keras.layers import relative_positions
+from lambda_keras.layers.lambda_convolution import lambda_convolution
 
 IMPLEMENTATIONS = ("auto", "einsum", "conv", "banded")
 KEY_NORMALIZATIONS = ("softmax", "l2", "none")
@@ -293,38 +294,6 @@ class LambdaLayer(keras.layers.Layer):
             table = table * relative_positions.causal_table_mask(table.shape[0], table.dtype)
         return table
 
-    def _position_lambdas_conv(self, values, spatial_shape):
-        """``[b, n, u, v]`` values -> ``[b, n, v, k]`` position lambdas (Figure 5).
-
-        The lambda convolution: each value channel's map convolved with the
-        ``[*T, k, u]`` table (the paper's (n+1)-d convolution with a kernel of extent
-        1 along ``v``). The ``v`` channels are folded into the last spatial axis,
-        ``[b, *S[:-1], S[-1] * v, u]`` (a free reshape for u = 1), and the kernel is
-        dilated by ``v`` along it, so the same taps reach each channel separately and
-        the lambdas come out with ``v`` next to ``k``, ready for the query
-        contraction. Folding ``v`` into the batch instead costs a transpose of the
-        values and one of the lambdas (measured: 36 vs 27 ms for the position
-        outputs at 28x28x128).
-
-        The convolution is written as the transposed convolution with the spatially
-        flipped table, which is the same map for stride 1 and "same" padding: its
-        kernel layout ``[*T, out=k, in=u]`` is the table's, and TensorFlow runs a
-        dilated transposed convolution natively, where ``ops.conv`` with a dilation
-        goes through space-to-batch, the very transposes this layout avoids.
-        """
-        batch = ops.shape(values)[0]
-        depth, value_dim = self.intra_depth, self.value_dim
-        if depth > 1:
-            values = ops.swapaxes(values, 2, 3)  # [b, n, v, u]: v before the conv channels
-        maps = ops.reshape(
-            values, (batch,) + tuple(spatial_shape[:-1]) + (spatial_shape[-1] * value_dim, depth)
-        )
-        spatial_axes = tuple(range(len(spatial_shape)))
-        kernel = ops.flip(self._position_table(), axis=spatial_axes)
-        dilation = (1,) * (len(spatial_shape) - 1) + (value_dim,)
-        lambdas = ops.conv_transpose(maps, kernel, strides=1, padding="same", dilation_rate=dilation)
-        return ops.reshape(lambdas, (batch, -1, value_dim, self.key_dim))
-
     def _position_lambdas_banded(self, values, spatial_shape):
         """``[b, n, u, v]`` values -> ``[b, n, k, v]`` position lambdas, images only.
 
@@ -533,7 +502,7 @@ class LambdaLayer(keras.layers.Layer):
         if self.use_position:
             implementation = self.resolve_implementation(static_positions, training=bool(training))
             if implementation == "conv":
-                position_lambdas = self._position_lambdas_conv(values, spatial_shape)
+                position_lambdas = lambda_convolution(values, self._position_table(), spatial_shape)
                 position_outputs = ops.einsum("bnhk,bnvk->bnhv", queries, position_lambdas)
             elif implementation == "banded" and len(spatial_shape) == 2:
                 position_lambdas = self._position_lambdas_banded(values, spatial_shape)
