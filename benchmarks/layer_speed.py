@@ -15,10 +15,14 @@ against ``keras.layers.MultiHeadAttention`` (global self-attention, 64 channels,
 process, until attention runs out of memory.
 
 Writes ``benchmarks/results/layer_speed.csv``, ``layer_memory.csv`` and
-``layer_speed.png``. Timing: 2 warm-up calls, then the median of ``--repeats`` calls.
-Every mode runs in its own process; our implementations are timed round-robin; graph
-mode and the peers alternate for ``--rounds`` rounds and the median of the rounds is
-reported, so that a slow spell of a shared machine does not decide a comparison.
+``layer_speed.png``. Timing: 2 warm-up calls per layer, then ``--repeats`` turns in
+which each layer is called twice and the second call is timed. Graph mode and the peers run in two worker processes side by side,
+driven over pipes one call at a time (never at once): this machine's speed jumps by up
+to 1.7x from one minute to the next, and calls that alternate within milliseconds meet
+the same spell, where separate processes run minutes apart did not. Each row is the
+median of its calls (25th and 75th percentiles beside it); the "auto" rows also carry
+the paired speed-up, the median over the turns of (faster peer's call / auto's call).
+Eager and XLA run afterwards, each worker alone (XLA's thread pool spins after a call).
 
     python benchmarks/layer_speed.py --torch-python /path/to/python-with-torch
 """
@@ -32,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,15 +55,8 @@ def median_ms(function, repeats: int) -> float:
     return 1000 * median_seconds(function, repeats)
 
 
-def tensorflow_worker(mode: str, repeats: int) -> None:
-    """Runs in a fresh process; prints one JSON row per measurement of `mode`.
-
-    Each process measures one mode ("graph", "eager" or "xla") and exits, so no
-    thread pool of an earlier mode (XLA's spins for a while after a call) competes
-    with the next. Within a size and direction the implementations are timed
-    round-robin, one call each per round, so a slow spell of the machine hits all
-    of them alike; each figure is the median over the rounds.
-    """
+def tensorflow_calls(mode: str):
+    """The call builder of a TensorFlow worker for `mode` ("graph", "eager", "xla")."""
     import tensorflow as tf
 
     from lambda_keras import LambdaLayer
@@ -66,131 +64,192 @@ def tensorflow_worker(mode: str, repeats: int) -> None:
     def fetch(outputs):
         tf.nest.map_structure(lambda t: t.numpy(), outputs)
 
-    for size, channels in STAGES:
+    def build(size: int, channels: int, direction: str):
         inputs = tf.random.normal((BATCH, size, size, channels), seed=0)
-        for direction in ("forward", "forward+backward"):
-            training = direction != "forward"
-            calls, status = {}, {}
-            for implementation in IMPLEMENTATIONS:
-                layer = LambdaLayer(key_dim=KEY_DIM, num_heads=HEADS, scope_size=SCOPE, implementation=implementation)
-                layer.build(inputs.shape)
+        training = direction != "forward"
+        calls, status = {}, {}
+        for implementation in IMPLEMENTATIONS:
+            layer = LambdaLayer(key_dim=KEY_DIM, num_heads=HEADS, scope_size=SCOPE, implementation=implementation)
+            layer.build(inputs.shape)
 
-                def forward(x, layer=layer):
-                    return layer(x, training=False)
+            def forward(x, layer=layer):
+                return layer(x, training=False)
 
-                def forward_backward(x, layer=layer):
-                    with tf.GradientTape() as tape:
-                        tape.watch(x)
-                        outputs = layer(x, training=True)
-                        loss = tf.reduce_sum(outputs * outputs)
-                    return tape.gradient(loss, [x] + layer.trainable_weights)
+            def forward_backward(x, layer=layer):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    outputs = layer(x, training=True)
+                    loss = tf.reduce_sum(outputs * outputs)
+                return tape.gradient(loss, [x] + layer.trainable_weights)
 
-                function = forward_backward if training else forward
-                if mode != "eager":
-                    function = tf.function(function, jit_compile=mode == "xla")
-                name = f"lambda_keras {implementation}"
-                if implementation == "auto":
-                    name += f" ({layer.resolve_implementation(size * size, training=training)})"
-                try:
-                    for _ in range(2):  # warm-up: tracing, compilation, oneDNN primitives
-                        fetch(function(inputs))
-                    calls[name], status[name] = (lambda f=function: fetch(f(inputs))), "ok"
-                except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as error:
-                    status[name] = type(error).__name__
-            seconds = {name: [] for name in calls}
-            for _ in range(repeats):
-                for name, call in calls.items():
-                    start = time.perf_counter()
-                    call()
-                    seconds[name].append(time.perf_counter() - start)
-            for name in status:
-                ms = 1000 * statistics.median(seconds[name]) if name in seconds else float("nan")
-                print(json.dumps({
-                    "framework": "tensorflow", "implementation": name, "mode": mode,
-                    "size": f"{size}x{size}x{channels}", "direction": direction,
-                    "ms": round(ms, 1), "status": status[name],
-                }), flush=True)
+            function = forward_backward if training else forward
+            if mode != "eager":
+                function = tf.function(function, jit_compile=mode == "xla")
+            name = f"lambda_keras {implementation}"
+            if implementation == "auto":
+                name += f" ({layer.resolve_implementation(size * size, training=training)})"
+            try:
+                for _ in range(2):  # warm-up: tracing, compilation, oneDNN primitives
+                    fetch(function(inputs))
+                calls[name], status[name] = (lambda f=function: fetch(f(inputs))), "ok"
+            except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as error:
+                status[name] = type(error).__name__
+        return calls, status
+
+    return {"framework": "tensorflow", "mode": mode}, build
 
 
-def run_worker(command: list[str], label: str) -> list[dict]:
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    rows = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
-    if completed.returncode:
-        rows.append({"implementation": label, "status": f"exit {completed.returncode}: {completed.stderr[-300:]}"})
-    for row in rows:
-        print(row, flush=True)
-    return rows
-
-
-def run_speed(torch_python: str, repeats: int, rounds: int) -> list[dict]:
-    """Graph mode and the peers alternate for `rounds` rounds (the reported figure is
-    the median of the rounds' medians); eager and XLA run once, at the end."""
-    script = [sys.executable, __file__, "--repeats", str(repeats)]
-    per_round = []
-    for _ in range(rounds):
-        per_round.append(run_worker(script + ["--tensorflow-worker", "graph"], "tensorflow graph worker"))
-        per_round.append(run_torch(torch_python, repeats))
-    rows = _median_over_rounds([row for round_rows in per_round for row in round_rows])
-    for mode in ("eager", "xla"):
-        rows += run_worker(script + ["--tensorflow-worker", mode], f"tensorflow {mode} worker")
-    return rows
-
-
-def _median_over_rounds(rows: list[dict]) -> list[dict]:
-    merged: dict[tuple, dict] = {}
-    for row in rows:
-        key = tuple(row.get(field) for field in ("framework", "implementation", "mode", "size", "direction"))
-        merged.setdefault(key, {**row, "round_ms": []})["round_ms"].append(row.get("ms", float("nan")))
-    for row in merged.values():
-        row["ms"] = round(statistics.median(row.pop("round_ms")), 1)
-    return list(merged.values())
-
-
-def torch_worker(repeats: int) -> None:
-    """Runs in the --torch-python interpreter; prints one JSON row per measurement."""
+def torch_calls():
+    """The call builder of the PyTorch worker (run by ``--torch-python``)."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    peers = {}
+    peers, failures = {}, {}
     try:
         from lambda_networks import LambdaLayer as LucidrainsLambda
 
         peers["lucidrains lambda-networks"] = lambda c: LucidrainsLambda(c, dim_k=KEY_DIM, r=SCOPE, heads=HEADS, dim_u=1)
     except Exception as error:  # noqa: BLE001 - recorded, not hidden
-        print(json.dumps({"implementation": "lucidrains lambda-networks", "status": f"import failed: {error}"}))
+        failures["lucidrains lambda-networks"] = f"import failed: {error}"
     try:
         from timm.layers.lambda_layer import LambdaLayer as TimmLambda
 
         peers["timm LambdaLayer"] = lambda c: TimmLambda(c, num_heads=HEADS, dim_head=KEY_DIM, r=SCOPE)
     except Exception as error:  # noqa: BLE001
-        print(json.dumps({"implementation": "timm LambdaLayer", "status": f"import failed: {error}"}))
-    for size, channels in STAGES:
+        failures["timm LambdaLayer"] = f"import failed: {error}"
+
+    def build(size: int, channels: int, direction: str):
         inputs = torch.randn(BATCH, channels, size, size)
+        calls, status = {}, dict(failures)
         for name, make in peers.items():
             layer = make(channels)
 
-            def forward():
+            def forward(layer=layer):
                 layer.eval()
                 with torch.no_grad():
                     layer(inputs)
 
-            def forward_backward():
+            def forward_backward(layer=layer):
                 layer.train()
                 x = inputs.clone().requires_grad_(True)
                 outputs = layer(x)
                 (outputs * outputs).sum().backward()
 
-            for direction, function in (("forward", forward), ("forward+backward", forward_backward)):
-                row = {
-                    "framework": f"torch {torch.__version__}", "implementation": name, "mode": "eager",
-                    "size": f"{size}x{size}x{channels}", "direction": direction,
-                    "ms": round(median_ms(function, repeats), 1), "status": "ok",
-                }
-                print(json.dumps(row), flush=True)
+            calls[name] = forward if direction == "forward" else forward_backward
+            for _ in range(2):
+                calls[name]()
+            status[name] = "ok"
+        return calls, status
+
+    return {"framework": f"torch {torch.__version__}", "mode": "eager"}, build
 
 
-def run_torch(torch_python: str, repeats: int) -> list[dict]:
-    return run_worker([torch_python, __file__, "--torch-worker", "--repeats", str(repeats)], "torch worker")
+def serve(facts: dict, build) -> None:
+    """Worker side: answers one JSON request per stdin line, one at a time.
+
+    ``{"setup": [size, channels, direction]}`` builds and warms up the layers and
+    answers their names and status; ``{"call": name}`` calls a layer twice and times
+    the second call: the first after the other worker's turn wakes this process's
+    threads and refills the caches (measured: +50% at 14x14), a cost that would fall
+    on whichever layer a worker happens to call first.
+    """
+    calls: dict = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "setup" in request:
+            calls, status = build(*request["setup"])
+            reply = {**facts, "status": status}
+        else:
+            calls[request["call"]]()
+            start = time.perf_counter()
+            calls[request["call"]]()
+            reply = {"seconds": time.perf_counter() - start}
+        print(json.dumps(reply), flush=True)
+
+
+class Worker:
+    """A worker process driven over pipes; its stderr goes to a file, read on failure."""
+
+    def __init__(self, command: list[str]):
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    def ask(self, request: dict) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.log.seek(0)
+        raise RuntimeError(f"worker {self.process.args[1:]} exited: {self.log.read()[-500:]}")
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def run_interleaved(commands: list[list[str]], repeats: int) -> list[dict]:
+    """Times every layer of every worker in turn, one call at a time, `repeats` times.
+
+    The workers live side by side but never run at once. Calls alternate within
+    milliseconds, so a slow spell of the shared machine hits our layers and the
+    peers alike; each row is the median of its calls. With peers present, the
+    "auto" row also gets the median over the turns of (faster peer's call / auto's
+    call), the paired speed-up.
+    """
+    workers = [Worker(command) for command in commands]
+    rows = []
+    try:
+        for size, channels in STAGES:
+            for direction in ("forward", "forward+backward"):
+                timed, failed = [], []  # (worker, name, facts)
+                for worker in workers:
+                    reply = worker.ask({"setup": [size, channels, direction]})
+                    facts = {"framework": reply["framework"], "mode": reply["mode"]}
+                    for name, status in reply["status"].items():
+                        (timed if status == "ok" else failed).append((worker, name, {**facts, "status": status}))
+                seconds = {name: [] for _, name, _ in timed}
+                for _ in range(repeats):
+                    for worker, name, _ in timed:
+                        seconds[name].append(worker.ask({"call": name})["seconds"])
+                for _, name, facts in timed + failed:
+                    times = seconds.get(name)
+                    row = {
+                        **facts, "implementation": name, "size": f"{size}x{size}x{channels}", "direction": direction,
+                        "ms": round(1000 * statistics.median(times), 1) if times else float("nan"),
+                        "ms_p25": round(1000 * _quantile(times, 0.25), 1) if times else "",
+                        "ms_p75": round(1000 * _quantile(times, 0.75), 1) if times else "",
+                        "calls": len(times or ()),
+                    }
+                    rows.append(row)
+                    print(row, flush=True)
+                _add_paired_speedup(rows[-len(timed + failed):], seconds)
+    finally:
+        for worker in workers:
+            worker.close()
+    return rows
+
+
+def _quantile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[round(fraction * (len(ordered) - 1))]
+
+
+def _add_paired_speedup(rows: list[dict], seconds: dict[str, list[float]]) -> None:
+    peers = [row["implementation"] for row in rows if row["framework"] != "tensorflow" and row["status"] == "ok"]
+    for row in rows:
+        if row["implementation"].startswith("lambda_keras auto") and row["status"] == "ok" and peers:
+            turns = zip(seconds[row["implementation"]], *(seconds[peer] for peer in peers))
+            row["speedup_vs_faster_peer"] = round(statistics.median(min(peer) / ours for ours, *peer in turns), 2)
+
+
+def run_speed(torch_python: str, repeats: int, other_repeats: int) -> list[dict]:
+    """Graph mode interleaved with the peers; then eager and XLA, each alone."""
+    worker = [sys.executable, __file__, "--tensorflow-worker"]
+    rows = run_interleaved([worker + ["graph"], [torch_python, __file__, "--torch-worker"]], repeats)
+    for mode in ("eager", "xla"):  # alone: XLA's thread pool spins for a while after a call
+        rows += run_interleaved([worker + [mode]], other_repeats)
+    return rows
 
 
 def memory_worker(kind: str, size: int, repeats: int) -> None:
@@ -330,8 +389,8 @@ def plot(speed_rows: list[dict], memory_rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch-python", default=sys.executable, help="a Python that imports torch and the peers")
-    parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating graph / peer rounds")
+    parser.add_argument("--repeats", type=int, default=15, help="calls per layer, graph mode and the peers")
+    parser.add_argument("--other-repeats", type=int, default=5, help="calls per layer, eager and XLA")
     parser.add_argument("--skip-speed", action="store_true", help="reuse results/layer_speed.csv")
     parser.add_argument("--skip-memory", action="store_true", help="reuse results/layer_memory.csv")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
@@ -339,23 +398,24 @@ def main() -> None:
     parser.add_argument("--memory-worker", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:
-        torch_worker(args.repeats)
+        serve(*torch_calls())
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # oneDNN kernels are off by default on this AMD CPU and double TF's conv/matmul speed
-    # (stack.md); the setting is recorded in every row.
+    # TensorFlow turns oneDNN on by itself only on CPUs with AVX-512-class features; on
+    # the AVX2 hosts of stack.md it is off and oneDNN doubles conv/matmul speed. The
+    # setting is recorded in every row.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if args.memory_worker:
         memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.repeats)
         return
     if args.tensorflow_worker:
-        tensorflow_worker(args.tensorflow_worker, args.repeats)
+        serve(*tensorflow_calls(args.tensorflow_worker))
         return
     RESULTS.mkdir(exist_ok=True)
     if args.skip_speed:
         speed_rows = read_csv(RESULTS / "layer_speed.csv")
     else:
-        speed_rows = run_speed(args.torch_python, args.repeats, args.rounds)
+        speed_rows = run_speed(args.torch_python, args.repeats, args.other_repeats)
         for row in speed_rows:
             row["onednn"] = os.environ["TF_ENABLE_ONEDNN_OPTS"] if row.get("framework") == "tensorflow" else ""
         write_csv(RESULTS / "layer_speed.csv", speed_rows)
