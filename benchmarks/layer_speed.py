@@ -23,6 +23,9 @@ the same spell, where separate processes run minutes apart did not. Each row is 
 median of its calls (25th and 75th percentiles beside it); the "auto" rows also carry
 the paired speed-up, the median over the turns of (faster peer's call / auto's call).
 Eager and XLA run afterwards, each worker alone (XLA's thread pool spins after a call).
+The timing workers run with glibc's malloc told to keep freed memory
+(``KEEP_FREED_MEMORY``): by default the PyTorch peers re-fault their large buffers on
+some calls and not others, which made their times bimodal.
 
     python benchmarks/layer_speed.py --torch-python /path/to/python-with-torch
 """
@@ -49,6 +52,11 @@ IMPLEMENTATIONS = ("einsum", "conv", "banded", "auto")
 BATCH, SCOPE, KEY_DIM, HEADS = 8, 23, 16, 4
 MEMORY_SIZES = [32, 64, 128, 256]
 MEMORY_LIMIT_BYTES = 20 * 2**30  # a worker above this is killed and recorded as out of memory
+# glibc gives freed blocks above its trim threshold back to the kernel, and the next call
+# faults them in afresh: lucidrains' layer took 22 or 40 ms per 28x28 call depending on
+# the process (its convolution alone 12 vs 21 ms, for a 12.8 MB output). The timing
+# workers keep freed memory, so every layer is timed at its best (ours is unaffected).
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
 def median_ms(function, repeats: int) -> float:
@@ -172,7 +180,10 @@ class Worker:
 
     def __init__(self, command: list[str]):
         self.log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env={**os.environ, **KEEP_FREED_MEMORY},
+        )
 
     def ask(self, request: dict) -> dict:
         self.process.stdin.write(json.dumps(request) + "\n")
