@@ -1,4 +1,8 @@
-"""Shared test settings: quiet TensorFlow, CPU only, deterministic seeds."""
+"""Shared test settings: quiet TensorFlow, CPU only, deterministic seeds.
+
+The layer and model tests also run under ``KERAS_BACKEND=jax`` and ``torch``
+(tests/test_platforms.py starts those runs); TensorFlow's device set-up is then skipped.
+"""
 
 import os
 
@@ -7,14 +11,16 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-# Two logical CPU devices, so that MirroredStrategy tests run on a CPU-only machine.
-# This must happen before TensorFlow initialises its devices, hence here.
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0],
-    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
-)
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    # Two logical CPU devices, so that MirroredStrategy tests run on a CPU-only machine.
+    # This must happen before TensorFlow initialises its devices, hence here.
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+    )
 
 
 @pytest.fixture(autouse=True)

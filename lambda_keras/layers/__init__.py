@@ -1,5 +1,6 @@
 """Keras layers of lambda-keras."""
 
 from lambda_keras.layers.lambda_layer import LambdaLayer
+from lambda_keras.layers.pooling import AveragePooling2D
 
-__all__ = ["LambdaLayer"]
+__all__ = ["AveragePooling2D", "LambdaLayer"]

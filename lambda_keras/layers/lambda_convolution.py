@@ -8,27 +8,25 @@ channel's map with the relative table ``R``:
 over the table offsets ``t`` (``c = T // 2`` the centre, zero outside the map); the
 paper writes it as an (n+1)-d convolution with a kernel of extent 1 along ``v``.
 
-Layout. The ``v`` channels are folded into the last spatial axis,
-``[b, *S[:-1], S[-1] * v, u]`` (a free reshape of the ``[b, n, u, v]`` values when
-u = 1), and the kernel is dilated by ``v`` along that axis: each channel meets the
-same taps on its own and the lambdas come out ``[b, n, v, k]``, with ``v`` next to ``k``
-for the query contraction. Folding ``v`` into the batch instead costs a transpose of
-the values and one of the ``n k v`` lambdas (measured at 28x28x128, batch 8: 27 vs
-36 ms for the position outputs).
+Two forward forms compute the same lambdas, ``[b, n, v, k]``:
 
-The forward pass is the transposed convolution with the spatially flipped table,
-the same map for stride 1 and "same" padding: TensorFlow runs a dilated transposed
-convolution natively (``ops.conv`` with a dilation goes through space-to-batch, the
-very transposes this layout avoids), and its kernel layout ``[*T, out=k, in=u]`` is
-the table's.
+- ``"dilated"``: the ``v`` channels are folded into the last spatial axis,
+  ``[b, *S[:-1], S[-1] * v, u]`` (a free reshape of the values when u = 1), and the
+  kernel is dilated by ``v`` along that axis, so each channel meets the same taps on
+  its own and no transpose is needed. It runs as the transposed convolution of the
+  spatially flipped table (the same map for stride 1 and "same" padding), whose
+  kernel layout ``[*T, out=k, in=u]`` is the table's. TensorFlow's CPU kernel for a
+  dilated transposed convolution exists only in its oneDNN build path, so this form
+  is used where ``kernel_support.has_dilated_transposed_convolution()`` says it runs.
+- ``"folded"``: ``v`` goes into the batch, ``[b * v, *S, u]``, and a plain convolution
+  without dilation runs; two transposes more, but a kernel every platform has.
 
-Gradient. TensorFlow's filter gradient of a dilated convolution has no fast CPU
-kernel (21 s instead of 0.15 s at 28x28x128), so the backward pass refolds ``v``
-into the batch and writes both gradients as convolutions without dilation:
-``d values`` is the transposed convolution of the upstream gradient with the table,
-and ``d R`` correlates the zero-padded values with the upstream gradient, batch and
-``v`` as the contracted channels, which is 3x faster than the filter-gradient
-kernel.
+Gradient. Both forms share one hand-written backward pass in the folded layout,
+written with convolutions without dilation: ``d values`` is the transposed
+convolution of the upstream gradient with the table, and ``d R`` correlates the
+zero-padded values with the upstream gradient, batch and ``v`` as the contracted
+channels. TensorFlow's own filter gradient of these convolutions has no fast CPU
+kernel (docs/design.md records the measurements).
 
 Written with ``keras.ops`` only.
 """
@@ -40,7 +38,10 @@ from collections.abc import Sequence
 from keras import ops
 
 
-def lambda_convolution(values, table, spatial_shape: Sequence):
+FORMS = ("dilated", "folded")
+
+
+def lambda_convolution(values, table, spatial_shape: Sequence, form: str = "folded"):
     """Position lambdas of a relative table: ``[b, n, u, v]`` -> ``[b, n, v, k]``.
 
     Args:
@@ -49,10 +50,14 @@ def lambda_convolution(values, table, spatial_shape: Sequence):
       table: ``[*T, key_dim, intra_depth]`` relative embeddings (odd extents), offset
         ``context - query`` at ``offset + T // 2``.
       spatial_shape: ``(length,)`` or ``(height, width)``; ints or scalar tensors.
+      form: ``"dilated"`` or ``"folded"``, the forward pass (module docstring);
+        both give the same numbers.
 
     Returns:
       ``[batch, positions, value_dim, key_dim]`` position lambdas.
     """
+    if form not in FORMS:
+        raise ValueError(f"`form` must be one of {FORMS}. Received: form={form!r}")
     rank = len(spatial_shape)
     spatial_shape = tuple(spatial_shape)
     value_dim, depth, key_dim = values.shape[-1], values.shape[-2], table.shape[-2]
@@ -76,13 +81,18 @@ def lambda_convolution(values, table, spatial_shape: Sequence):
 
     @ops.custom_gradient
     def convolve(maps, table):
-        lambdas = ops.conv_transpose(
-            maps,
-            ops.flip(table, axis=spatial_axes),
-            strides=1,
-            padding="same",
-            dilation_rate=(1,) * (rank - 1) + (value_dim,),
-        )
+        if form == "dilated":
+            lambdas = ops.conv_transpose(
+                maps,
+                ops.flip(table, axis=spatial_axes),
+                strides=1,
+                padding="same",
+                dilation_rate=(1,) * (rank - 1) + (value_dim,),
+            )
+        else:
+            kernel = ops.swapaxes(table, -1, -2)  # [*T, in=u, out=k]
+            folded = ops.conv(fold_into_batch(maps), kernel, strides=1, padding="same")
+            lambdas = unfold_from_batch(folded, ops.shape(maps)[0])
 
         def gradients(*args, upstream=None):
             if upstream is None:

@@ -11,19 +11,30 @@ import math
 import keras
 from keras import ops
 
-from lambda_keras.layers import relative_positions
+from lambda_keras.layers import kernel_support, relative_positions
 from lambda_keras.layers.lambda_convolution import lambda_convolution
+from lambda_keras.layers.pooling import average_pool_same
 
 IMPLEMENTATIONS = ("auto", "einsum", "conv", "banded")
 KEY_NORMALIZATIONS = ("softmax", "l2", "none")
 
-# How "auto" picks, by the number of positions n = H * W (or L) and by whether the
-# call trains (the backward pass changes the ranking). The paper switches from the
-# einsum to the convolution at n > 85^2 on TPUv3 (Section 5); these thresholds are
-# the crossovers measured on CPU by benchmarks/layer_speed.py (README table).
-AUTO_INFERENCE_EINSUM_MAX_POSITIONS = 20 * 20
-AUTO_TRAINING_EINSUM_MAX_POSITIONS = 20 * 20
-AUTO_TRAINING_BANDED_MAX_POSITIONS = 64 * 64
+# How "auto" picks: for each lambda convolution form the platform runs (see
+# lambda_convolution.py) and for inference or training, the implementation for inputs
+# of up to so many positions n = H * W (or L), first match wins. The crossovers were
+# measured on CPU by benchmarks/layer_speed.py (README table; docs/design.md). The
+# folded form, TensorFlow's CPU path without oneDNN, has a slow plain convolution, so
+# the banded product runs further there. Unknown sizes take the convolution: no
+# tensor of it grows with n x m or with the width.
+AUTO_CROSSOVERS = {
+    "dilated": {
+        "inference": ((20 * 20, "einsum"), (None, "conv")),
+        "training": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
+    },
+    "folded": {
+        "inference": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
+        "training": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
+    },
+}
 
 # Key logit of a padded (or not yet seen) context position: exp() of it vanishes
 # next to any real key, without the NaNs of -inf - (-inf).
@@ -33,6 +44,12 @@ _NO_CONTEXT = -1e30
 def _rsqrt_clipped(squared_norms):
     """``1 / max(norm, 1e-6)``: an all-zero key (padding) normalises to zero."""
     return ops.rsqrt(ops.maximum(squared_norms, 1e-12))
+
+
+def _convolution_form() -> str:
+    """The lambda convolution form this platform runs fastest: the dilated one where
+    its kernel exists, else the folded one."""
+    return "dilated" if kernel_support.has_dilated_transposed_convolution() else "folded"
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -89,9 +106,12 @@ class LambdaLayer(keras.layers.Layer):
         lambdas as a convolution of the values with the table (Figure 5) without the
         ``n x m`` table; ``"banded"`` computes the same convolution as banded
         (Toeplitz) matrix products, rows by columns, which trains fastest on CPU at
-        mid sizes (images; sequences use the einsum); ``"auto"`` picks by input size
-        and by whether the call trains, from crossovers measured on CPU (the
-        ``AUTO_*`` constants). All give the same numbers.
+        mid sizes (images; sequences use the einsum); ``"auto"`` picks by input size,
+        by whether the call trains and by the kernels the platform has, from
+        crossovers measured on CPU (``AUTO_CROSSOVERS``). All give the same numbers
+        on every backend and CPU; the convolution computes its dilated form where
+        the platform has the kernel and a folded one elsewhere (TensorFlow on a CPU
+        without oneDNN).
       use_position_bias: add a ``[k]`` bias to the position lambdas, like the
         ``Conv3d`` bias of lucidrains and timm; for importing their weights only.
       norm_momentum: momentum of the batch norms on queries and values.
@@ -277,16 +297,16 @@ class LambdaLayer(keras.layers.Layer):
 
     def resolve_implementation(self, positions: int | None, training: bool = False) -> str:
         """The implementation used for inputs with ``positions`` spatial positions
-        (``None``: unknown until run time) in a training or an inference call."""
+        (``None``: unknown until run time) in a training or an inference call, on
+        this platform (``AUTO_CROSSOVERS``)."""
         if self.implementation != "auto":
             return self.implementation
-        if positions is None:
-            return "conv"
-        if training:
-            if positions <= AUTO_TRAINING_EINSUM_MAX_POSITIONS:
-                return "einsum"
-            return "banded" if positions <= AUTO_TRAINING_BANDED_MAX_POSITIONS else "conv"
-        return "einsum" if positions <= AUTO_INFERENCE_EINSUM_MAX_POSITIONS else "conv"
+        crossovers = AUTO_CROSSOVERS[_convolution_form()]["training" if training else "inference"]
+        return next(
+            implementation
+            for max_positions, implementation in crossovers
+            if max_positions is None or (positions is not None and positions <= max_positions)
+        )
 
     def _position_table(self):
         table = ops.cast(self.position_embeddings, "float32")
@@ -495,7 +515,9 @@ class LambdaLayer(keras.layers.Layer):
         if self.use_position:
             implementation = self.resolve_implementation(static_positions, training=bool(training))
             if implementation == "conv":
-                position_lambdas = lambda_convolution(values, self._position_table(), spatial_shape)
+                position_lambdas = lambda_convolution(
+                    values, self._position_table(), spatial_shape, _convolution_form()
+                )
                 position_outputs = ops.einsum("bnhk,bnvk->bnhv", queries, position_lambdas)
             elif implementation == "banded" and len(spatial_shape) == 2:
                 position_lambdas = self._position_lambdas_banded(values, spatial_shape)
@@ -513,9 +535,7 @@ class LambdaLayer(keras.layers.Layer):
         outputs = ops.reshape(outputs, (batch,) + spatial_shape + (heads * value_dim,))
         outputs = ops.cast(outputs, self.compute_dtype)
         if self.strides == 2:
-            outputs = ops.average_pool(
-                outputs, pool_size=3, strides=2, padding="same"
-            )
+            outputs = average_pool_same(outputs, pool_size=3, strides=2)
         return outputs
 
     def compute_mask(self, inputs, mask=None):

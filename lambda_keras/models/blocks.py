@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from lambda_keras.layers import LambdaLayer
+from lambda_keras.layers import AveragePooling2D, LambdaLayer
 
 # [RS] conv and SE kernels use TF1's ``variance_scaling_initializer()``: scale 1,
 # fan-in, truncated normal, which is Keras' VarianceScaling default.
@@ -184,7 +184,7 @@ def bottleneck_block(
     shortcut = x
     if projection:
         if resnet_d_shortcut and strides == 2:
-            shortcut = layers.AveragePooling2D(
+            shortcut = AveragePooling2D(
                 2, strides=2, padding="same", name=f"{name}_0_pool"
             )(shortcut)
             shortcut = conv2d(shortcut, 4 * filters, 1, 1, name=f"{name}_0_conv")

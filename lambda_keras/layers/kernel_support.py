@@ -1,0 +1,37 @@
+"""Which convolution kernels the running platform has, probed once per process.
+
+TensorFlow's CPU kernel for a transposed convolution with a dilation exists only in
+its oneDNN path: with oneDNN off (TensorFlow's default on CPUs without AVX-512-class
+features, or ``TF_ENABLE_ONEDNN_OPTS=0``) the op raises "Current CPU implementations
+do not yet support dilation rates larger than 1". The lambda convolution then runs its
+folded form, which every platform has. JAX, PyTorch and XLA have the dilated kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+
+
+@functools.cache
+def has_dilated_transposed_convolution() -> bool:
+    """Whether ``ops.conv_transpose`` with a dilation rate runs on this process's CPU.
+
+    Under the TensorFlow backend a one-pixel transposed convolution runs eagerly on
+    the CPU the first time this is asked (outside any ``tf.function`` being traced);
+    the answer holds for the process, since oneDNN is chosen when TensorFlow loads.
+    Other backends always have the kernel.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return True
+    import tensorflow as tf  # only under the TensorFlow backend
+
+    with tf.init_scope(), tf.device("/CPU:0"):
+        try:
+            tf.nn.conv2d_transpose(
+                tf.zeros((1, 1, 3, 1)), tf.zeros((1, 2, 1, 1)), (1, 1, 3, 1), 1, "SAME", dilations=(1, 2)
+            )
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            return False
+    return True
