@@ -567,3 +567,17 @@ def test_implementations_have_the_same_gradients(shape, intra_depth, scope_size)
         names = ["inputs"] + [w.path for w in layer.trainable_weights]
         for name, actual, wanted in zip(names, actual_gradients, expected):
             np.testing.assert_allclose(actual, wanted, atol=1e-4, rtol=1e-4, err_msg=f"{implementation}: {name}")
+
+
+@pytest.mark.parametrize("size", [5, 6, 7])
+@pytest.mark.parametrize("pool_size", [2, 3])
+def test_average_pooling_same_excludes_padding_on_every_backend(pool_size, size):
+    """The ResNet-D shortcut's pool: TensorFlow's 'same' numbers whatever the backend."""
+    from lambda_keras.layers import AveragePooling2D
+
+    inputs = random_inputs((2, size, size + 1, 3))
+    layer = AveragePooling2D(pool_size, strides=2, padding="same")
+    np.testing.assert_allclose(
+        to_numpy(layer(inputs)), reference.average_pool_same(inputs, pool_size, 2), atol=1e-6, rtol=0
+    )
+    assert AveragePooling2D.from_config(layer.get_config()).get_config() == layer.get_config()

@@ -1,0 +1,77 @@
+"""One Keras backend's view of a lambda layer or a small LambdaResNet, in its own process.
+
+The backend is chosen by ``KERAS_BACKEND`` before Keras is imported, so each backend
+runs in a process of its own; tests/test_cross_backend.py compares their answers with
+the TensorFlow backend's.
+
+    python tests/backend_worker.py gradients CASE.npz OUT.npz
+    python tests/backend_worker.py save MODEL.keras IMAGES.npz OUT.npz
+    python tests/backend_worker.py predict MODEL.keras IMAGES.npz OUT.npz
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from backend_gradients import loss_gradients  # noqa: E402
+
+from lambda_keras import LambdaLayer, LambdaResNet  # noqa: E402
+
+# Lambda layers in the strided first blocks of c3 (10x10 at a 40x40 input: an uneven
+# 'same' pool) and c5 (3x3); ResNet-D shortcut pools on 5x5 and 3x3 (uneven too).
+SMALL_MODEL = {"blocks_per_stage": (1, 1, 1, 1), "lambda_blocks": ((), (1,), (), (1,)),
+               "input_shape": (40, 40, 3), "classes": 10, "classifier_activation": None}
+
+
+def small_model() -> keras.Model:
+    """The small LambdaResNet above with every weight random (BN statistics included)."""
+    keras.utils.set_random_seed(0)
+    model = LambdaResNet(**SMALL_MODEL)
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        if "seed_generator" in weight.path:
+            continue
+        value = rng.normal(0.0, 0.2, weight.shape).astype("float32")
+        weight.assign(np.abs(value) + 0.5 if "moving_variance" in weight.path else value)
+    return model
+
+
+def gradients(case_path: str, output_path: str) -> None:
+    case = np.load(case_path)
+    layer = LambdaLayer.from_config(json.loads(str(case["config"])))
+    layer.build(case["inputs"].shape)
+    layer.set_weights([case[f"weight_{index}"] for index in range(len(layer.weights))])
+    outputs = keras.ops.convert_to_numpy(layer(case["inputs"], training=False))
+    grads = loss_gradients(layer, case["inputs"])
+    np.savez(output_path, outputs=outputs, **{f"gradient_{i}": g for i, g in enumerate(grads)})
+
+
+def predict(model: keras.Model, images_path: str, output_path: str) -> None:
+    images = np.load(images_path)["images"]
+    np.savez(output_path, predictions=keras.ops.convert_to_numpy(model(images, training=False)))
+
+
+def main(command: str, *paths: str) -> None:
+    if command == "gradients":
+        gradients(*paths)
+    elif command == "save":
+        model = small_model()
+        model.save(paths[0])
+        predict(model, *paths[1:])
+    elif command == "predict":
+        predict(keras.saving.load_model(paths[0], safe_mode=True), *paths[1:])
+    else:
+        raise SystemExit(f"unknown command {command!r}: gradients, save or predict")
+    print(f"{keras.backend.backend()} {command} ok")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

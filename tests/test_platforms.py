@@ -1,0 +1,54 @@
+"""The layer and model tests on the platforms this process is not: TensorFlow with
+oneDNN forced on and off, and Keras's JAX and PyTorch backends.
+
+Each run is a pytest of its own in a fresh process, since both settings are fixed
+when TensorFlow (or Keras) is imported. ``python -m pytest`` thereby proves every
+platform in one command; a failure shows the inner run's report.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from lambda_keras.layers import kernel_support
+
+TESTS = Path(__file__).resolve().parent
+LAYER_AND_MODEL_TESTS = ["test_lambda_layer.py", "test_models.py"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow" or os.environ.get("LAMBDA_KERAS_INNER_RUN") == "1",
+        reason="the outer TensorFlow run starts the platform runs",
+    ),
+]
+
+
+def run_pytest(environment: dict, test_files: list[str]) -> None:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(str(TESTS / f) for f in test_files)]
+    result = subprocess.run(
+        command, cwd=TESTS.parent, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, **environment, "LAMBDA_KERAS_INNER_RUN": "1"},
+    )
+    summary = result.stdout.strip().splitlines()[-1:] if result.stdout.strip() else ["no output"]
+    print(f"{environment}: {summary[0]}")
+    assert result.returncode == 0, f"{environment}\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"], ids=["onednn-off", "onednn-on"])
+def test_layer_and_models_with_onednn(onednn):
+    """TensorFlow CPU with oneDNN off (the default on CPUs without AVX-512) and on."""
+    this_run = "1" if kernel_support.has_dilated_transposed_convolution() else "0"
+    if onednn == this_run and os.environ.get("TF_ENABLE_ONEDNN_OPTS") is not None:
+        pytest.skip(f"this run already has TF_ENABLE_ONEDNN_OPTS={onednn}")
+    run_pytest({"TF_ENABLE_ONEDNN_OPTS": onednn, "KERAS_BACKEND": "tensorflow"}, LAYER_AND_MODEL_TESTS)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_layer_and_models_under_backend(backend):
+    """NumPy-reference, gradient, pooling, model build/predict/step and fit tests."""
+    run_pytest({"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}, LAYER_AND_MODEL_TESTS)
