@@ -3,11 +3,12 @@
 Part 1 (speed): r=23, k=16, h=4, u=1, batch 8 at 56x56x64, 28x28x128 and 14x14x256,
 forward (inference mode) and forward+backward (training mode, gradient of
 ``sum(y**2)`` w.r.t. the input and every weight), for each of our implementations
-("einsum", "conv", "banded" and what "auto" picks) run eagerly, as a ``tf.function``
-graph and with XLA, and for lucidrains'
-``lambda-networks`` and timm's ``LambdaLayer`` in PyTorch (run by ``--torch-python``,
-which must import torch and the peers; a peer that does not import is recorded as
-such).
+("einsum", "conv", "banded" and what "auto" picks) as ``tf.function`` graphs with
+TensorFlow's oneDNN on and off (two workers, ``TF_ENABLE_ONEDNN_OPTS=1`` and ``0``),
+eagerly and with XLA (oneDNN on), and for lucidrains' ``lambda-networks`` and timm's
+``LambdaLayer`` in PyTorch (run by ``--torch-python``, which must import torch and the
+peers; a peer that does not import is recorded as such). Every row records the CPU
+model, AVX-512 or not, oneDNN and the framework (``platform_facts.py``).
 
 Part 2 (memory): time and peak resident memory of a forward pass of the layer
 against ``keras.layers.MultiHeadAttention`` (global self-attention, 64 channels,
@@ -44,7 +45,8 @@ import threading
 import time
 from pathlib import Path
 
-from timing import median_seconds  # benchmarks/ is on sys.path when run as a script
+from platform_facts import facts as platform_facts  # benchmarks/ is on sys.path as a script
+from timing import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = [(56, 64), (28, 128), (14, 256)]  # (height = width, channels)
@@ -104,7 +106,7 @@ def tensorflow_calls(mode: str):
                 status[name] = type(error).__name__
         return calls, status
 
-    return {"framework": "tensorflow", "mode": mode}, build
+    return {"framework": "tensorflow", "mode": mode, **platform_facts()}, build
 
 
 def torch_calls():
@@ -149,7 +151,7 @@ def torch_calls():
             status[name] = "ok"
         return calls, status
 
-    return {"framework": f"torch {torch.__version__}", "mode": "eager"}, build
+    return {"framework": f"torch {torch.__version__}", "mode": "eager", **platform_facts(backend="torch")}, build
 
 
 def serve(facts: dict, build) -> None:
@@ -178,11 +180,11 @@ def serve(facts: dict, build) -> None:
 class Worker:
     """A worker process driven over pipes; its stderr goes to a file, read on failure."""
 
-    def __init__(self, command: list[str]):
+    def __init__(self, command: list[str], environment: dict | None = None):
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            env={**os.environ, **KEEP_FREED_MEMORY},
+            env={**os.environ, **KEEP_FREED_MEMORY, **(environment or {})},
         )
 
     def ask(self, request: dict) -> dict:
@@ -199,7 +201,7 @@ class Worker:
         self.process.wait()
 
 
-def run_interleaved(commands: list[list[str]], repeats: int) -> list[dict]:
+def run_interleaved(commands: list[tuple[list[str], dict]], repeats: int) -> list[dict]:
     """Times every layer of every worker in turn, one call at a time, `repeats` times.
 
     The workers live side by side but never run at once. Calls alternate within
@@ -208,7 +210,7 @@ def run_interleaved(commands: list[list[str]], repeats: int) -> list[dict]:
     "auto" row also gets the median over the turns of (faster peer's call / auto's
     call), the paired speed-up.
     """
-    workers = [Worker(command) for command in commands]
+    workers = [Worker(command, environment) for command, environment in commands]
     rows = []
     try:
         for size, channels in STAGES:
@@ -216,15 +218,15 @@ def run_interleaved(commands: list[list[str]], repeats: int) -> list[dict]:
                 timed, failed = [], []  # (worker, name, facts)
                 for worker in workers:
                     reply = worker.ask({"setup": [size, channels, direction]})
-                    facts = {"framework": reply["framework"], "mode": reply["mode"]}
+                    facts = {key: value for key, value in reply.items() if key != "status"}
                     for name, status in reply["status"].items():
                         (timed if status == "ok" else failed).append((worker, name, {**facts, "status": status}))
-                seconds = {name: [] for _, name, _ in timed}
+                seconds = {(worker, name): [] for worker, name, _ in timed}
                 for _ in range(repeats):
                     for worker, name, _ in timed:
-                        seconds[name].append(worker.ask({"call": name})["seconds"])
-                for _, name, facts in timed + failed:
-                    times = seconds.get(name)
+                        seconds[worker, name].append(worker.ask({"call": name})["seconds"])
+                for worker, name, facts in timed + failed:
+                    times = seconds.get((worker, name))
                     row = {
                         **facts, "implementation": name, "size": f"{size}x{size}x{channels}", "direction": direction,
                         "ms": round(1000 * statistics.median(times), 1) if times else float("nan"),
@@ -232,13 +234,13 @@ def run_interleaved(commands: list[list[str]], repeats: int) -> list[dict]:
                         "ms_p75": round(1000 * _quantile(times, 0.75), 1) if times else "",
                         "calls": len(times or ()),
                     }
-                    rows.append(row)
+                    rows.append((worker, row))
                     print(row, flush=True)
                 _add_paired_speedup(rows[-len(timed + failed):], seconds)
     finally:
         for worker in workers:
             worker.close()
-    return rows
+    return [row for _, row in rows]
 
 
 def _quantile(values: list[float], fraction: float) -> float:
@@ -246,20 +248,28 @@ def _quantile(values: list[float], fraction: float) -> float:
     return ordered[round(fraction * (len(ordered) - 1))]
 
 
-def _add_paired_speedup(rows: list[dict], seconds: dict[str, list[float]]) -> None:
-    peers = [row["implementation"] for row in rows if row["framework"] != "tensorflow" and row["status"] == "ok"]
-    for row in rows:
+def _add_paired_speedup(rows: list[tuple], seconds: dict[tuple, list[float]]) -> None:
+    """``rows`` and ``seconds`` are keyed by (worker, layer name)."""
+    peers = [(worker, row["implementation"]) for worker, row in rows
+             if row["framework"] != "tensorflow" and row["status"] == "ok"]
+    for worker, row in rows:
         if row["implementation"].startswith("lambda_keras auto") and row["status"] == "ok" and peers:
-            turns = zip(seconds[row["implementation"]], *(seconds[peer] for peer in peers))
+            turns = zip(seconds[worker, row["implementation"]], *(seconds[peer] for peer in peers))
             row["speedup_vs_faster_peer"] = round(statistics.median(min(peer) / ours for ours, *peer in turns), 2)
 
 
 def run_speed(torch_python: str, repeats: int, other_repeats: int) -> list[dict]:
-    """Graph mode interleaved with the peers; then eager and XLA, each alone."""
+    """Graph mode with oneDNN on and off interleaved with the peers; then eager and XLA
+    (oneDNN on), each alone."""
     worker = [sys.executable, __file__, "--tensorflow-worker"]
-    rows = run_interleaved([worker + ["graph"], [torch_python, __file__, "--torch-worker"]], repeats)
+    onednn_on, onednn_off = {"TF_ENABLE_ONEDNN_OPTS": "1"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    rows = run_interleaved(
+        [(worker + ["graph"], onednn_on), (worker + ["graph"], onednn_off),
+         ([torch_python, __file__, "--torch-worker"], {})],
+        repeats,
+    )
     for mode in ("eager", "xla"):  # alone: XLA's thread pool spins for a while after a call
-        rows += run_interleaved([worker + [mode]], other_repeats)
+        rows += run_interleaved([(worker + [mode], onednn_on)], other_repeats)
     return rows
 
 
@@ -287,7 +297,7 @@ def memory_worker(kind: str, size: int, repeats: int) -> None:
     except tf.errors.ResourceExhaustedError:
         ms, status = float("nan"), "out of memory (ResourceExhaustedError)"
     print(json.dumps({"layer": kind, "size": f"{size}x{size}", "ms": round(ms, 1), "peak_rss_mib": round(_peak_rss_kib() / 1024),
-                      "before_first_call_mib": round(baseline / 1024), "status": status}), flush=True)
+                      "before_first_call_mib": round(baseline / 1024), "status": status, **platform_facts()}), flush=True)
 
 
 def _peak_rss_kib() -> int:
@@ -371,6 +381,8 @@ def plot(speed_rows: list[dict], memory_rows: list[dict], path: Path) -> None:
             if row["framework"] == "tensorflow" and row["mode"] != "graph":
                 continue  # the plot shows tf.function graphs; eager and XLA are in the CSV
             label = row["implementation"].split(" (")[0] + (" [graph]" if row["mode"] == "graph" else " [eager]")
+            if row["framework"] == "tensorflow" and str(row.get("onednn")) == "0":
+                label += " oneDNN off"
             series.setdefault(label, {})[row["size"]] = row["ms"]
         sizes = [f"{s}x{s}x{c}" for s, c in STAGES]
         width = 0.8 / max(len(series), 1)
@@ -412,10 +424,6 @@ def main() -> None:
         serve(*torch_calls())
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # TensorFlow turns oneDNN on by itself only on CPUs with AVX-512-class features; on
-    # the AVX2 hosts of stack.md it is off and oneDNN doubles conv/matmul speed. The
-    # setting is recorded in every row.
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if args.memory_worker:
         memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.repeats)
         return
@@ -427,8 +435,6 @@ def main() -> None:
         speed_rows = read_csv(RESULTS / "layer_speed.csv")
     else:
         speed_rows = run_speed(args.torch_python, args.repeats, args.other_repeats)
-        for row in speed_rows:
-            row["onednn"] = os.environ["TF_ENABLE_ONEDNN_OPTS"] if row.get("framework") == "tensorflow" else ""
         write_csv(RESULTS / "layer_speed.csv", speed_rows)
     if args.skip_memory:
         memory_rows = read_csv(RESULTS / "layer_memory.csv")

@@ -16,20 +16,34 @@ all-conv throughput (4980 / 7240 ex/s) and LambdaResNet-101 at >= 1.0x ResNet-10
 with SE (4040 / 4000 ex/s). We record what we measure, whatever it is.
 
 Writes ``benchmarks/results/model_speed.csv`` and ``model_speed.png`` and prints
-the README's markdown table.
+the README's markdown table. Every row records the CPU, AVX-512, oneDNN and backend.
+
+``--backends`` instead times LambdaResNet50 (``--image-size``, e.g. 64) under each Keras
+backend on this CPU: TensorFlow with oneDNN on and off, JAX and PyTorch, each in its
+own process, through the backend-neutral ``predict_on_batch`` and ``train_on_batch``
+(compiled as Keras compiles by default: XLA under JAX, ``tf.function`` under
+TensorFlow, eager under PyTorch), in ``--rounds`` alternating rounds so that a slow spell
+of the machine meets every backend. Writes ``model_speed_backends.csv``.
 
     python benchmarks/model_speed.py                # the full run (long on 2 cores)
     python benchmarks/model_speed.py --image-size 64 --repeats 1 --models CCCC CCLL
+    python benchmarks/model_speed.py --backends --image-size 64
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
+import os
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
-from timing import median_seconds  # benchmarks/ is on sys.path when run as a script
+from platform_facts import facts as platform_facts  # benchmarks/ is on sys.path as a script
+from timing import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -95,9 +109,66 @@ def measure(name: str, image_size: int, batch: int, repeats: int) -> dict:
         "inference_img_s": round(batch / inference, 2),
         "training_img_s": round(batch / training, 2),
         "paper_inference_ex_s_tpu": paper_throughput,
+        **platform_facts(),
     }
     keras.backend.clear_session()
     return row
+
+
+# (label, environment) of each backend process of --backends.
+BACKEND_RUNS = [
+    ("tensorflow, oneDNN on", {"KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "1"}),
+    ("tensorflow, oneDNN off", {"KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"}),
+    ("jax", {"KERAS_BACKEND": "jax"}),
+    ("torch", {"KERAS_BACKEND": "torch"}),
+]
+
+
+def backend_step(image_size: int, batch: int, repeats: int) -> dict:
+    """LambdaResNet50's inference and training step under this process's backend."""
+    import keras
+    import numpy as np
+
+    import lambda_keras as lk
+
+    model = lk.LambdaResNet50(input_shape=(image_size, image_size, 3))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype("float32")
+    labels = np.arange(batch) % 1000
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    inference = median_seconds(lambda: model.predict_on_batch(images), repeats)
+    training = median_seconds(lambda: model.train_on_batch(images, labels), repeats)
+    return {"inference_ms": round(1000 * inference, 1), "training_ms": round(1000 * training, 1),
+            "jit_compile": model.jit_compile, **platform_facts()}
+
+
+def run_backends(image_size: int, batch: int, repeats: int, rounds: int) -> list[dict]:
+    timings = {label: [] for label, _ in BACKEND_RUNS}
+    for _ in range(rounds):
+        for label, environment in BACKEND_RUNS:
+            result = subprocess.run(
+                [sys.executable, __file__, "--backend-worker", "--image-size", str(image_size),
+                 "--batch", str(batch), "--repeats", str(repeats)],
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment}, capture_output=True, text=True,
+            )
+            lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+            if result.returncode or not lines:
+                timings[label].append({"status": f"failed: {result.stderr.strip()[-300:]}"})
+            else:
+                timings[label].append({**json.loads(lines[-1]), "status": "ok"})
+            print(label, timings[label][-1], flush=True)
+    rows = []
+    for label, runs in timings.items():
+        ok = [run for run in runs if run["status"] == "ok"]
+        row = {"model": "LambdaResNet50", "image_size": image_size, "batch": batch, "run": label,
+               "rounds": len(ok), "status": "ok" if ok else runs[-1]["status"]}
+        if ok:
+            row.update({key: value for key, value in ok[-1].items() if key not in ("inference_ms", "training_ms")})
+            row["inference_ms"] = round(statistics.median(run["inference_ms"] for run in ok), 1)
+            row["training_ms"] = round(statistics.median(run["training_ms"] for run in ok), 1)
+            row["training_img_s"] = round(batch / row["training_ms"] * 1000, 1)
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -107,7 +178,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the CSV and PNG go")
+    parser.add_argument("--backends", action="store_true", help="LambdaResNet50 under each Keras backend")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of --backends")
+    parser.add_argument("--backend-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.backend_worker:
+        print(json.dumps(backend_step(args.image_size, args.batch, args.repeats)), flush=True)
+        return
+    if args.backends:
+        rows = run_backends(args.image_size, args.batch, args.repeats, args.rounds)
+        args.results.mkdir(parents=True, exist_ok=True)
+        with open(args.results / "model_speed_backends.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
+        for row in rows:
+            print(row)
+        return
 
     rows = []
     for name in args.models:

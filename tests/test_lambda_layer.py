@@ -180,7 +180,7 @@ def test_implementations_agree_at_paper_defaults():
 
 @pytest.mark.parametrize("implementation", ["einsum", "conv", "banded"])
 def test_local_scope_covering_input_equals_global(implementation):
-    """peers.md 2.6: r = 2n - 1 on an n x n input is the global variant, table copied."""
+    """r = 2n - 1 on an n x n input is the global variant, table copied."""
     size = 5
     local = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=2 * size - 1, implementation=implementation)
     global_ = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=None, implementation="einsum")
@@ -332,7 +332,7 @@ def test_initialisation_follows_appendix_e1():
     np.testing.assert_allclose(np.std(layer.value_kernel), 1 / np.sqrt(256), rtol=0.05)
     np.testing.assert_allclose(np.std(layer.position_embeddings), 1.0, rtol=0.05)
     assert layer.position_embeddings.shape == (23, 23, 16, 1)
-    # Parameter count of paper_spec section 7 at d=256 (BN moving statistics excluded).
+    # Trainable parameters at d=256 (BN moving statistics excluded).
     trainable = sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
     assert trainable == 256 * (4 * 16 + 16 + 64) + 2 * 64 + 2 * 64 + 23 * 23 * 16
 
@@ -431,22 +431,33 @@ def test_mirrored_strategy_matches_single_device():
     np.testing.assert_allclose(outputs, to_numpy(single(inputs)), atol=ATOL)
 
 
-@pytest.mark.parametrize("form", ["dilated", "folded"])
-def test_auto_picks_by_size_training_and_platform(form, monkeypatch):
+@pytest.mark.parametrize("platform", ["cpu", "cpu_without_dilated_convolution", "gpu", "tpu"])
+def test_auto_picks_by_size_training_and_platform(platform, monkeypatch):
     from lambda_keras.layers import lambda_layer as module
 
-    monkeypatch.setattr(module, "_convolution_form", lambda: form)
+    monkeypatch.setattr(module, "_auto_platform", lambda: platform)
     layer = LambdaLayer()
-    assert layer.resolve_implementation(20 * 20) == "einsum"
-    # Without the dilated kernel (TensorFlow CPU, oneDNN off) the banded product runs further.
-    assert layer.resolve_implementation(20 * 20 + 1) == ("conv" if form == "dilated" else "banded")
-    assert layer.resolve_implementation(64 * 64 + 1) == "conv"
-    assert layer.resolve_implementation(20 * 20, training=True) == "einsum"
-    assert layer.resolve_implementation(20 * 20 + 1, training=True) == "banded"
-    assert layer.resolve_implementation(64 * 64 + 1, training=True) == "conv"
+    einsum_max = 85 * 85 if platform == "tpu" else 20 * 20  # TPU: the paper's Section 5 switch
+    assert layer.resolve_implementation(einsum_max) == "einsum"
+    assert layer.resolve_implementation(einsum_max, training=True) == "einsum"
+    # Only oneDNN's CPU kernels make the convolution the fastest inference above 20x20.
+    banded_runs = platform in ("cpu_without_dilated_convolution", "gpu")
+    assert layer.resolve_implementation(einsum_max + 1) == ("banded" if banded_runs else "conv")
+    assert layer.resolve_implementation(einsum_max + 1, training=True) == ("conv" if platform == "tpu" else "banded")
+    assert layer.resolve_implementation(90 * 90) == "conv"
+    assert layer.resolve_implementation(90 * 90, training=True) == "conv"
     assert layer.resolve_implementation(None, training=True) == "conv"  # size unknown: no n x m tensor
     assert layer.resolve_implementation(None) == "conv"
     assert LambdaLayer(implementation="einsum").resolve_implementation(10**6) == "einsum"
+
+
+def test_auto_platform_of_this_process():
+    """This test process is CPU-only: oneDNN decides between the two CPU tables."""
+    from lambda_keras.layers import lambda_layer as module
+
+    assert kernel_support.accelerator() == "cpu"
+    expected = "cpu" if kernel_support.has_dilated_transposed_convolution() else "cpu_without_dilated_convolution"
+    assert module._auto_platform() == expected
 
 
 def test_convolution_form_follows_the_platform_kernels():

@@ -62,7 +62,7 @@ def test_lambda_resnet50_layer_names_and_placement(lambda_resnet50):
     assert layer.output_filters == 256  # the c4 bottleneck width
     names = {layer.name for layer in lambda_resnet50.layers}
     assert "c4_block3_2_conv" not in names and {"c4_block2_2_conv", "c4_block4_2_conv"} <= names
-    # The BN and ReLU after the replaced 3x3 conv stay (paper_spec.md 1.12, step 7).
+    # The BN and ReLU after the replaced 3x3 conv stay (docs/design.md, "The lambda layer replaces the 3x3 convolution only").
     assert {"c4_block3_2_bn", "c4_block3_2_relu"} <= names
 
 
@@ -114,7 +114,7 @@ def test_table_12_options_reach_every_lambda_layer():
 def test_stochastic_depth_grows_per_stage():
     model = tiny(stochastic_depth_rate=0.2, dropout_rate=0.3)
     rates = {layer.name.split("_")[0]: layer.rate for layer in model.layers if isinstance(layer, StochasticDepth)}
-    # rate * s / 5 for stage c<s>, as in the ResNet-RS code (paper_spec.md 4.2).
+    # rate * s / 5 for stage c<s>, as in the ResNet-RS code (docs/design.md, "The LambdaResNet base is ResNet-RS").
     assert rates == pytest.approx({"c2": 0.08, "c3": 0.12, "c4": 0.16, "c5": 0.2})
     assert model.get_layer("top_dropout").rate == 0.3
     # Dropout sits right before the classifier.

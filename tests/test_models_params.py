@@ -40,7 +40,7 @@ SLOW_DEPTHS = (200, 270, 350, 420)
 
 # (constructor, options, exact trainable parameters, the paper's printed millions or None)
 CASES = {
-    # Tables 3 and 13, vanilla ResNet-50 (the two integers are paper_spec.md's [D] counts).
+    # Tables 3 and 13, vanilla ResNet-50 (the two integers are our counts of the printed 25.6 M and 15.0 M).
     "CCCC": ("HybridResNet50", {"placement": "CCCC"}, 25_557_032, "25.6"),
     "LLLL": ("HybridResNet50", {"placement": "LLLL"}, 14_995_592, "15.0"),
     "LCCC": ("HybridResNet50", {"placement": "LCCC"}, 25_490_744, "25.5"),
@@ -52,7 +52,7 @@ CASES = {
     "CCLL": ("HybridResNet50", {"placement": "CCLL"}, 15_559_736, "15.56"),
     # Table 3 "Lambda layer (|u|=4)": the conv lambda with a 7x7 scope (Appendix E.1).
     "LLLL-u4": ("HybridResNet50", {"placement": "LLLL", "intra_depth": 4, "scope_size": 7}, 16_040_360, "16.04"),
-    # Table 14 and paper_spec.md 2.3.
+    # Table 14; docs/design.md, "SE only in c2 and c3".
     "LambdaResNet50": ("LambdaResNet50", {}, 18_963_272, None),
     "LambdaResNet101": ("LambdaResNet101", {}, 36_866_920, "36.9"),
     "LambdaResNet152": ("LambdaResNet152", {}, 51_404_696, "51.4"),

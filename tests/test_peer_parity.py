@@ -1,4 +1,4 @@
-"""Parity with the PyTorch peers, weights copied over (peers.md sections 2.3-2.6).
+"""Parity with the PyTorch peers, weights copied over (docs/design.md, "Relative offsets and the peers' weights").
 
 lucidrains' ``lambda-networks`` 0.4.0 runs wherever torch does (CI installs the CPU
 wheel, torch 2.13.0). timm imports torchvision at ``import timm.layers``, and the
@@ -128,7 +128,7 @@ def test_matches_timm_lambda_layer(scope_size, tmp_path):
         norm_epsilon=float(timm["epsilon"]),
     )
     layer.build((None, height, width, channels))
-    # timm fuses q, k, v into one 1x1 conv, split in that order (peers.md 2.5).
+    # timm fuses q, k, v into one 1x1 conv, split in that order (docs/design.md).
     qkv = timm["qkv.weight"][:, :, 0, 0].T
     value_dim = channels // heads
     norm = lambda prefix: [timm[f"{prefix}.{name}"] for name in ("weight", "bias", "running_mean", "running_var")]

@@ -2,7 +2,8 @@
 
 Two fixtures: `tfds.testing.mock_data` (random examples generated from the builder's
 feature spec) and a real-format `imagenet2012` build from tiny fake ILSVRC2012 tars
-(tf_ecosystem.md section 6.1), which TFDS prepares exactly as it would the real ones.
+laid out as TFDS's manual download expects, which TFDS prepares exactly as it would
+the real ones.
 """
 
 import io

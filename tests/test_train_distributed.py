@@ -2,7 +2,7 @@
 
 MirroredStrategy runs over the two logical CPU devices of tests/conftest.py; the
 MultiWorkerMirroredStrategy test starts two worker processes talking over
-127.0.0.1 (tf_ecosystem.md section 2.5).
+127.0.0.1 with a TF_CONFIG each, as on real hosts.
 """
 
 import json

@@ -2,8 +2,7 @@
 
 keras-team/keras#20329: with the TensorFlow backend, `model.fit` under a
 MultiWorkerMirroredStrategy (MWMS) in multi-worker mode fails in two places of
-`keras/src/backend/tensorflow/trainer.py` (reproduced with Keras 3.15.1, TF 2.20;
-tf_ecosystem.md section 2.3):
+`keras/src/backend/tensorflow/trainer.py` (reproduced with Keras 3.15.1, TF 2.20):
 
 1. `TensorFlowTrainer._maybe_symbolic_build` reduces the first distributed input
    batch across workers with `strategy.reduce("MEAN", batch, axis=None)` only to learn
@@ -17,7 +16,7 @@ Both patches change behaviour only under MWMS in multi-worker mode and delegate 
 Keras otherwise. They are applied only to the Keras versions known to have the bug
 (`AFFECTED_KERAS_VERSIONS`) and only when the patched functions still exist; a newer
 Keras is left alone with a warning, to be re-checked with
-tests/test_train_multiworker.py. `steps_per_execution > 1` still fails under MWMS
+tests/test_train_distributed.py. `steps_per_execution > 1` still fails under MWMS
 (keras-team/keras#19246); training/train.py rejects it there.
 """
 

@@ -138,7 +138,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Schedule, optimizer and regularization (paper_spec.md section 4).
+    """Schedule, optimizer and regularization (the recipes in docs/design.md, "Training recipes").
 
     epochs: training epochs (90 in section 4.1, 350 in section 4.2).
     train_examples: examples in the training split; with the global batch it fixes the

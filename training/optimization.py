@@ -1,4 +1,4 @@
-"""Optimization pieces of the paper's recipes (paper_spec.md section 4).
+"""Optimization pieces of the paper's recipes (docs/design.md, "Training recipes").
 
 - `WarmupCosineDecay`: linear warm-up from 0 to the peak learning rate, then cosine
   decay to 0 (section 4.1: "linear warm-up from 0 to 0.1 B/256 over 5 epochs, then

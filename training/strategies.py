@@ -1,8 +1,7 @@
 """tf.distribute strategies for TPU, GPU, multi-worker and CPU training.
 
-`create_strategy(name, tpu)` is the one factory (tf_ecosystem.md section 2.5 asks for
-the resolver calls to sit behind one so that the rest can be tested without the
-hardware). Every failure to find the requested hardware raises `StrategyError` at once
+`create_strategy(name, tpu)` is the one factory: the resolver calls sit behind it,
+so that the rest can be tested without the hardware. Every failure to find the requested hardware raises `StrategyError` at once
 with what was looked for, instead of hanging or falling back silently.
 
 | name        | strategy                                   | replicas               |

@@ -35,3 +35,26 @@ def has_dilated_transposed_convolution() -> bool:
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
             return False
     return True
+
+
+@functools.cache
+def accelerator() -> str:
+    """``"gpu"``, ``"tpu"`` or ``"cpu"``: where this process's backend places its ops by
+    default (Keras puts every tensor on the first accelerator it finds)."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        platform = jax.default_backend()
+        return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        for device_type in ("TPU", "GPU"):
+            if tf.config.list_logical_devices(device_type):
+                return device_type.lower()
+    return "cpu"

@@ -18,21 +18,31 @@ from lambda_keras.layers.pooling import average_pool_same
 IMPLEMENTATIONS = ("auto", "einsum", "conv", "banded")
 KEY_NORMALIZATIONS = ("softmax", "l2", "none")
 
-# How "auto" picks: for each lambda convolution form the platform runs (see
-# lambda_convolution.py) and for inference or training, the implementation for inputs
-# of up to so many positions n = H * W (or L), first match wins. The crossovers were
-# measured on CPU by benchmarks/layer_speed.py (README table; docs/design.md). The
-# folded form, TensorFlow's CPU path without oneDNN, has a slow plain convolution, so
-# the banded product runs further there. Unknown sizes take the convolution: no
-# tensor of it grows with n x m or with the width.
+# How "auto" picks: for each platform and for inference or training, the
+# implementation for inputs of up to so many positions n = H * W (or L), first match
+# wins. CPU and GPU crossovers were measured by benchmarks/auto_crossovers.py,
+# layer_speed.py and gpu_check.py (README tables, docs/design.md); the TPU one is the
+# paper's (Section 5: einsum up to n = 85^2 on TPUv3). A CPU without the dilated
+# convolution kernel (TensorFlow with oneDNN off) runs the folded convolution, slow
+# there, so the banded product runs further; GPUs run small-channel convolutions
+# slowly too. Unknown sizes take the convolution: no tensor of it grows with n x m
+# or with the width.
 AUTO_CROSSOVERS = {
-    "dilated": {
+    "cpu": {
         "inference": ((20 * 20, "einsum"), (None, "conv")),
         "training": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
     },
-    "folded": {
+    "cpu_without_dilated_convolution": {
         "inference": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
         "training": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
+    },
+    "gpu": {
+        "inference": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
+        "training": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
+    },
+    "tpu": {
+        "inference": ((85 * 85, "einsum"), (None, "conv")),
+        "training": ((85 * 85, "einsum"), (None, "conv")),
     },
 }
 
@@ -50,6 +60,14 @@ def _convolution_form() -> str:
     """The lambda convolution form this platform runs fastest: the dilated one where
     its kernel exists, else the folded one."""
     return "dilated" if kernel_support.has_dilated_transposed_convolution() else "folded"
+
+
+def _auto_platform() -> str:
+    """The ``AUTO_CROSSOVERS`` table of this process's platform."""
+    accelerator = kernel_support.accelerator()
+    if accelerator == "cpu" and _convolution_form() == "folded":
+        return "cpu_without_dilated_convolution"
+    return accelerator if accelerator in AUTO_CROSSOVERS else "cpu"
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -107,8 +125,8 @@ class LambdaLayer(keras.layers.Layer):
         ``n x m`` table; ``"banded"`` computes the same convolution as banded
         (Toeplitz) matrix products, rows by columns, which trains fastest on CPU at
         mid sizes (images; sequences use the einsum); ``"auto"`` picks by input size,
-        by whether the call trains and by the kernels the platform has, from
-        crossovers measured on CPU (``AUTO_CROSSOVERS``). All give the same numbers
+        by whether the call trains and by the platform (CPU with or without the
+        dilated convolution kernel, GPU, TPU; ``AUTO_CROSSOVERS``). All give the same numbers
         on every backend and CPU; the convolution computes its dilated form where
         the platform has the kernel and a folded one elsewhere (TensorFlow on a CPU
         without oneDNN).
@@ -301,7 +319,7 @@ class LambdaLayer(keras.layers.Layer):
         this platform (``AUTO_CROSSOVERS``)."""
         if self.implementation != "auto":
             return self.implementation
-        crossovers = AUTO_CROSSOVERS[_convolution_form()]["training" if training else "inference"]
+        crossovers = AUTO_CROSSOVERS[_auto_platform()]["training" if training else "inference"]
         return next(
             implementation
             for max_positions, implementation in crossovers

@@ -6,7 +6,7 @@ relative offset ``context position - query position``: offset ``o`` lives at
 ``o + T // 2``. A local scope ``r`` stores ``T = r``; the global scope of an
 ``H x W`` input stores ``T = (2H - 1, 2W - 1)`` and covers every offset. This is
 the convention of lucidrains' ``lambda-networks`` and of timm, so their weights
-map onto ours without flipping (see ``../shared/docs/peers.md`` section 2.6).
+map onto ours without flipping (docs/design.md).
 
 Written with ``keras.ops`` only, so it runs on every Keras 3 backend.
 """

@@ -2,7 +2,7 @@
 
 The ResNet side follows the ResNet-RS code that the LambdaResNets are built on
 (tensorflow/tpu ``models/official/resnet/resnet_model.py`` and ``resnet_layers.py``,
-paper_spec.md section 2.3, marked [RS] below); the lambda side follows Appendix E.1
+docs/design.md, marked [RS] below); the lambda side follows Appendix E.1
 of the paper. All tensors are channels-last, ``[batch, height, width, channels]``.
 """
 
@@ -97,7 +97,7 @@ def conv2d(x, filters: int, kernel_size: int, strides: int, name: str):
 
 
 def resnet_d_stem(x, momentum: float, epsilon: float):
-    """ResNet-RS stem, ``[b, H, W, 3] -> [b, H/4, W/4, 64]`` (paper_spec.md 2.3).
+    """ResNet-RS stem, ``[b, H, W, 3] -> [b, H/4, W/4, 64]`` (docs/design.md, "The LambdaResNet base is ResNet-RS").
 
     ResNet-D's three 3x3 convolutions (32, 32, 64 channels, the first strided),
     then a strided 3x3 convolution with 64 channels in place of the max pool; each
@@ -207,7 +207,7 @@ def bottleneck_block(
             name=f"{name}_lambda",
             **lambda_options,
         )(x)
-    # Section 1.12 step 7 of paper_spec.md: the lambda layer replaces the 3x3 conv
+    # Appendix E.1: the lambda layer replaces the 3x3 conv
     # only; the BN and ReLU that followed the conv stay.
     x = batch_norm(x, f"{name}_2_bn", momentum, epsilon)
     x = layers.ReLU(name=f"{name}_2_relu")(x)

@@ -14,7 +14,7 @@ import warnings
 import keras
 
 # The paper never released checkpoints ([TEX] footnote "Code and model checkpoints
-# will be available shortly"; none were published, see paper_spec.md section 0).
+# will be available shortly"; none were published).
 IMAGENET_WEIGHTS_MESSAGE = (
     "No ImageNet weights are published for the LambdaNetworks paper's models "
     "(Bello, ICLR 2021): the paper's code and checkpoints were never released, so "

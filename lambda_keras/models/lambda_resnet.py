@@ -2,7 +2,7 @@
 
 Paper: "LambdaNetworks: Modeling Long-Range Interactions Without Attention"
 (Bello, ICLR 2021, arXiv 2102.08602). Section and table numbers refer to it;
-``paper_spec.md`` is the project's restatement of it.
+docs/design.md gives the readings of it that the models follow.
 
 One factory, :func:`LambdaResNet`, builds every model: a stem, four stages c2-c5
 of bottleneck blocks (widths 64, 128, 256, 512; outputs 4x that) and an
@@ -13,7 +13,7 @@ settings and thin functions with the standard arguments.
 Block indices count from 1, both in Table 18 and in the layer names
 (``c4_block3_lambda`` is the third block of stage c4; block 1 is the strided,
 projection block). The paper does not say which convention Table 18 uses, and
-parameter counts cannot tell (paper_spec.md 2.3). We read it as 1-based because
+parameter counts cannot tell (docs/design.md). We read it as 1-based because
 then the table is uniformly spaced from the start of the stage in every row:
 the number of conv blocks before the first lambda block equals the number
 between consecutive lambda blocks (c4 of LambdaResNet-101 with 23 blocks and
@@ -63,7 +63,7 @@ MODEL_SPECS: dict[int, dict[str, tuple[int, ...]]] = {
 # SE sits in the c2/c3 conv blocks only. Appendix E.1 only excludes the lambda
 # blocks, but the published sizes (LambdaResNet-101 36.9 M, -152 51.4 M) are
 # matched exactly only without SE anywhere in c4/c5; with SE in c4's conv blocks
-# they would be 47.4 M / 67.2 M (paper_spec.md 2.3 and 7).
+# they would be 47.4 M / 67.2 M (docs/design.md, "SE only in c2 and c3").
 LAMBDA_RESNET_SE_RATIO = (0.25, 0.25, 0.0, 0.0)
 
 
@@ -530,8 +530,7 @@ def HybridResNet50(
     and no architecture can match it together with the others: parameters add up
     per stage, so ``CCLL = LLLL + (CCCC - LLCC)`` whatever each stage's layers are,
     and the paper's own rows give 15.0 + (25.6 - 25.0) = 15.6 (ours: 14,995,592 +
-    564,144 = 15,559,736). We take the printed 15.4 for a misprint (paper_spec.md,
-    Table 13 note).
+    564,144 = 15,559,736). We take the printed 15.4 for a misprint (docs/design.md).
 
     Table 3's ``|u|=4`` row (16.04 M, printed 16.0) is
     ``placement="LLLL", intra_depth=4, scope_size=7``; Table 9 varies ``key_dim``

@@ -1,0 +1,82 @@
+"""Where ``implementation="auto"`` switches, per platform: every implementation of one
+lambda layer at growing sizes, inference and training, as ``tf.function`` graphs.
+
+r=23, k=16, h=4, u=1, batch 8; sizes 14x14x256 .. 80x80x64 (channels shrink as in a
+ResNet). The convolution runs in both forms where the platform has the dilated kernel
+(oneDNN on) and in the folded form only where it does not. Run it once per setting;
+rows carry the CPU, AVX-512 and oneDNN columns, and the results file keeps the rows of
+other settings:
+
+    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/auto_crossovers.py
+    TF_ENABLE_ONEDNN_OPTS=1 python benchmarks/auto_crossovers.py
+
+Writes ``benchmarks/results/auto_crossovers.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from platform_facts import facts as platform_facts  # noqa: E402  benchmarks/ is on sys.path
+from timing import median_seconds  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "auto_crossovers.csv"
+STAGES = [(14, 256), (20, 192), (28, 128), (40, 96), (56, 64), (80, 64)]
+BATCH, REPEATS = 8, 7
+
+
+def main() -> None:
+    import tensorflow as tf
+
+    from lambda_keras import LambdaLayer
+    from lambda_keras.layers import kernel_support, lambda_layer
+
+    facts = platform_facts()
+    forms = ["dilated", "folded"] if kernel_support.has_dilated_transposed_convolution() else ["folded"]
+    rows = []
+    for size, channels in STAGES:
+        inputs = tf.random.normal((BATCH, size, size, channels), seed=0)
+        for direction in ("forward", "forward+backward"):
+            training = direction != "forward"
+            candidates = [("einsum", None), ("banded", None)] + [("conv", form) for form in forms]
+            for implementation, form in candidates:
+                if implementation == "einsum" and size > 40:
+                    continue  # its [n, m, k] table alone is gigabytes
+                if form is not None:
+                    lambda_layer._convolution_form = lambda form=form: form
+                layer = LambdaLayer(key_dim=16, num_heads=4, scope_size=23, implementation=implementation)
+                layer.build(inputs.shape)
+
+                @tf.function
+                def call(x, layer=layer, training=training):
+                    if not training:
+                        return layer(x, training=False)
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        outputs = layer(x, training=True)
+                        loss = tf.reduce_sum(outputs * outputs)
+                    return tape.gradient(loss, [x] + layer.trainable_weights)
+
+                seconds = median_seconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), call(inputs)), REPEATS)
+                row = {**facts, "size": f"{size}x{size}x{channels}", "direction": direction,
+                       "implementation": implementation if form is None else f"conv ({form})",
+                       "ms": round(1000 * seconds, 1)}
+                rows.append(row)
+                print(row, flush=True)
+    kept = []
+    if RESULTS.exists():
+        with RESULTS.open() as handle:
+            kept = [row for row in csv.DictReader(handle) if row["onednn"] != str(facts["onednn"])]
+    RESULTS.parent.mkdir(exist_ok=True)
+    with RESULTS.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept + rows)
+
+
+if __name__ == "__main__":
+    main()
