@@ -41,15 +41,17 @@ def onednn_enabled() -> bool | None:
 
 
 def facts(backend: str | None = None, gpu: str = "") -> dict:
-    """One row's platform columns."""
-    import keras
+    """One row's platform columns; ``backend`` defaults to the Keras backend."""
+    if backend is None:
+        import keras
 
+        backend = keras.backend.backend()
     onednn = onednn_enabled()
     return {
         "cpu": cpu_model(),
         "avx512": int(has_avx512()),
         "onednn": "" if onednn is None else int(onednn),
-        "backend": backend or keras.backend.backend(),
+        "backend": backend,
         "gpu": gpu,
         "cores": os.cpu_count(),
     }

@@ -25,16 +25,17 @@ KEY_NORMALIZATIONS = ("softmax", "l2", "none")
 # paper's (Section 5: einsum up to n = 85^2 on TPUv3). A CPU without the dilated
 # convolution kernel (TensorFlow with oneDNN off) runs the folded convolution, slow
 # there, so the banded product runs further; GPUs run small-channel convolutions
-# slowly too. Unknown sizes take the convolution: no tensor of it grows with n x m
-# or with the width.
+# slowly too. The banded product's memory grows with the width, so past the largest
+# size measured (80x80) and for unknown sizes the convolution runs: no tensor of it
+# grows with n x m or with the width.
 AUTO_CROSSOVERS = {
     "cpu": {
         "inference": ((20 * 20, "einsum"), (None, "conv")),
-        "training": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
+        "training": ((20 * 20, "einsum"), (80 * 80, "banded"), (None, "conv")),
     },
     "cpu_without_dilated_convolution": {
-        "inference": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
-        "training": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
+        "inference": ((20 * 20, "einsum"), (80 * 80, "banded"), (None, "conv")),
+        "training": ((20 * 20, "einsum"), (80 * 80, "banded"), (None, "conv")),
     },
     "gpu": {
         "inference": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
