@@ -530,6 +530,10 @@ def test_paper_defaults_at_30x30_match_reference(implementation, training):
         ({"implementation": "fft"}, "implementation"),
         ({"key_normalization": "l1"}, "key_normalization"),
         ({"use_content": False, "use_position": False}, "use_content"),
+        ({"norm_epsilon": -1}, "norm_epsilon"),
+        ({"norm_epsilon": 0}, "norm_epsilon"),
+        ({"norm_momentum": 5}, "norm_momentum"),
+        ({"norm_momentum": -0.1}, "norm_momentum"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs, message):
@@ -592,3 +596,20 @@ def test_average_pooling_same_excludes_padding_on_every_backend(pool_size, size)
         to_numpy(layer(inputs)), reference.average_pool_same(inputs, pool_size, 2), atol=1e-6, rtol=0
     )
     assert AveragePooling2D.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("shape, strides", [((2, 9, 8), 1), ((2, 5, 6, 8), 2), ((2, 6, 7, 8), 1)])
+def test_channels_first_equals_channels_last(shape, strides):
+    last = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, strides=strides, data_format="channels_last")
+    randomize(last, shape)
+    first = LambdaLayer.from_config({**last.get_config(), "data_format": "channels_first"})
+    first_shape = (shape[0], shape[-1]) + shape[1:-1]
+    first.build(first_shape)
+    first.set_weights(last.get_weights())
+    inputs = random_inputs(shape)
+    expected = np.moveaxis(to_numpy(last(inputs)), -1, 1)
+    outputs = to_numpy(first(np.moveaxis(inputs, -1, 1)))
+    assert outputs.shape == expected.shape == first.compute_output_shape(first_shape)
+    np.testing.assert_allclose(outputs, expected, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="data_format"):
+        LambdaLayer(data_format="NHWC")

@@ -240,13 +240,40 @@ def test_weights_file_suffix_and_placement_errors(tmp_path):
         HybridResNet50(placement="CCXL")
 
 
-def test_channels_first_is_refused():
+@pytest.fixture
+def channels_first():
+    keras.config.set_image_data_format("channels_first")
+    yield
+    keras.config.set_image_data_format("channels_last")
+
+
+def test_channels_first_gives_the_channels_last_numbers():
+    """As keras.applications: under ``channels_first`` the same model takes
+    ``[batch, 3, height, width]``, with the same weights and the same outputs."""
+    last = tiny(classifier_activation=None)
+    randomize(last)
+    x = images()
+    expected = keras.ops.convert_to_numpy(last(x, training=False))
     keras.config.set_image_data_format("channels_first")
     try:
-        with pytest.raises(ValueError, match="channels_last"):
-            tiny()
+        first = tiny(input_shape=(3, 32, 32), classifier_activation=None)
+        first.set_weights(last.get_weights())
+        outputs = keras.ops.convert_to_numpy(first(x.transpose(0, 3, 1, 2), training=False))
+        features = tiny(input_shape=(3, 32, 32), include_top=False)
+        assert features.output_shape == (None, 2048, 1, 1)
+        assert LambdaResNet50(include_top=False).input_shape == (None, 3, None, None)
+        assert LambdaResNet50(weights=None).input_shape == (None, 3, 224, 224)
+        assert multiply_adds(first) == multiply_adds(last)
     finally:
         keras.config.set_image_data_format("channels_last")
+    np.testing.assert_allclose(outputs, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_channels_first_input_shape_is_validated(channels_first):
+    with pytest.raises(ValueError, match="at least 32x32"):
+        tiny(input_shape=(3, 16, 16))
+    with pytest.warns(UserWarning, match="1 or 3 input channels"):
+        tiny(input_shape=(4, 32, 32), include_top=False)
 
 
 def test_unusual_channel_count_warns():

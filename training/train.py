@@ -25,10 +25,10 @@ Exit status 2 with a one-line message for a bad config, a missing TPU/GPU/TF_CON
 global batch not divisible by the replicas, or --export_dir without the export module.
 
 TF_ENABLE_ONEDNN_OPTS: TensorFlow reads it once, at import, so it is chosen here, before
-the import: oneDNN on (1) unless the caller set it. On x86 CPUs oneDNN is up to twice
-as fast for these convolutions (stack.md: 2.76 -> 4.43 img/s for a ResNet-50 step on an
-AMD host where TensorFlow leaves it off by default); on GPU/TPU hosts it only affects
-host-side ops. Set TF_ENABLE_ONEDNN_OPTS=0 for bit-reproducible CPU runs.
+the import: oneDNN on (1) unless the caller set it. TensorFlow defaults to it only on
+CPUs with AVX-512-class features, and it trains these models faster (LambdaResNet50 at
+64x64: 224 vs 409 ms a step, benchmarks/results/model_speed_backends.csv); on GPU/TPU
+hosts it only affects host-side ops. Set TF_ENABLE_ONEDNN_OPTS=0 for bit-reproducible CPU runs.
 """
 
 from __future__ import annotations

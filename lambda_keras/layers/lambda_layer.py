@@ -142,6 +142,9 @@ class LambdaLayer(keras.layers.Layer):
         (Table 12, "softmax on keys & softmax on queries").
       use_batch_norm: batch norm on queries and values; False is Table 12's "no batch
         normalization on queries and values".
+      data_format: ``"channels_last"`` (``[batch, *spatial, channels]``) or
+        ``"channels_first"`` (``[batch, channels, *spatial]``, computed channels-last
+        between two transposes); defaults to ``keras.config.image_data_format()``.
       **kwargs: standard layer arguments (``name``, ``dtype``, ``trainable``).
 
     Under a mixed precision policy the projections run in the compute dtype and
@@ -170,6 +173,7 @@ class LambdaLayer(keras.layers.Layer):
         key_normalization: str = "softmax",
         query_softmax: bool = False,
         use_batch_norm: bool = True,
+        data_format: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -209,6 +213,16 @@ class LambdaLayer(keras.layers.Layer):
                 f"`implementation` must be one of {IMPLEMENTATIONS}. "
                 f"Received: implementation={implementation!r}"
             )
+        data_format = data_format or keras.config.image_data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                "`data_format` must be 'channels_last' or 'channels_first'. "
+                f"Received: data_format={data_format!r}"
+            )
+        if isinstance(norm_momentum, bool) or not isinstance(norm_momentum, (int, float)) or not 0 <= norm_momentum < 1:
+            raise ValueError(f"`norm_momentum` must be a number in [0, 1). Received: norm_momentum={norm_momentum!r}")
+        if isinstance(norm_epsilon, bool) or not isinstance(norm_epsilon, (int, float)) or not norm_epsilon > 0:
+            raise ValueError(f"`norm_epsilon` must be a positive number. Received: norm_epsilon={norm_epsilon!r}")
         if key_normalization not in KEY_NORMALIZATIONS:
             raise ValueError(
                 f"`key_normalization` must be one of {KEY_NORMALIZATIONS}. "
@@ -230,6 +244,7 @@ class LambdaLayer(keras.layers.Layer):
         self.key_normalization = key_normalization
         self.query_softmax = query_softmax
         self.use_batch_norm = use_batch_norm
+        self.data_format = data_format
         self.supports_masking = True
         self.query_norm = self.value_norm = None
         if use_batch_norm:
@@ -254,6 +269,7 @@ class LambdaLayer(keras.layers.Layer):
                 "`causal=True` is defined for sequences [batch, length, channels] only. "
                 f"Received input_shape={input_shape}"
             )
+        input_shape = self._channels_last_shape(input_shape)
         channels = input_shape[-1]
         if channels is None:
             raise ValueError(
@@ -499,7 +515,15 @@ class LambdaLayer(keras.layers.Layer):
         position_lambdas = ops.einsum("nmku,bmuv->bnkv", embeddings, values)
         return ops.einsum("bnhk,bnkv->bnhv", queries, position_lambdas)
 
+    def _channels_last_shape(self, shape) -> tuple:
+        shape = tuple(shape)
+        if self.data_format == "channels_first":
+            return (shape[0],) + shape[2:] + (shape[1],)
+        return shape
+
     def call(self, inputs, training=None, mask=None):
+        if self.data_format == "channels_first":
+            inputs = ops.moveaxis(inputs, 1, -1)
         input_shape = ops.shape(inputs)
         batch = input_shape[0]
         spatial_shape = tuple(
@@ -555,6 +579,8 @@ class LambdaLayer(keras.layers.Layer):
         outputs = ops.cast(outputs, self.compute_dtype)
         if self.strides == 2:
             outputs = average_pool_same(outputs, pool_size=3, strides=2)
+        if self.data_format == "channels_first":
+            outputs = ops.moveaxis(outputs, -1, 1)
         return outputs
 
     def compute_mask(self, inputs, mask=None):
@@ -564,10 +590,13 @@ class LambdaLayer(keras.layers.Layer):
         return mask[:, ::2] if len(mask.shape) == 2 else mask[:, ::2, ::2]
 
     def compute_output_shape(self, input_shape):
+        input_shape = self._channels_last_shape(input_shape)
         filters = self.filters if self.filters is not None else input_shape[-1]
         spatial = tuple(input_shape[1:-1])
         if self.strides == 2:
             spatial = tuple(None if size is None else (size + 1) // 2 for size in spatial)
+        if self.data_format == "channels_first":
+            return (input_shape[0], filters) + spatial
         return (input_shape[0],) + spatial + (filters,)
 
     def get_config(self):
@@ -590,6 +619,7 @@ class LambdaLayer(keras.layers.Layer):
                 "key_normalization": self.key_normalization,
                 "query_softmax": self.query_softmax,
                 "use_batch_norm": self.use_batch_norm,
+                "data_format": self.data_format,
             }
         )
         return config

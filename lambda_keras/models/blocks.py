@@ -3,7 +3,8 @@
 The ResNet side follows the ResNet-RS code that the LambdaResNets are built on
 (tensorflow/tpu ``models/official/resnet/resnet_model.py`` and ``resnet_layers.py``,
 docs/design.md, marked [RS] below); the lambda side follows Appendix E.1
-of the paper. All tensors are channels-last, ``[batch, height, width, channels]``.
+of the paper. Tensors are ``[batch, height, width, channels]``, or channels-first
+when ``keras.config.image_data_format()`` says so (every layer follows it).
 """
 
 from __future__ import annotations
@@ -60,11 +61,16 @@ class StochasticDepth(keras.layers.Layer):
         return config
 
 
+def channel_axis() -> int:
+    """The channel axis of ``keras.config.image_data_format()``."""
+    return 1 if keras.config.image_data_format() == "channels_first" else -1
+
+
 def batch_norm(x, name: str, momentum: float, epsilon: float, zero_gamma: bool = False):
     """BatchNormalization over the channel axis; ``zero_gamma`` for the last BN of a
     bottleneck, so each residual block starts as the identity (Appendix A)."""
     return layers.BatchNormalization(
-        axis=-1,
+        axis=channel_axis(),
         momentum=momentum,
         epsilon=epsilon,
         gamma_initializer="zeros" if zero_gamma else "ones",
@@ -127,7 +133,7 @@ def squeeze_excitation(x, se_ratio: float, name: str):
     ``max(1, int(c * se_ratio))`` channels with bias, ReLU, 1x1 conv back to ``c``
     with bias, sigmoid, times the input.
     """
-    channels = x.shape[-1]
+    channels = x.shape[channel_axis()]
     squeezed = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
     squeezed = layers.Conv2D(
         max(1, int(channels * se_ratio)),

@@ -42,8 +42,12 @@ def lambda_layer_multiply_adds(layer: LambdaLayer, input_shape) -> int:
 
     Args:
       layer: a built or unbuilt ``LambdaLayer``.
-      input_shape: ``[batch, *spatial, channels]`` with a static spatial size.
+      input_shape: ``[batch, *spatial, channels]`` (or ``[batch, channels, *spatial]``
+        for a channels-first layer) with a static spatial size.
     """
+    input_shape = tuple(input_shape)
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        input_shape = (input_shape[0],) + input_shape[2:] + (input_shape[1],)
     spatial, channels = tuple(input_shape[1:-1]), input_shape[-1]
     if None in spatial or channels is None:
         raise ValueError(f"A static spatial size and channel count are needed. Received input_shape={input_shape}")
@@ -76,7 +80,8 @@ def multiply_adds(model: keras.Model) -> int:
             output = layer.output.shape
             total += math.prod(output[1:]) * math.prod(layer.kernel_size)
         elif isinstance(layer, keras.layers.Conv2D):
-            output, in_channels = layer.output.shape, layer.input.shape[-1]
+            output = layer.output.shape
+            in_channels = layer.input.shape[1 if layer.data_format == "channels_first" else -1]
             total += math.prod(output[1:]) * math.prod(layer.kernel_size) * in_channels // layer.groups
         elif isinstance(layer, keras.layers.Dense):
             inputs = layer.input.shape

@@ -2,8 +2,8 @@
 
 Keras keeps ``obtain_input_shape`` private (``keras.src.applications.imagenet_utils``),
 so this is our own paraphrase of it, with the same rules, order and wording, plus
-the checks that differ for this package: no ImageNet weights exist for the paper's
-models, and the lambda layer is channels-last only.
+the check that differs for this package: no ImageNet weights exist for the paper's
+models.
 """
 
 from __future__ import annotations
@@ -75,19 +75,18 @@ def obtain_input_shape(
     min_size: int,
     require_flatten: bool,
 ) -> tuple:
-    """Computes and checks the model's ``(height, width, channels)`` input shape.
+    """Computes and checks the model's input shape, as keras.applications does.
 
-    The rules of keras.applications for a model without pretrained weights:
-    a given shape must have three entries and a spatial size of at least
-    ``min_size`` (``None`` allowed); an unusual channel count only warns; without a
-    shape the default is ``(default_size, default_size, 3)`` with a classifier on
-    top and ``(None, None, 3)`` without; a classifier needs a static shape.
-
-    Channels-last only: ``LambdaLayer`` works on ``[batch, height, width,
-    channels]``, so a ``channels_first`` image data format is an error.
+    ``(height, width, channels)``, or ``(channels, height, width)`` when
+    ``keras.config.image_data_format()`` is ``"channels_first"``. The rules of
+    keras.applications for a model without pretrained weights: a given shape must
+    have three entries and a spatial size of at least ``min_size`` (``None``
+    allowed); an unusual channel count only warns; without a shape the default is
+    ``default_size`` square with 3 channels with a classifier on top and a free
+    spatial size without; a classifier needs a static shape.
 
     Args:
-      input_shape: ``None`` or a 3-tuple ``(height, width, channels)``.
+      input_shape: ``None`` or a 3-tuple in the image data format's order.
       default_size: default height and width.
       min_size: smallest accepted height and width.
       require_flatten: whether the model ends in a classifier (``include_top``).
@@ -95,33 +94,32 @@ def obtain_input_shape(
     Returns:
       The input shape, a 3-tuple that may contain ``None`` spatial entries.
     """
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "LambdaResNets support the `channels_last` image data format only "
-            "(LambdaLayer works on [batch, height, width, channels]). Received: "
-            f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
-        )
+    channels_first = keras.config.image_data_format() == "channels_first"
+
+    def in_format(spatial: int | None, channels: int) -> tuple:
+        return (channels, spatial, spatial) if channels_first else (spatial, spatial, channels)
+
     if input_shape:
         input_shape = tuple(input_shape)
         if len(input_shape) != 3:
             raise ValueError("`input_shape` must be a tuple of three integers.")
-        if input_shape[-1] not in {1, 3}:
+        channels = input_shape[0] if channels_first else input_shape[-1]
+        height, width = input_shape[1:] if channels_first else input_shape[:2]
+        if channels not in {1, 3}:
             warnings.warn(
                 "This model usually expects 1 or 3 input channels. However, it was "
-                f"passed an input_shape with {input_shape[-1]} input channels.",
+                f"passed an input_shape with {channels} input channels.",
                 stacklevel=3,
             )
-        if (input_shape[0] is not None and input_shape[0] < min_size) or (
-            input_shape[1] is not None and input_shape[1] < min_size
-        ):
+        if (height is not None and height < min_size) or (width is not None and width < min_size):
             raise ValueError(
                 f"Input size must be at least {min_size}x{min_size}; Received: "
                 f"input_shape={input_shape}"
             )
     elif require_flatten:
-        input_shape = (default_size, default_size, 3)
+        input_shape = in_format(default_size, 3)
     else:
-        input_shape = (None, None, 3)
+        input_shape = in_format(None, 3)
     if require_flatten and None in input_shape:
         raise ValueError(
             "If `include_top` is True, you should specify a static `input_shape`. "

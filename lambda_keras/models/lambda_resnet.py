@@ -134,7 +134,8 @@ def LambdaResNet(
 ) -> keras.Model:
     """Builds a hybrid ResNet whose chosen bottlenecks use a lambda layer.
 
-    Input ``[batch, height, width, 3]`` (channels-last, RGB scaled by
+    Input ``[batch, height, width, 3]`` (``[batch, 3, height, width]`` when
+    ``keras.config.image_data_format()`` is ``"channels_first"``; RGB scaled by
     :func:`lambda_keras.imagenet_utils.preprocess_input`). Output ``[batch,
     classes]`` with ``include_top``; otherwise the c5 features ``[batch, height/32,
     width/32, 2048]``, or ``[batch, 2048]`` with ``pooling="avg"`` or ``"max"``.
