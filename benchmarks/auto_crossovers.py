@@ -21,7 +21,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from platform_facts import facts as platform_facts  # noqa: E402  benchmarks/ is on sys.path
+from layer_calls import compiled_call  # noqa: E402  benchmarks/ is on sys.path
+from platform_facts import facts as platform_facts  # noqa: E402
+from results_csv import write_csv  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "auto_crossovers.csv"
@@ -51,16 +53,7 @@ def main() -> None:
                 layer = LambdaLayer(key_dim=16, num_heads=4, scope_size=23, implementation=implementation)
                 layer.build(inputs.shape)
 
-                @tf.function
-                def call(x, layer=layer, training=training):
-                    if not training:
-                        return layer(x, training=False)
-                    with tf.GradientTape() as tape:
-                        tape.watch(x)
-                        outputs = layer(x, training=True)
-                        loss = tf.reduce_sum(outputs * outputs)
-                    return tape.gradient(loss, [x] + layer.trainable_weights)
-
+                call = compiled_call(layer, training)
                 seconds = median_seconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), call(inputs)), REPEATS)
                 row = {**facts, "size": f"{size}x{size}x{channels}", "direction": direction,
                        "implementation": implementation if form is None else f"conv ({form})",
@@ -72,10 +65,7 @@ def main() -> None:
         with RESULTS.open() as handle:
             kept = [row for row in csv.DictReader(handle) if row["onednn"] != str(facts["onednn"])]
     RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept + rows)
+    write_csv(RESULTS, kept + rows)
 
 
 if __name__ == "__main__":

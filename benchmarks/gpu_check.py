@@ -18,7 +18,7 @@ Three parts, each row written to ``--out`` as CSV:
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import sys
 import time
 import traceback
@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lambda_reference as reference  # noqa: E402
 from backend_gradients import loss_gradients  # noqa: E402
+from layer_calls import compiled_call  # noqa: E402
 from platform_facts import facts  # noqa: E402
+from results_csv import write_csv  # noqa: E402
 
 from lambda_keras import LambdaLayer, LambdaResNet50  # noqa: E402
 
@@ -77,13 +79,24 @@ def median_ms(function, repeats: int) -> float:
 
 
 def write(path: Path, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows)
     for row in rows:
         print(row, flush=True)
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str):
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def record_failure(row: dict, error: Exception) -> None:
+    """A failed check is a row too: the run goes on to the next one."""
+    row["status"] = f"{type(error).__name__}: {error}"[:300]
+    traceback.print_exc()
 
 
 def layer_check(platform: dict) -> list[dict]:
@@ -108,20 +121,18 @@ def layer_check(platform: dict) -> list[dict]:
         for implementation in IMPLEMENTATIONS:
             row = {**platform, "policy": policy, "implementation": implementation, "size": "24x24x64"}
             try:
-                keras.config.set_dtype_policy(policy)
-                layer = LambdaLayer(implementation=implementation)
-                layer.build(shape)
-                layer.set_weights(base.get_weights())
-                outputs = keras.ops.convert_to_numpy(layer(inputs, training=False)).astype(np.float64)
+                with dtype_policy(policy):
+                    layer = LambdaLayer(implementation=implementation)
+                    layer.build(shape)
+                    layer.set_weights(base.get_weights())
+                    outputs = keras.ops.convert_to_numpy(layer(inputs, training=False)).astype(np.float64)
+                    gradients = loss_gradients(layer, inputs)
                 row["max_abs_error"] = float(np.abs(outputs - expected).max())
                 row["relative_error"] = row["max_abs_error"] / scale
-                row["gradients_finite"] = int(all(np.isfinite(g).all() for g in loss_gradients(layer, inputs)))
+                row["gradients_finite"] = int(all(np.isfinite(g).all() for g in gradients))
                 row["status"] = "ok"
             except Exception as error:  # noqa: BLE001 - recorded, the check goes on
-                row["status"] = f"{type(error).__name__}: {error}"[:300]
-                traceback.print_exc()
-            finally:
-                keras.config.set_dtype_policy("float32")
+                record_failure(row, error)
             rows.append(row)
     return rows
 
@@ -135,69 +146,22 @@ def model_fit(platform: dict, steps: int) -> list[dict]:
     for policy in ("float32", "mixed_bfloat16"):
         row = {**platform, "model": "LambdaResNet50", "policy": policy, "image_size": size, "batch": batch}
         try:
-            keras.config.set_dtype_policy(policy)
-            model = LambdaResNet50(input_shape=(size, size, 3), classes=10)
-            model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy")
-            start = time.perf_counter()
-            model.fit(images[: batch * 2], labels[: batch * 2], batch_size=batch, epochs=1, verbose=0)
-            row["first_steps_s"] = round(time.perf_counter() - start, 2)  # compilation included
-            start = time.perf_counter()
-            history = model.fit(images, labels, batch_size=batch, epochs=1, verbose=0)
-            seconds = time.perf_counter() - start
+            with dtype_policy(policy):
+                model = LambdaResNet50(input_shape=(size, size, 3), classes=10)
+                model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                              loss="sparse_categorical_crossentropy")
+                start = time.perf_counter()
+                model.fit(images[: batch * 2], labels[: batch * 2], batch_size=batch, epochs=1, verbose=0)
+                row["first_steps_s"] = round(time.perf_counter() - start, 2)  # compilation included
+                start = time.perf_counter()
+                history = model.fit(images, labels, batch_size=batch, epochs=1, verbose=0)
+                seconds = time.perf_counter() - start
             row.update(steps=steps, loss=round(history.history["loss"][-1], 4),
                        images_per_s=round(batch * steps / seconds, 1), status="ok")
-        except Exception as error:  # noqa: BLE001
-            row["status"] = f"{type(error).__name__}: {error}"[:300]
-            traceback.print_exc()
-        finally:
-            keras.config.set_dtype_policy("float32")
+        except Exception as error:  # noqa: BLE001 - recorded, the check goes on
+            record_failure(row, error)
         rows.append(row)
     return rows
-
-
-def compiled_call(layer, training: bool):
-    """A compiled forward (or forward+backward) call of `layer` on one input."""
-    if BACKEND == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        trainable = [v.value for v in layer.trainable_variables]
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-
-        def forward(x):
-            return layer.stateless_call(trainable, non_trainable, x, training=False)[0]
-
-        def loss(x, weights):
-            outputs = layer.stateless_call(weights, non_trainable, x, training=True)[0]
-            return jnp.sum(outputs * outputs)
-
-        function = jax.jit(jax.grad(loss, argnums=(0, 1))) if training else jax.jit(forward)
-        return (lambda x: function(x, trainable)) if training else function
-    if BACKEND == "torch":
-        import torch
-
-        def call(x):
-            if not training:
-                with torch.no_grad():
-                    return layer(x, training=False)
-            x = x.detach().requires_grad_(True)
-            outputs = layer(x, training=True)
-            torch.sum(outputs * outputs).backward()
-            return x.grad
-
-        return call
-    import tensorflow as tf
-
-    def call(x):
-        if not training:
-            return layer(x, training=False)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            outputs = layer(x, training=True)
-            loss = tf.reduce_sum(outputs * outputs)
-        return tape.gradient(loss, [x] + layer.trainable_weights)
-
-    return tf.function(call)
 
 
 def peers_speed(platform: dict, size: int, channels: int, batch: int, repeats: int) -> list[dict]:
@@ -275,8 +239,8 @@ def layer_speed(platform: dict, repeats: int) -> list[dict]:
                 try:
                     function = compiled_call(layer, training)
                     row.update(ms=median_ms(lambda: function(inputs), repeats), status="ok")
-                except Exception as error:  # noqa: BLE001
-                    row["status"] = f"{type(error).__name__}: {error}"[:300]
+                except Exception as error:  # noqa: BLE001 - recorded, the check goes on
+                    record_failure(row, error)
                 rows.append(row)
                 print(row, flush=True)
         rows += peers_speed(platform, size, channels, batch, repeats)

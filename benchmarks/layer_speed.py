@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 from platform_facts import facts as platform_facts  # benchmarks/ is on sys.path as a script
+from results_csv import write_csv
 from timing import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -346,14 +347,6 @@ def run_memory(repeats: int) -> list[dict]:
             if kind == "attention" and row["status"] != "ok":
                 break  # attention ran out of memory: larger inputs will too
     return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def read_csv(path: Path) -> list[dict]:

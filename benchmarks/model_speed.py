@@ -33,7 +33,6 @@ of the machine meets every backend. Writes ``model_speed_backends.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -43,6 +42,7 @@ import sys
 from pathlib import Path
 
 from platform_facts import facts as platform_facts  # benchmarks/ is on sys.path as a script
+from results_csv import write_csv
 from timing import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -188,10 +188,7 @@ def main() -> None:
     if args.backends:
         rows = run_backends(args.image_size, args.batch, args.repeats, args.rounds)
         args.results.mkdir(parents=True, exist_ok=True)
-        with open(args.results / "model_speed_backends.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.results / "model_speed_backends.csv", rows)
         for row in rows:
             print(row)
         return
@@ -202,10 +199,7 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     args.results.mkdir(parents=True, exist_ok=True)
-    with open(args.results / "model_speed.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.results / "model_speed.csv", rows)
 
     by_name = {row["model"]: row for row in rows}
     print(f"\nCPU, {args.image_size}x{args.image_size}, batch {args.batch}\n")

@@ -11,7 +11,6 @@ import base64
 import http.server
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
