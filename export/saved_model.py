@@ -391,6 +391,15 @@ def _float32_policies(config: Any) -> Any:
     return config
 
 
+def _integer_at_least(minimum: int):
+    """An argparse type: an integer >= minimum, else the usual one-line usage error."""
+    def parse(text: str) -> int:
+        if not text.lstrip("-").isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, not {text!r}")
+        return int(text)
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m export.saved_model",
@@ -398,10 +407,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", required=True, help=".keras file or training model_dir")
     parser.add_argument("--output", required=True, help="BASE/NAME; writes BASE/NAME/<version>/")
-    parser.add_argument("--version", type=int, help="default: the next free version number")
-    parser.add_argument("--image_size", type=int, help="default: the training image size")
-    parser.add_argument("--crop_padding", type=int, help="default: the training eval_crop_padding")
-    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--version", type=_integer_at_least(1), help="default: the next free version number")
+    parser.add_argument("--image_size", type=_integer_at_least(1), help="default: the training image size")
+    parser.add_argument("--crop_padding", type=_integer_at_least(0), help="default: the training eval_crop_padding")
+    parser.add_argument("--top_k", type=_integer_at_least(1), default=5)
     parser.add_argument("--class_names", help="text file, one class name per line")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
                         help="which checkpoint of a model_dir (default: last)")

@@ -378,3 +378,14 @@ def test_cli_exports_a_keras_file_and_a_model_dir(exported, tmp_path, capsys):
                                keras_probabilities(model, [image]), atol=1e-5)
     assert outputs["top_k_labels"].shape == (1, 2)
     assert outputs["top_k_labels"].numpy()[0, 0].decode().startswith("class_")
+
+
+@pytest.mark.parametrize("flag, value", [("--image_size", "0"), ("--top_k", "-1"), ("--crop_padding", "-2"),
+                                         ("--version", "0"), ("--image_size", "big")])
+def test_cli_refuses_bad_numbers_before_writing(tmp_path, capsys, flag, value):
+    output = tmp_path / "models" / "tiny"
+    with pytest.raises(SystemExit) as exit_info:
+        saved_model.main(["--model", str(tmp_path / "model.keras"), "--output", str(output), flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    assert not output.exists()

@@ -181,3 +181,16 @@ def test_missing_input_folders_are_named(tmp_path):
     (tmp_path / "train" / "n01").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="validation folder"):
         prepare_imagenet.convert(str(tmp_path), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("flag, value", [("--train_shards", "0"), ("--train_shards", "-3"),
+                                         ("--validation_shards", "0"), ("--num_workers", "x")])
+def test_shard_counts_below_one_are_refused(imagenet_dir, tmp_path, capsys, flag, value):
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_imagenet.main(["--input", str(imagenet_dir), "--output", str(output), flag, value])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+    assert not output.exists()  # nothing written
+    with pytest.raises(ValueError, match="train_shards"):
+        prepare_imagenet.convert(str(imagenet_dir), str(output), train_shards=0)

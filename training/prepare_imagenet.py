@@ -326,6 +326,10 @@ def convert(
     Returns:
       {"train": SplitSummary, "validation": SplitSummary}.
     """
+    for name, count in (("train_shards", train_shards), ("validation_shards", validation_shards),
+                        ("num_workers", num_workers)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={count!r}")
     train_entries, synsets = find_train_images(input_dir)
     validation_entries = find_validation_images(input_dir, synsets, validation_labels)
     # A fixed seed keeps the shard contents identical across resumed runs.
@@ -357,13 +361,20 @@ def format_summary(summaries: dict[str, SplitSummary]) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1, else the usual one-line usage error."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="ImageNet folder (train/, val/).")
     parser.add_argument("--output", required=True, help="Output folder (local or gs://).")
-    parser.add_argument("--train_shards", type=int, default=TRAIN_SHARDS)
-    parser.add_argument("--validation_shards", type=int, default=VALIDATION_SHARDS)
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--train_shards", type=_positive_int, default=TRAIN_SHARDS)
+    parser.add_argument("--validation_shards", type=_positive_int, default=VALIDATION_SHARDS)
+    parser.add_argument("--num_workers", type=_positive_int, default=os.cpu_count() or 1)
     parser.add_argument("--validation_labels", default=None,
                         help="Default: INPUT/synset_labels.txt.")
     parser.add_argument("--seed", type=int, default=0,
