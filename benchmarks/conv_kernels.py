@@ -72,7 +72,8 @@ def tensorflow_case(case: str):
                 lambda: ops.sum(ops.depthwise_conv(maps, ops.tile(table, (1, 1, VALUE_DIM, 1)), padding="same"))
             )
         else:  # grouped: kernel [*T, in per group = 1, out = groups * k]
-            function = tf.function(lambda: ops.sum(tf.nn.conv2d(maps, ops.tile(table, (1, 1, 1, VALUE_DIM)), 1, "SAME")))
+            kernel = ops.tile(table, (1, 1, 1, VALUE_DIM))
+            function = tf.function(lambda: ops.sum(tf.nn.conv2d(maps, kernel, 1, "SAME")))
     return lambda: function().numpy()
 
 

@@ -17,8 +17,8 @@ process, until attention runs out of memory.
 
 Writes ``benchmarks/results/layer_speed.csv``, ``layer_memory.csv`` and
 ``layer_speed.png``. Timing: 2 warm-up calls per layer, then ``--repeats`` turns in
-which each layer is called twice and the second call is timed. Graph mode and the peers run in two worker processes side by side,
-driven over pipes one call at a time (never at once): this machine's speed jumps by up
+which each layer is called twice and the second call is timed. Graph mode and the peers run in worker processes
+side by side, driven over pipes one call at a time (never at once): this machine's speed jumps by up
 to 1.7x from one minute to the next, and calls that alternate within milliseconds meet
 the same spell, where separate processes run minutes apart did not. Each row is the
 median of its calls (25th and 75th percentiles beside it); the "auto" rows also carry
@@ -119,7 +119,9 @@ def torch_calls():
     try:
         from lambda_networks import LambdaLayer as LucidrainsLambda
 
-        peers["lucidrains lambda-networks"] = lambda c: LucidrainsLambda(c, dim_k=KEY_DIM, r=SCOPE, heads=HEADS, dim_u=1)
+        peers["lucidrains lambda-networks"] = lambda c: LucidrainsLambda(
+            c, dim_k=KEY_DIM, r=SCOPE, heads=HEADS, dim_u=1
+        )
     except Exception as error:  # noqa: BLE001 - recorded, not hidden
         failures["lucidrains lambda-networks"] = f"import failed: {error}"
     try:
@@ -297,8 +299,9 @@ def memory_worker(kind: str, size: int, repeats: int) -> None:
         status = "ok"
     except tf.errors.ResourceExhaustedError:
         ms, status = float("nan"), "out of memory (ResourceExhaustedError)"
-    print(json.dumps({"layer": kind, "size": f"{size}x{size}", "ms": round(ms, 1), "peak_rss_mib": round(_peak_rss_kib() / 1024),
-                      "before_first_call_mib": round(baseline / 1024), "status": status, **platform_facts()}), flush=True)
+    row = {"layer": kind, "size": f"{size}x{size}", "ms": round(ms, 1), "peak_rss_mib": round(_peak_rss_kib() / 1024),
+           "before_first_call_mib": round(baseline / 1024), "status": status, **platform_facts()}
+    print(json.dumps(row), flush=True)
 
 
 def _peak_rss_kib() -> int:
@@ -312,7 +315,8 @@ def _watch_memory(process: subprocess.Popen, limit: int, killed: list) -> None:
     status_file = Path(f"/proc/{process.pid}/status")
     while process.poll() is None:
         try:
-            rss_kib = next(int(line.split()[1]) for line in status_file.read_text().splitlines() if line.startswith("VmRSS"))
+            lines = status_file.read_text().splitlines()
+            rss_kib = next(int(line.split()[1]) for line in lines if line.startswith("VmRSS"))
         except (FileNotFoundError, StopIteration, ProcessLookupError):
             return
         if rss_kib * 1024 > limit:
@@ -339,7 +343,8 @@ def run_memory(repeats: int) -> list[dict]:
             if lines:
                 row = json.loads(lines[-1])
             else:
-                reason = f"killed above {MEMORY_LIMIT_BYTES // 2**30} GiB" if killed else stderr.strip().splitlines()[-1:]
+                last_error = stderr.strip().splitlines()[-1:]
+                reason = f"killed above {MEMORY_LIMIT_BYTES // 2**30} GiB" if killed else last_error
                 row = {"layer": kind, "size": f"{size}x{size}", "ms": float("nan"), "peak_rss_mib": "",
                        "before_first_call_mib": "", "status": f"out of memory ({reason})"}
             rows.append(row)
@@ -380,14 +385,16 @@ def plot(speed_rows: list[dict], memory_rows: list[dict], path: Path) -> None:
         sizes = [f"{s}x{s}x{c}" for s, c in STAGES]
         width = 0.8 / max(len(series), 1)
         for index, (label, values) in enumerate(sorted(series.items())):
-            axis.bar([i + index * width for i in range(len(sizes))], [values.get(s, 0) for s in sizes], width, label=label)
+            positions = [i + index * width for i in range(len(sizes))]
+            axis.bar(positions, [values.get(s, 0) for s in sizes], width, label=label)
         axis.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], sizes)
         axis.set_ylabel("ms (median)")
         axis.set_title(f"one lambda layer, batch {BATCH}, r={SCOPE}: {direction}")
         axis.legend(fontsize=7)
     axis = axes[2]
     for kind in ("lambda", "attention"):
-        points = [(int(r["size"].split("x")[0]), r["peak_rss_mib"]) for r in memory_rows if r["layer"] == kind and r["status"] == "ok"]
+        points = [(int(r["size"].split("x")[0]), r["peak_rss_mib"])
+                  for r in memory_rows if r["layer"] == kind and r["status"] == "ok"]
         if points:
             axis.plot(*zip(*points), marker="o", label=f"{kind} peak RSS (MiB)")
         failed = [int(r["size"].split("x")[0]) for r in memory_rows if r["layer"] == kind and r["status"] != "ok"]

@@ -6,7 +6,8 @@ the vanilla ResNet-50 (``HybridResNet50(placement=...)``), LambdaResNet101 and
 ResNetRS101 with SE (Table 14). For each: trainable parameters, multiply-adds
 of one image (``lambda_keras.models.multiply_adds``: the analytic count of the
 convolutions, dense and lambda layers, the convention in which ResNet-50 has
-"4.1 GFLOPs"; TensorFlow's profiler counts ``Einsum`` as zero), inference images/s (``tf.function``, inference mode) and training images/s (one
+"4.1 GFLOPs"; TensorFlow's profiler counts ``Einsum`` as zero), inference images/s
+(``tf.function``, inference mode) and training images/s (one
 SGD step of a compiled ``train_on_batch``), each the median of ``--repeats``
 timed calls after 2 warm-up calls.
 
@@ -203,7 +204,8 @@ def main() -> None:
 
     by_name = {row["model"]: row for row in rows}
     print(f"\nCPU, {args.image_size}x{args.image_size}, batch {args.batch}\n")
-    print("| model | params (M) | paper params (M) | G multiply-adds | inference img/s | training img/s | paper ex/s (8 TPUv3) |")
+    print("| model | params (M) | paper params (M) | G multiply-adds | inference img/s | training img/s "
+          "| paper ex/s (8 TPUv3) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(

@@ -232,7 +232,9 @@ def test_keys_are_normalized_over_positions_not_key_depth():
 @pytest.mark.parametrize("scope_size", [5, None])
 @pytest.mark.parametrize("implementation", ["einsum", "conv"])
 def test_causal_matches_reference(scope_size, implementation, channels):
-    layer = LambdaLayer(key_dim=4, num_heads=2, intra_depth=2, scope_size=scope_size, causal=True, implementation=implementation)
+    layer = LambdaLayer(
+        key_dim=4, num_heads=2, intra_depth=2, scope_size=scope_size, causal=True, implementation=implementation
+    )
     shape = (2, 9, channels)
     weights = randomize(layer, shape)
     inputs = random_inputs(shape)

@@ -62,7 +62,8 @@ def test_lambda_resnet50_layer_names_and_placement(lambda_resnet50):
     assert layer.output_filters == 256  # the c4 bottleneck width
     names = {layer.name for layer in lambda_resnet50.layers}
     assert "c4_block3_2_conv" not in names and {"c4_block2_2_conv", "c4_block4_2_conv"} <= names
-    # The BN and ReLU after the replaced 3x3 conv stay (docs/design.md, "The lambda layer replaces the 3x3 convolution only").
+    # The BN and ReLU after the replaced 3x3 conv stay (docs/design.md, "The lambda layer
+    # replaces the 3x3 convolution only").
     assert {"c4_block3_2_bn", "c4_block3_2_relu"} <= names
 
 

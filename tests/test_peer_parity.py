@@ -131,7 +131,10 @@ def test_matches_timm_lambda_layer(scope_size, tmp_path):
     # timm fuses q, k, v into one 1x1 conv, split in that order (docs/design.md).
     qkv = timm["qkv.weight"][:, :, 0, 0].T
     value_dim = channels // heads
-    norm = lambda prefix: [timm[f"{prefix}.{name}"] for name in ("weight", "bias", "running_mean", "running_var")]
+
+    def norm(prefix):
+        return [timm[f"{prefix}.{name}"] for name in ("weight", "bias", "running_mean", "running_var")]
+
     named = {
         "query_kernel": qkv[:, : heads * key_dim],
         "key_kernel": qkv[:, heads * key_dim : heads * key_dim + key_dim],

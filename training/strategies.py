@@ -1,8 +1,9 @@
 """tf.distribute strategies for TPU, GPU, multi-worker and CPU training.
 
 `create_strategy(name, tpu)` is the one factory: the resolver calls sit behind it,
-so that the rest can be tested without the hardware. Every failure to find the requested hardware raises `StrategyError` at once
-with what was looked for, instead of hanging or falling back silently.
+so that the rest can be tested without the hardware. Every failure to find the
+requested hardware raises `StrategyError` at once with what was looked for, instead
+of hanging or falling back silently.
 
 | name        | strategy                                   | replicas               |
 |-------------|--------------------------------------------|------------------------|
@@ -10,7 +11,8 @@ with what was looked for, instead of hanging or falling back silently.
 | gpu         | MirroredStrategy (default strategy if 1)   | local GPUs             |
 | multiworker | MultiWorkerMirroredStrategy from TF_CONFIG | workers x local GPUs   |
 | cpu         | the default strategy                       | 1                      |
-| auto        | the first that applies: multiworker (TF_CONFIG with several tasks), tpu (a TPU named or attached), gpu, cpu |
+| auto        | the first that applies: multiworker (TF_CONFIG with several tasks), tpu (a    |
+|             | TPU named or attached), gpu, cpu                                                |
 """
 
 from __future__ import annotations

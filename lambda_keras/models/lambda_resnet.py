@@ -67,7 +67,9 @@ MODEL_SPECS: dict[int, dict[str, tuple[int, ...]]] = {
 LAMBDA_RESNET_SE_RATIO = (0.25, 0.25, 0.0, 0.0)
 
 
-def _check_stages(blocks_per_stage, lambda_blocks, se_ratio) -> tuple[tuple[int, ...], tuple[frozenset, ...], tuple[float, ...]]:
+def _check_stages(
+    blocks_per_stage, lambda_blocks, se_ratio
+) -> tuple[tuple[int, ...], tuple[frozenset, ...], tuple[float, ...]]:
     """Validates the architecture arguments; returns them as per-stage tuples."""
     blocks_per_stage = tuple(blocks_per_stage)
     if len(blocks_per_stage) != 4 or any(
