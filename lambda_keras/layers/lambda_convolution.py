@@ -81,6 +81,9 @@ def lambda_convolution(values, table, spatial_shape: Sequence, form: str = "fold
 
     @ops.custom_gradient
     def convolve(maps, table):
+        batch = ops.shape(maps)[0]
+        kernel = ops.swapaxes(table, -1, -2)  # [*T, in=u, out=k] of the plain correlation
+        folded_maps = None  # [b v, *S, u]: the folded form computes it, the gradient reuses it
         if form == "dilated":
             lambdas = ops.conv_transpose(
                 maps,
@@ -90,24 +93,21 @@ def lambda_convolution(values, table, spatial_shape: Sequence, form: str = "fold
                 dilation_rate=(1,) * (rank - 1) + (value_dim,),
             )
         else:
-            kernel = ops.swapaxes(table, -1, -2)  # [*T, in=u, out=k]
-            folded = ops.conv(fold_into_batch(maps), kernel, strides=1, padding="same")
-            lambdas = unfold_from_batch(folded, ops.shape(maps)[0])
+            folded_maps = fold_into_batch(maps)
+            lambdas = unfold_from_batch(ops.conv(folded_maps, kernel, strides=1, padding="same"), batch)
 
         def gradients(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            batch = ops.shape(maps)[0]
             folded_upstream = fold_into_batch(upstream)  # [b v, *S, k]
-            folded_maps = fold_into_batch(maps)  # [b v, *S, u]
-            kernel = ops.swapaxes(table, -1, -2)  # [*T, in=u, out=k] of the plain correlation
+            maps_in_batch = fold_into_batch(maps) if folded_maps is None else folded_maps
             maps_gradient = unfold_from_batch(
                 ops.conv_transpose(folded_upstream, kernel, strides=1, padding="same"), batch
             )
             # d R[t, k, u] = sum_{b v, p} values[b v, p + t - c, u] upstream[b v, p, k]: a
             # valid correlation of the padded values ([u, *(S + T - 1), b v]) with the
             # upstream gradient as a [*S, in=b v, out=k] kernel.
-            padded = ops.pad(folded_maps, ((0, 0),) + tuple((t // 2, t // 2) for t in extents) + ((0, 0),))
+            padded = ops.pad(maps_in_batch, ((0, 0),) + tuple((t // 2, t // 2) for t in extents) + ((0, 0),))
             padded = ops.transpose(padded, (rank + 1,) + tuple(range(1, rank + 1)) + (0,))
             upstream_kernel = ops.transpose(folded_upstream, tuple(range(1, rank + 1)) + (0, rank + 1))
             table_gradient = ops.conv(padded, upstream_kernel, strides=1, padding="valid")  # [u, *T, k]

@@ -71,6 +71,11 @@ def _auto_platform() -> str:
     return accelerator if accelerator in AUTO_CROSSOVERS else "cpu"
 
 
+def _check_number(name: str, value, is_valid, description: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_valid(value):
+        raise ValueError(f"`{name}` must be {description}. Received: {name}={value!r}")
+
+
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
@@ -219,10 +224,8 @@ class LambdaLayer(keras.layers.Layer):
                 "`data_format` must be 'channels_last' or 'channels_first'. "
                 f"Received: data_format={data_format!r}"
             )
-        if isinstance(norm_momentum, bool) or not isinstance(norm_momentum, (int, float)) or not 0 <= norm_momentum < 1:
-            raise ValueError(f"`norm_momentum` must be a number in [0, 1). Received: norm_momentum={norm_momentum!r}")
-        if isinstance(norm_epsilon, bool) or not isinstance(norm_epsilon, (int, float)) or not norm_epsilon > 0:
-            raise ValueError(f"`norm_epsilon` must be a positive number. Received: norm_epsilon={norm_epsilon!r}")
+        _check_number("norm_momentum", norm_momentum, lambda value: 0 <= value < 1, "a number in [0, 1)")
+        _check_number("norm_epsilon", norm_epsilon, lambda value: value > 0, "a positive number")
         if key_normalization not in KEY_NORMALIZATIONS:
             raise ValueError(
                 f"`key_normalization` must be one of {KEY_NORMALIZATIONS}. "
