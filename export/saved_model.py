@@ -228,9 +228,10 @@ def float32_copy(model: keras.Model, image_size: int | None = None) -> keras.Mod
 
     A model trained under mixed_bfloat16 / mixed_float16 stores float32 weights but
     computes in 16 bits; serving computes in float32 for the accuracy the weights
-    allow on CPUs and GPUs alike. Rebuilding from the config (instead of exporting
-    `model` itself) also drops the distribution strategy the trainer's variables
-    live in (call it outside `strategy.scope()`). With `image_size`, the input layer is rebuilt for [size, size, 3].
+    allow on CPUs and GPUs alike. The copy is made from the model's own layer configs
+    (``keras.models.clone_model``), so any saved model serves, not only one a training
+    config describes; it also drops the distribution strategy the trainer's variables
+    live in (call it outside ``strategy.scope()``).
 
     Args:
       model: a Functional or Sequential Keras model.
@@ -239,17 +240,20 @@ def float32_copy(model: keras.Model, image_size: int | None = None) -> keras.Mod
     Returns:
       A new model, [batch, size, size, 3] float32 -> the model's output.
     """
-    serialized = _float32_policies(keras.saving.serialize_keras_object(model))
+    input_shape = model.input_shape[1:]
     if image_size is not None:
-        for layer in serialized["config"]["layers"]:
-            if layer["class_name"] == "InputLayer":
-                layer["config"]["batch_shape"] = [None, image_size, image_size, 3]
+        input_shape = (image_size, image_size, input_shape[-1])
+
+    def float32_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
     previous = keras.config.dtype_policy()
-    # Sublayers created in a layer's constructor (the lambda layers' batch norms)
-    # take the global policy, not their parent's.
+    # Sublayers that a layer creates in its constructor take the global policy.
     keras.config.set_dtype_policy("float32")
     try:
-        copy = keras.saving.deserialize_keras_object(serialized)
+        copy = keras.models.clone_model(
+            model, input_tensors=keras.Input(input_shape, name=model.inputs[0].name), clone_function=float32_layer
+        )
         copy.set_weights(model.get_weights())
     finally:
         keras.config.set_dtype_policy(previous)
@@ -375,20 +379,6 @@ def _choose_version(export_dir: Path | str, version: int | None) -> int:
 
 def _is_url(path: str | os.PathLike) -> bool:
     return "://" in str(path)
-
-
-def _float32_policies(config: Any) -> Any:
-    """`config` (a serialized model) with every layer's dtype policy set to float32."""
-    if isinstance(config, dict):
-        return {
-            key: "float32"
-            if key == "dtype" and isinstance(value, dict) and "DTypePolicy" in value.get("class_name", "")
-            else _float32_policies(value)
-            for key, value in config.items()
-        }
-    if isinstance(config, list):
-        return [_float32_policies(item) for item in config]
-    return config
 
 
 def _integer_at_least(minimum: int):

@@ -1,60 +1,9 @@
 """lambda-keras: LambdaNetworks (Bello, ICLR 2021) for Keras 3."""
 
-from lambda_keras import imagenet_utils
+from lambda_keras import imagenet_utils, models
 from lambda_keras.layers import LambdaLayer
-from lambda_keras.models import (
-    HybridResNet50,
-    LambdaResNet,
-    LambdaResNet50,
-    LambdaResNet101,
-    LambdaResNet101C4,
-    LambdaResNet152,
-    LambdaResNet152C4,
-    LambdaResNet200,
-    LambdaResNet200C4,
-    LambdaResNet270,
-    LambdaResNet270C4,
-    LambdaResNet350,
-    LambdaResNet350C4,
-    LambdaResNet420,
-    LambdaResNet420C4,
-    ResNetRS50,
-    ResNetRS101,
-    ResNetRS152,
-    ResNetRS200,
-    ResNetRS270,
-    ResNetRS350,
-    ResNetRS420,
-    StochasticDepth,
-)
+from lambda_keras.models import *  # noqa: F401,F403  (the constructors, by models.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "HybridResNet50",
-    "LambdaLayer",
-    "LambdaResNet",
-    "LambdaResNet50",
-    "LambdaResNet101",
-    "LambdaResNet101C4",
-    "LambdaResNet152",
-    "LambdaResNet152C4",
-    "LambdaResNet200",
-    "LambdaResNet200C4",
-    "LambdaResNet270",
-    "LambdaResNet270C4",
-    "LambdaResNet350",
-    "LambdaResNet350C4",
-    "LambdaResNet420",
-    "LambdaResNet420C4",
-    "ResNetRS50",
-    "ResNetRS101",
-    "ResNetRS152",
-    "ResNetRS200",
-    "ResNetRS270",
-    "ResNetRS350",
-    "ResNetRS420",
-    "StochasticDepth",
-    "__version__",
-    "imagenet_utils",
-]
+__all__ = ["LambdaLayer", "__version__", "imagenet_utils", *models.__all__]

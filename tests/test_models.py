@@ -12,7 +12,17 @@ import pytest
 
 from lambda_keras import LambdaLayer, StochasticDepth
 from lambda_keras.layers import kernel_support
-from lambda_keras.models import HybridResNet50, LambdaResNet, LambdaResNet50, complexity, multiply_adds
+from lambda_keras.models import (
+    CONSTRUCTORS,
+    HybridResNet50,
+    LambdaResNet,
+    LambdaResNet50,
+    build_model,
+    complexity,
+    multiply_adds,
+    validate_model_config,
+    variants,
+)
 
 # A 4-block network (one block per stage) with lambda layers in the first, strided
 # block of c3 and c5 and a conv block in c4: every code path, built in about a second.
@@ -240,6 +250,66 @@ def test_weights_file_suffix_and_placement_errors(tmp_path):
         tiny(weights=str(wrong))
     with pytest.raises(ValueError, match="`placement` must be four characters"):
         HybridResNet50(placement="CCXL")
+
+
+# --- the builder: model config (plain data) -> model ---------------------------------
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+TINY_CONFIG = {
+    "architecture": "LambdaResNet",
+    "blocks_per_stage": list(TINY_BLOCKS),
+    "lambda_blocks": [list(stage) for stage in TINY_LAMBDAS],
+    "dropout_rate": 0.1,
+    "lambda_layer": {"scope_size": 7, "key_dim": 8},
+}
+
+
+def test_build_model_is_the_constructor_with_serving_and_training_options():
+    reference = tiny(dropout_rate=0.1, scope_size=7, key_dim=8)
+    randomize(reference)
+    built = build_model(
+        TINY_CONFIG, input_shape=(32, 32, 3), classes=10, dtype_policy="mixed_bfloat16",
+        head_dtype="float32", synchronized_batch_norm=TENSORFLOW,
+    )
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    assert built.get_layer("predictions").dtype_policy.name == "float32"
+    assert built.get_layer("c3_block1_lambda").compute_dtype == "bfloat16"
+    norms = [layer for layer in built._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    # 20 in the model, 2 in each lambda layer; Keras synchronizes batch norms under TensorFlow only.
+    assert len(norms) == 24 and all(norm.synchronized == TENSORFLOW for norm in norms)
+    float32 = build_model(TINY_CONFIG, input_shape=(32, 32, 3), classes=10)
+    float32.set_weights(reference.get_weights())
+    np.testing.assert_array_equal(float32.predict(images(), verbose=0), reference.predict(images(), verbose=0))
+    built.set_weights(reference.get_weights())
+    np.testing.assert_allclose(built.predict(images(), verbose=0), reference.predict(images(), verbose=0), atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "model_config, message",
+    [
+        ({"architecture": "LambdaResNet51"}, "`architecture` must be one of"),
+        ({"architecture": "LambdaResNet50", "placement": "LLLL"}, "`placement` applies only to HybridResNet50"),
+        ({"architecture": "LambdaResNet"}, "needs blocks_per_stage and lambda_blocks"),
+        ({"architecture": "LambdaResNet50", "depth": 50}, r"Unknown model config key\(s\) \['depth'\]"),
+        ({"architecture": "LambdaResNet50", "lambda_layer": {"scope_size": 8}}, "`scope_size` must be odd"),
+        ({"architecture": "LambdaResNet50", "lambda_layer": {"strides": 2}}, r"Unknown lambda_layer argument"),
+        ({"architecture": "HybridResNet50", "placement": "LLXL"}, "`placement` must be four characters"),
+        ({**TINY_CONFIG, "lambda_blocks": [[], [], [2], []]}, r"stage c4 must be block indices in \[1, 1\]"),
+        ({"architecture": "ResNetRS50", "se_ratio": 2.0}, "`se_ratio` must be"),
+    ],
+)
+def test_model_config_errors_name_the_key(model_config, message):
+    with pytest.raises(ValueError, match=message):
+        validate_model_config(model_config)
+
+
+def test_every_variant_has_a_constructor_and_its_docstring():
+    assert set(CONSTRUCTORS) == set(variants.ARCHITECTURES)
+    for variant in variants.VARIANTS:
+        doc = CONSTRUCTORS[variant.name].__doc__
+        assert f"{variant.parameters / 1e6:.1f} M parameters" in doc and "keras.applications arguments" in doc
+        if variant.paper is not None:
+            assert f"({variant.paper[1]}: {variant.paper[0]} M)" in doc
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 import yaml
 
+import lambda_keras
 import lambda_keras.models
+from lambda_keras.models import builder, variants
 from keras.src.backend.tensorflow import trainer as tf_trainer
 
 from training import compat, config as config_lib, optimization, train
@@ -31,27 +33,25 @@ def _load(name, *overrides, **flags):
     return config_lib.load_config(name, overrides, **flags)
 
 
-def test_architecture_names_match_the_models_package():
+def test_every_architecture_has_one_constructor():
     constructors = {
         name for name, value in vars(lambda_keras.models).items()
         if inspect.isfunction(value) and name[0].isupper()
     }
-    assert set(config_lib.ARCHITECTURES) == constructors
-
-
-def test_key_normalizations_match_the_layer():
-    from lambda_keras.layers import lambda_layer
-
-    assert config_lib.KEY_NORMALIZATIONS == lambda_layer.KEY_NORMALIZATIONS
+    assert set(variants.ARCHITECTURES) == constructors == set(lambda_keras.models.CONSTRUCTORS)
+    assert set(variants.ARCHITECTURES) <= set(lambda_keras.__all__)
 
 
 def test_table_12_options_reach_the_lambda_layers():
-    config = _load("lambda_resnet50_vanilla_90ep", "model.key_normalization=l2",
-                   "model.query_softmax=true", "model.lambda_batch_norm=false")
-    kwargs = config.model.constructor_kwargs()
+    config = _load("lambda_resnet50_vanilla_90ep", "model.lambda_layer.key_normalization=l2",
+                   "model.lambda_layer.query_softmax=true", "model.lambda_layer.use_batch_norm=false")
+    constructor, _, kwargs = builder.constructor_arguments(config.model.to_dict())
+    assert constructor is lambda_keras.models.HybridResNet50
     assert (kwargs["key_normalization"], kwargs["query_softmax"], kwargs["lambda_batch_norm"]) == ("l2", True, False)
-    with pytest.raises(ConfigError, match="model.key_normalization"):
-        _load("lambda_resnet50_vanilla_90ep", "model.key_normalization=l1")
+    with pytest.raises(ConfigError, match="model.lambda_layer: `key_normalization` must be one of"):
+        _load("lambda_resnet50_vanilla_90ep", "model.lambda_layer.key_normalization=l1")
+    with pytest.raises(ConfigError, match=r"Unknown lambda_layer argument\(s\) \['filters'\]"):
+        _load("lambda_resnet50_vanilla_90ep", "model.lambda_layer.filters=64")
 
 
 @pytest.mark.parametrize("name", config_lib.available_configs())
@@ -103,9 +103,10 @@ def test_set_overrides_are_parsed_as_yaml_and_validated():
     ("train.epochs=0", "train.epochs=0"),
     ("train.warmup_epochs=20", "train.warmup_epochs=20"),
     ("train.momentum=1.5", "train.momentum=1.5"),
-    ("model.architecture=LambdaResNet51", "model.architecture='LambdaResNet51'"),
-    ("model.scope_size=8", "model.scope_size=8"),
-    ("model.placement=LLLL", "model.placement='LLLL'"),
+    ("model.architecture=LambdaResNet51", "model: `architecture` must be one of"),
+    ("model.lambda_layer.scope_size=8", "model.lambda_layer: `scope_size` must be odd"),
+    ("model.placement=LLLL", "model: `placement` applies only to HybridResNet50, not LambdaResNet"),
+    ("model.dropout_rate=1", "model: `dropout_rate` must be in [0, 1)"),
     ("input.global_batch_size=0", "global_batch_size=0"),
     ("input.image_sise=32", "input.image_sise"),
     ("runtime.strategy=tpuu", "runtime.strategy='tpuu'"),

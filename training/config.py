@@ -3,7 +3,7 @@
 Modelled on tensorflow/models official/vision: a recipe is a YAML file under
 `training/configs/` with four sections, each mapped onto a dataclass,
 
-    model:    which LambdaResNet / ResNet-RS constructor and its options   (ModelConfig)
+    model:    `lambda_keras.models.build_model`'s model config              (ModelConfig)
     input:    the tf.data pipeline, `training.input_config.InputConfig`   (InputConfig)
     train:    schedule, optimizer and regularization                      (TrainConfig)
     runtime:  strategy, precision, XLA                                    (RuntimeConfig)
@@ -13,10 +13,12 @@ plus the top-level keys `model_dir` and `demo_data`. A recipe may start with
 key, recursively). `--set section.key=value` overrides are applied to the merged
 mapping before validation; values are parsed as YAML (`0.1`, `true`, `null`, `[1, 2]`).
 
-Validation happens on load: an unknown key, a value of the wrong type or out of range
-raises `ConfigError` naming the dotted key (`train.warmup_epochs`). This module does not
-import TensorFlow, so the CLI can read a config before choosing TensorFlow's
-environment variables.
+Validation happens on load, in each section's constructor: an unknown key, a value of
+the wrong type or out of range raises `ConfigError` naming the dotted key
+(`train.warmup_epochs`). Importing this module imports neither TensorFlow nor Keras,
+so the CLI can parse its arguments before choosing the backend and TensorFlow's
+environment variables; loading a config imports Keras (the model rules are the
+library's).
 """
 
 from __future__ import annotations
@@ -30,49 +32,37 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
+from training.config_errors import ConfigError
+from training.config_errors import fail as _fail
 from training.input_config import InputConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
-# The constructors of lambda_keras.models a config may name. Kept here as data so that
-# reading a config does not import Keras (and TensorFlow); a test checks that the
-# list matches the package.
-ARCHITECTURES = (
-    "LambdaResNet",
-    "HybridResNet50",
-    "LambdaResNet50", "LambdaResNet101", "LambdaResNet152", "LambdaResNet200",
-    "LambdaResNet270", "LambdaResNet350", "LambdaResNet420",
-    "LambdaResNet101C4", "LambdaResNet152C4", "LambdaResNet200C4",
-    "LambdaResNet270C4", "LambdaResNet350C4", "LambdaResNet420C4",
-    "ResNetRS50", "ResNetRS101", "ResNetRS152", "ResNetRS200",
-    "ResNetRS270", "ResNetRS350", "ResNetRS420",
-)
-# lambda_keras.layers.lambda_layer.KEY_NORMALIZATIONS, for the same reason.
-KEY_NORMALIZATIONS = ("softmax", "l2", "none")
 STRATEGIES = ("auto", "tpu", "gpu", "multiworker", "cpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
-class ConfigError(ValueError):
-    """A config file, key or value is invalid; the message names the key."""
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The network: a constructor of `lambda_keras.models` and its options.
+    """The network, as `lambda_keras.models.build_model` reads it.
 
     Classes and input size come from `input.num_classes` and `input.image_size`.
     Options left at None take the constructor's default (e.g. the per-stage SE ratios
-    of the LambdaResNets, 0.25 for ResNet-RS).
+    of the LambdaResNets, 0.25 for ResNet-RS). The value rules are the library's
+    (`lambda_keras.models.validate_model_config`), applied on load.
 
-    architecture: a name in ARCHITECTURES. "LambdaResNet" is the generic factory and
-      needs `blocks_per_stage` and `lambda_blocks`; "HybridResNet50" takes
-      `placement`; the named ones take neither.
+    architecture: a constructor of `lambda_keras.models` (`variants.ARCHITECTURES`).
+      "LambdaResNet" is the generic factory and needs `blocks_per_stage` and
+      `lambda_blocks`; "HybridResNet50" takes `placement`; the named ones take neither.
     blocks_per_stage: bottlenecks in c2, c3, c4, c5 (generic factory only).
     lambda_blocks: per stage, the 1-based blocks with a lambda layer (generic only).
     placement: "C"/"L" per stage for HybridResNet50, e.g. "LLLL" (Table 3).
     base: "resnet_rs" or "vanilla" stem and shortcuts (generic factory only).
-    Other fields: the keyword options of `lambda_keras.models.LambdaResNet`.
+    se_ratio, dropout_rate, stochastic_depth_rate, norm_momentum, norm_epsilon: the
+      keyword options of `lambda_keras.models.LambdaResNet`.
+    lambda_layer: `LambdaLayer` arguments of every lambda layer (key_dim, num_heads,
+      intra_depth, scope_size, use_content, use_position, key_normalization,
+      query_softmax, use_batch_norm, implementation).
     """
 
     architecture: str = "LambdaResNet50"
@@ -83,57 +73,27 @@ class ModelConfig:
     se_ratio: float | tuple[float, ...] | None = None
     dropout_rate: float = 0.0
     stochastic_depth_rate: float = 0.0
-    key_dim: int | None = None
-    num_heads: int | None = None
-    intra_depth: int | None = None
-    scope_size: int | None = None
-    use_content: bool | None = None
-    use_position: bool | None = None
-    key_normalization: str | None = None
-    query_softmax: bool | None = None
-    lambda_batch_norm: bool | None = None
-    lambda_implementation: str | None = None
     norm_momentum: float | None = None
     norm_epsilon: float | None = None
+    lambda_layer: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        generic = self.architecture == "LambdaResNet"
-        if self.architecture not in ARCHITECTURES:
-            _fail("model.architecture", self.architecture, f"must be one of {ARCHITECTURES}")
-        for name in ("blocks_per_stage", "lambda_blocks", "base"):
-            if generic and name != "base" and getattr(self, name) is None:
-                _fail(f"model.{name}", None, "is required by the generic LambdaResNet factory")
-            if not generic and getattr(self, name) is not None:
-                _fail(f"model.{name}", getattr(self, name),
-                      f"applies only to architecture LambdaResNet, not {self.architecture}")
-        if (self.placement is not None) != (self.architecture == "HybridResNet50"):
-            _fail("model.placement", self.placement,
-                  "is required by HybridResNet50 and applies to no other architecture")
-        for name in ("dropout_rate", "stochastic_depth_rate"):
-            if not 0 <= getattr(self, name) < 1:
-                _fail(f"model.{name}", getattr(self, name), "must be in [0, 1)")
-        for name in ("key_dim", "num_heads", "intra_depth"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                _fail(f"model.{name}", value, "must be a positive integer")
-        if self.scope_size is not None and (self.scope_size < 1 or self.scope_size % 2 == 0):
-            _fail("model.scope_size", self.scope_size, "must be a positive odd integer")
-        if self.key_normalization is not None and self.key_normalization not in KEY_NORMALIZATIONS:
-            _fail("model.key_normalization", self.key_normalization, f"must be one of {KEY_NORMALIZATIONS}")
-        if self.norm_momentum is not None and not 0 <= self.norm_momentum < 1:
-            _fail("model.norm_momentum", self.norm_momentum, "must be in [0, 1)")
+        # Imported here: the rules are the library's, and reading a config must not
+        # import Keras before the CLI has chosen its backend.
+        from lambda_keras.models import builder  # pylint: disable=import-outside-toplevel
 
-    def constructor_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the constructor: every option that is not None.
+        try:
+            builder.validate_model_config(self.to_dict())
+        except builder.ModelConfigError as error:
+            key = f"model.{error.key}" if error.key else "model"
+            raise ConfigError(f"Invalid config {key}: {error}") from None
 
-        `blocks_per_stage` and `lambda_blocks` are included for the generic factory
-        (they are its first two arguments).
-        """
-        return {
-            field.name: getattr(self, field.name)
-            for field in dataclasses.fields(self)
-            if field.name != "architecture" and getattr(self, field.name) is not None
-        }
+    def to_dict(self) -> dict[str, Any]:
+        """The model config mapping that `lambda_keras.models.build_model` takes."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +143,9 @@ class TrainConfig:
     keep_backup: bool = True
     tensorboard_update_freq: Union[Literal["epoch"], int] = "epoch"
     seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         for name in ("epochs", "train_examples", "validation_freq",
@@ -234,6 +197,9 @@ class RuntimeConfig:
     tpu: str | None = None
     mixed_precision: str = "auto"
     jit_compile: Union[Literal["auto"], bool] = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -334,13 +300,7 @@ def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
     converted = {
         key: _convert(f"{section}.{key}", value, hints[key]) for key, value in values.items()
     }
-    try:
-        instance = cls(**converted)
-    except ValueError as error:  # InputConfig validates in __post_init__.
-        raise ConfigError(f"{error} (section {section!r})") from None
-    if hasattr(instance, "validate") and cls is not InputConfig:
-        instance.validate()
-    return instance
+    return cls(**converted)  # Every section validates itself on construction.
 
 
 def _check_keys(section: str, values: Mapping[str, Any], known: set[str]) -> None:
@@ -371,6 +331,10 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         if value in typing.get_args(hint) and type(value) is type(typing.get_args(hint)[0]):
             return value
         _fail(key, value, f"must be one of {typing.get_args(hint)}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            _fail(key, value, "must be a mapping")
+        return {str(name): item for name, item in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             _fail(key, value, f"must be a list ({_describe(hint)})")
@@ -409,10 +373,6 @@ def _describe(hint: Any) -> str:
         return "a list"
     return {type(None): "null", bool: "true/false", int: "an integer", float: "a number",
             str: "a string"}.get(hint, str(hint))
-
-
-def _fail(key: str, value: Any, requirement: str) -> typing.NoReturn:
-    raise ConfigError(f"Invalid config {key}={value!r}: {requirement}.")
 
 
 def _read_with_bases(name_or_path: str, seen: tuple[str, ...]) -> dict[str, Any]:

@@ -2,14 +2,17 @@
 
 `InputConfig` holds everything `training.input_pipeline.build_dataset` needs. It is a
 frozen dataclass so that a training config (YAML, later) maps onto it one key per field;
-`InputConfig.from_dict` rejects unknown keys and `validate` rejects bad values, each
-with an error that names the key.
+`InputConfig.from_dict` rejects unknown keys and `validate` (run on construction, as
+in every config section) rejects bad values, each with a `ConfigError` that names the
+key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
+
+from training.config_errors import ConfigError, fail
 
 SOURCES = ("tfrecord", "tfds")
 SPLITS = ("train", "validation", "minival")
@@ -133,7 +136,7 @@ class InputConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown input config key(s) {unknown}; valid keys are {sorted(known)}."
             )
         return cls(**values)
@@ -154,54 +157,50 @@ class InputConfig:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     def validate(self) -> None:
-        """Raises ValueError naming the first invalid field and its value."""
+        """Raises ConfigError naming the first invalid field (``input.<field>``) and its value."""
 
-        def fail(name: str, requirement: str) -> None:
-            raise ValueError(
-                f"Invalid input config {name}={getattr(self, name)!r}: {requirement}."
-            )
+        def fail_field(name: str, requirement: str) -> None:
+            fail(f"input.{name}", getattr(self, name), requirement)
 
         if self.source not in SOURCES:
-            fail("source", f"must be one of {SOURCES}")
+            fail_field("source", f"must be one of {SOURCES}")
         if self.source == "tfrecord" and not self.data_dir:
-            fail("data_dir", 'must name the TFRecord folder when source="tfrecord"')
+            fail_field("data_dir", 'must name the TFRecord folder when source="tfrecord"')
         if self.source == "tfds" and not self.tfds_name:
-            fail("tfds_name", 'must name a TFDS dataset when source="tfds"')
+            fail_field("tfds_name", 'must name a TFDS dataset when source="tfds"')
         for name in ("num_classes", "global_batch_size", "image_size",
                      "crop_max_attempts", "interleave_cycle_length",
                      "shuffle_buffer_size", "randaugment_num_layers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "must be a positive integer")
+                fail_field(name, "must be a positive integer")
         if self.eval_global_batch_size is not None and (
             not isinstance(self.eval_global_batch_size, int)
             or self.eval_global_batch_size < 1
         ):
-            fail("eval_global_batch_size", "must be a positive integer or None")
+            fail_field("eval_global_batch_size", "must be a positive integer or None")
         for name in ("minival_num_shards", "eval_crop_padding"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                fail(name, "must be a non-negative integer")
+                fail_field(name, "must be a non-negative integer")
         if self.label_offset is not None and not isinstance(self.label_offset, int):
-            fail("label_offset", "must be an integer or None")
+            fail_field("label_offset", "must be an integer or None")
         low, high = self._pair("crop_area_range")
         if not 0 < low <= high <= 1:
-            fail("crop_area_range", "must be (low, high) with 0 < low <= high <= 1")
+            fail_field("crop_area_range", "must be (low, high) with 0 < low <= high <= 1")
         low, high = self._pair("crop_aspect_ratio_range")
         if not 0 < low <= high:
-            fail("crop_aspect_ratio_range", "must be (low, high) with 0 < low <= high")
+            fail_field("crop_aspect_ratio_range", "must be (low, high) with 0 < low <= high")
         if not 0 <= self.randaugment_magnitude <= 30:
-            fail("randaugment_magnitude", "must be in [0, 30] (10 is the paper's scale)")
+            fail_field("randaugment_magnitude", "must be in [0, 30] (10 is the paper's scale)")
         for name in ("mixup_alpha", "cutmix_alpha"):
             if getattr(self, name) < 0:
-                fail(name, "must be >= 0 (0 disables it)")
+                fail_field(name, "must be >= 0 (0 disables it)")
         for name in ("mixup_cutmix_prob", "mixup_cutmix_switch_prob",
                      "mixup_label_smoothing"):
             if not 0 <= getattr(self, name) <= 1:
-                fail(name, "must be in [0, 1]")
+                fail_field(name, "must be in [0, 1]")
 
     def _pair(self, name: str) -> tuple[float, float]:
         value = getattr(self, name)
         if len(value) != 2:
-            raise ValueError(
-                f"Invalid input config {name}={value!r}: must have two numbers."
-            )
+            fail(f"input.{name}", value, "must have two numbers")
         return float(value[0]), float(value[1])

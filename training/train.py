@@ -26,9 +26,9 @@ global batch not divisible by the replicas, or --export_dir without the export m
 
 TF_ENABLE_ONEDNN_OPTS: TensorFlow reads it once, at import, so it is chosen here, before
 the import: oneDNN on (1) unless the caller set it. TensorFlow defaults to it only on
-CPUs with AVX-512-class features, and it trains these models faster (LambdaResNet50 at
-64x64: 224 vs 409 ms a step, benchmarks/results/model_speed_backends.csv); on GPU/TPU
-hosts it only affects host-side ops. Set TF_ENABLE_ONEDNN_OPTS=0 for bit-reproducible CPU runs.
+CPUs with AVX-512-class features, and it trains these models faster
+(benchmarks/results/model_speed_backends.csv); on GPU/TPU hosts it only affects
+host-side ops. Set TF_ENABLE_ONEDNN_OPTS=0 for bit-reproducible CPU runs.
 """
 
 from __future__ import annotations
@@ -252,31 +252,20 @@ def build_datasets(config: ExperimentConfig, strategy: tf.distribute.Strategy):
 def build_model(config: ExperimentConfig, synchronized_batch_norm: bool = False) -> keras.Model:
     """The configured network, [batch, size, size, 3] -> [batch, classes] probabilities.
 
-    The classifier runs in float32 under mixed precision (Keras' mixed-precision
-    advice: softmax and loss in float32). With `synchronized_batch_norm`, every batch
-    norm (the lambda layers' included) computes its statistics over the global batch.
+    Layers take Keras' global dtype policy (set from runtime.mixed_precision); the
+    classifier runs in float32 (Keras' mixed-precision advice: softmax and loss in
+    float32). With `synchronized_batch_norm`, every batch norm (the lambda layers'
+    included) computes its statistics over the global batch.
     """
-    kwargs = config.model.constructor_kwargs()
-    args = ()
-    if config.model.architecture == "LambdaResNet":
-        args = (kwargs.pop("blocks_per_stage"), kwargs.pop("lambda_blocks"))
     size = config.input.image_size
-    model = getattr(models, config.model.architecture)(
-        *args,
+    return models.build_model(
+        config.model.to_dict(),
         input_shape=(size, size, 3),
         classes=config.input.num_classes,
         classifier_activation="softmax",
-        **kwargs,
+        head_dtype="float32",
+        synchronized_batch_norm=synchronized_batch_norm,
     )
-    model.get_layer("predictions").dtype_policy = keras.DTypePolicy("float32")
-    if synchronized_batch_norm:
-        # The constructors take no such option; the flag is read at call time, so
-        # setting it on the built layers is enough. _flatten_layers reaches the batch
-        # norms inside the lambda layers too.
-        for layer in model._flatten_layers():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.synchronized = True
-    return model
 
 
 def build_and_compile(

@@ -147,6 +147,9 @@ class LambdaLayer(keras.layers.Layer):
         (Table 12, "softmax on keys & softmax on queries").
       use_batch_norm: batch norm on queries and values; False is Table 12's "no batch
         normalization on queries and values".
+      synchronized_batch_norm: compute those batch norms' statistics over the global
+        batch under a TensorFlow distribution strategy (``BatchNormalization``'s
+        ``synchronized``).
       data_format: ``"channels_last"`` (``[batch, *spatial, channels]``) or
         ``"channels_first"`` (``[batch, channels, *spatial]``, computed channels-last
         between two transposes); defaults to ``keras.config.image_data_format()``.
@@ -178,6 +181,7 @@ class LambdaLayer(keras.layers.Layer):
         key_normalization: str = "softmax",
         query_softmax: bool = False,
         use_batch_norm: bool = True,
+        synchronized_batch_norm: bool = False,
         data_format: str | None = None,
         **kwargs,
     ):
@@ -186,10 +190,7 @@ class LambdaLayer(keras.layers.Layer):
             _check_positive_int("filters", filters)
         _check_positive_int("key_dim", key_dim)
         _check_positive_int("num_heads", num_heads)
-        if isinstance(intra_depth, bool) or not isinstance(intra_depth, int) or intra_depth < 1:
-            raise ValueError(
-                f"`intra_depth` must be an integer >= 1. Received: intra_depth={intra_depth!r}"
-            )
+        _check_positive_int("intra_depth", intra_depth)
         if scope_size is not None:
             if isinstance(scope_size, bool) or not isinstance(scope_size, int) or scope_size < 1:
                 raise ValueError(
@@ -247,15 +248,24 @@ class LambdaLayer(keras.layers.Layer):
         self.key_normalization = key_normalization
         self.query_softmax = query_softmax
         self.use_batch_norm = use_batch_norm
+        self.synchronized_batch_norm = synchronized_batch_norm
         self.data_format = data_format
         self.supports_masking = True
         self.query_norm = self.value_norm = None
         if use_batch_norm:
             self.query_norm = keras.layers.BatchNormalization(
-                momentum=norm_momentum, epsilon=norm_epsilon, dtype=self.dtype_policy, name="query_norm"
+                momentum=norm_momentum,
+                epsilon=norm_epsilon,
+                synchronized=synchronized_batch_norm,
+                dtype=self.dtype_policy,
+                name="query_norm",
             )
             self.value_norm = keras.layers.BatchNormalization(
-                momentum=norm_momentum, epsilon=norm_epsilon, dtype=self.dtype_policy, name="value_norm"
+                momentum=norm_momentum,
+                epsilon=norm_epsilon,
+                synchronized=synchronized_batch_norm,
+                dtype=self.dtype_policy,
+                name="value_norm",
             )
 
     def build(self, input_shape):
@@ -385,8 +395,8 @@ class LambdaLayer(keras.layers.Layer):
         The softmax over the context axis ``m`` is written out, and its normaliser
         divides the ``[b, u, k, v]`` sums rather than the ``[b, m, u, k]`` keys: a
         softmax over a non-minor axis transposes the keys first, and a broadcast
-        division of the keys cost more than the whole content lambda (measured at
-        28x28x128).
+        division of the keys costs more than the whole content lambda
+        (docs/design.md, "Measured choices in the layer").
         """
         if self.key_normalization == "none":
             return ops.einsum("bmuk,bmuv->bkv", keys, values)
@@ -463,7 +473,7 @@ class LambdaLayer(keras.layers.Layer):
 
         Three matmuls rather than one with the concatenated kernels: splitting the
         fused product copies it, which costs more than reading the input three times
-        (measured at 28x28x128: 4.9 vs 6.9 ms).
+        (docs/design.md, "Measured choices in the layer").
         """
         keys = None
         if self.use_content:
@@ -499,9 +509,8 @@ class LambdaLayer(keras.layers.Layer):
         lambdas costs ``n m u k v``; weighting the context by ``q_n E[n, m]`` first,
         as attention does, costs ``n m u h (k + v)``, less whenever
         ``h (k + v) < k v`` (the paper's k=16, h=4 with v > 5). Its intermediate
-        ``[b, n, h, m, u]`` grows with ``m``, so past 8x the lambdas' size
-        (measured: a win at 28x28x128, 6x; a loss at 56x56x64, 49x) the lambdas
-        come first.
+        ``[b, n, h, m, u]`` grows with ``m``, so past 8 times the lambdas' size the
+        lambdas come first (docs/design.md, "Measured choices in the layer").
         """
         embeddings = relative_positions.gather_relative_embeddings(
             self._position_table(), spatial_shape, causal=self.causal
@@ -622,6 +631,7 @@ class LambdaLayer(keras.layers.Layer):
                 "key_normalization": self.key_normalization,
                 "query_softmax": self.query_softmax,
                 "use_batch_norm": self.use_batch_norm,
+                "synchronized_batch_norm": self.synchronized_batch_norm,
                 "data_format": self.data_format,
             }
         )

@@ -1,57 +1,13 @@
-"""keras.applications-style model constructors: LambdaResNets and their baselines."""
+"""keras.applications-style model constructors: LambdaResNets and their baselines.
 
+Every constructor is listed once, in ``variants.VARIANTS`` (the named models) or
+``variants.FACTORIES``; ``__all__`` and ``CONSTRUCTORS`` follow from it.
+"""
+
+from lambda_keras.models import lambda_resnet
 from lambda_keras.models.blocks import StochasticDepth
+from lambda_keras.models.builder import build_model, validate_model_config
 from lambda_keras.models.complexity import multiply_adds
-from lambda_keras.models.lambda_resnet import (
-    MODEL_SPECS,
-    HybridResNet50,
-    LambdaResNet,
-    LambdaResNet50,
-    LambdaResNet101,
-    LambdaResNet101C4,
-    LambdaResNet152,
-    LambdaResNet152C4,
-    LambdaResNet200,
-    LambdaResNet200C4,
-    LambdaResNet270,
-    LambdaResNet270C4,
-    LambdaResNet350,
-    LambdaResNet350C4,
-    LambdaResNet420,
-    LambdaResNet420C4,
-    ResNetRS50,
-    ResNetRS101,
-    ResNetRS152,
-    ResNetRS200,
-    ResNetRS270,
-    ResNetRS350,
-    ResNetRS420,
-)
+from lambda_keras.models.lambda_resnet import *  # noqa: F401,F403  (the constructors, by __all__)
 
-__all__ = [
-    "MODEL_SPECS",
-    "HybridResNet50",
-    "LambdaResNet",
-    "LambdaResNet50",
-    "LambdaResNet101",
-    "LambdaResNet101C4",
-    "LambdaResNet152",
-    "LambdaResNet152C4",
-    "LambdaResNet200",
-    "LambdaResNet200C4",
-    "LambdaResNet270",
-    "LambdaResNet270C4",
-    "LambdaResNet350",
-    "LambdaResNet350C4",
-    "LambdaResNet420",
-    "LambdaResNet420C4",
-    "ResNetRS50",
-    "ResNetRS101",
-    "ResNetRS152",
-    "ResNetRS200",
-    "ResNetRS270",
-    "ResNetRS350",
-    "ResNetRS420",
-    "StochasticDepth",
-    "multiply_adds",
-]
+__all__ = [*lambda_resnet.__all__, "StochasticDepth", "build_model", "multiply_adds", "validate_model_config"]

@@ -66,15 +66,15 @@ def channel_axis() -> int:
     return 1 if keras.config.image_data_format() == "channels_first" else -1
 
 
-def batch_norm(x, name: str, momentum: float, epsilon: float, zero_gamma: bool = False):
-    """BatchNormalization over the channel axis; ``zero_gamma`` for the last BN of a
-    bottleneck, so each residual block starts as the identity (Appendix A)."""
+def batch_norm(x, name: str, norm_options: dict, zero_gamma: bool = False):
+    """BatchNormalization over the channel axis with ``norm_options`` (``momentum``,
+    ``epsilon``, ``synchronized``); ``zero_gamma`` for the last BN of a bottleneck, so
+    each residual block starts as the identity (Appendix A)."""
     return layers.BatchNormalization(
         axis=channel_axis(),
-        momentum=momentum,
-        epsilon=epsilon,
         gamma_initializer="zeros" if zero_gamma else "ones",
         name=name,
+        **norm_options,
     )(x)
 
 
@@ -102,7 +102,7 @@ def conv2d(x, filters: int, kernel_size: int, strides: int, name: str):
     )(x)
 
 
-def resnet_d_stem(x, momentum: float, epsilon: float):
+def resnet_d_stem(x, norm_options: dict):
     """ResNet-RS stem, ``[b, H, W, 3] -> [b, H/4, W/4, 64]`` (docs/design.md, "The LambdaResNet base is ResNet-RS").
 
     ResNet-D's three 3x3 convolutions (32, 32, 64 channels, the first strided),
@@ -111,16 +111,16 @@ def resnet_d_stem(x, momentum: float, epsilon: float):
     """
     for index, (filters, strides) in enumerate(((32, 2), (32, 1), (64, 1), (64, 2)), start=1):
         x = conv2d(x, filters, 3, strides, name=f"stem_{index}_conv")
-        x = batch_norm(x, f"stem_{index}_bn", momentum, epsilon)
+        x = batch_norm(x, f"stem_{index}_bn", norm_options)
         x = layers.ReLU(name=f"stem_{index}_relu")(x)
     return x
 
 
-def vanilla_stem(x, momentum: float, epsilon: float):
+def vanilla_stem(x, norm_options: dict):
     """ResNet-v1 stem, ``[b, H, W, 3] -> [b, H/4, W/4, 64]``: 7x7/2 conv, BN, ReLU,
     3x3/2 max pool (He et al. 2016; the stem of the paper's Section 5.1 ResNet-50)."""
     x = conv2d(x, 64, 7, 2, name="stem_conv")
-    x = batch_norm(x, "stem_bn", momentum, epsilon)
+    x = batch_norm(x, "stem_bn", norm_options)
     x = layers.ReLU(name="stem_relu")(x)
     x = layers.ZeroPadding2D(padding=1, name="stem_pool_pad")(x)
     return layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
@@ -159,8 +159,7 @@ def bottleneck_block(
     lambda_options: dict | None,
     se_ratio: float,
     stochastic_depth_rate: float,
-    momentum: float,
-    epsilon: float,
+    norm_options: dict,
 ):
     """ResNet-v1 bottleneck, ``[b, H, W, c] -> [b, H/s, W/s, 4 * filters]``.
 
@@ -184,8 +183,8 @@ def bottleneck_block(
       lambda_options: ``LambdaLayer`` keyword arguments, or None for a 3x3 conv.
       se_ratio: SE squeeze ratio; 0 for no SE.
       stochastic_depth_rate: drop rate of the residual branch; 0 for none.
-      momentum: BN momentum.
-      epsilon: BN epsilon.
+      norm_options: ``momentum``, ``epsilon`` and ``synchronized`` of every batch
+        norm, the lambda layer's included.
     """
     shortcut = x
     if projection:
@@ -196,10 +195,10 @@ def bottleneck_block(
             shortcut = conv2d(shortcut, 4 * filters, 1, 1, name=f"{name}_0_conv")
         else:
             shortcut = conv2d(shortcut, 4 * filters, 1, strides, name=f"{name}_0_conv")
-        shortcut = batch_norm(shortcut, f"{name}_0_bn", momentum, epsilon)
+        shortcut = batch_norm(shortcut, f"{name}_0_bn", norm_options)
 
     x = conv2d(x, filters, 1, 1, name=f"{name}_1_conv")
-    x = batch_norm(x, f"{name}_1_bn", momentum, epsilon)
+    x = batch_norm(x, f"{name}_1_bn", norm_options)
     x = layers.ReLU(name=f"{name}_1_relu")(x)
 
     if lambda_options is None:
@@ -208,18 +207,19 @@ def bottleneck_block(
         x = LambdaLayer(
             filters,
             strides=strides,
-            norm_momentum=momentum,
-            norm_epsilon=epsilon,
+            norm_momentum=norm_options["momentum"],
+            norm_epsilon=norm_options["epsilon"],
+            synchronized_batch_norm=norm_options["synchronized"],
             name=f"{name}_lambda",
             **lambda_options,
         )(x)
     # Appendix E.1: the lambda layer replaces the 3x3 conv
     # only; the BN and ReLU that followed the conv stay.
-    x = batch_norm(x, f"{name}_2_bn", momentum, epsilon)
+    x = batch_norm(x, f"{name}_2_bn", norm_options)
     x = layers.ReLU(name=f"{name}_2_relu")(x)
 
     x = conv2d(x, 4 * filters, 1, 1, name=f"{name}_3_conv")
-    x = batch_norm(x, f"{name}_3_bn", momentum, epsilon, zero_gamma=True)
+    x = batch_norm(x, f"{name}_3_bn", norm_options, zero_gamma=True)
     if se_ratio > 0 and lambda_options is None:
         x = squeeze_excitation(x, se_ratio, name=f"{name}_se")
     if stochastic_depth_rate > 0:

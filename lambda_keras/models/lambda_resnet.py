@@ -8,33 +8,26 @@ One factory, :func:`LambdaResNet`, builds every model: a stem, four stages c2-c5
 of bottleneck blocks (widths 64, 128, 256, 512; outputs 4x that) and an
 optional classifier. The named constructors only pick its arguments, following
 keras.applications (``keras/src/applications/resnet.py``): a table of per-depth
-settings and thin functions with the standard arguments.
+settings (``variants.py``) and thin functions with the standard arguments.
 
 Block indices count from 1, both in Table 18 and in the layer names
 (``c4_block3_lambda`` is the third block of stage c4; block 1 is the strided,
-projection block). The paper does not say which convention Table 18 uses, and
-parameter counts cannot tell (docs/design.md). We read it as 1-based because
-then the table is uniformly spaced from the start of the stage in every row:
-the number of conv blocks before the first lambda block equals the number
-between consecutive lambda blocks (c4 of LambdaResNet-101 with 23 blocks and
-lambda blocks 6, 12, 18: 5 | 5 | 5 | 5 conv blocks); read 0-based, the first
-gap would be one block longer in every row. Keras' ResNets also number blocks
-from 1 (``conv4_block1_...``).
+projection block), as in Keras' ResNets (``conv4_block1_...``); docs/design.md
+says why Table 18 reads 1-based.
 
-Parameter counts in this package are the trainable weights, which is what the
-paper and torchvision count (``sum(p.numel() for p in model.parameters())``):
-BN scale and offset are included, BN moving statistics are not (they are
-buffers in PyTorch, non-trainable weights in Keras).
+Parameter counts are trainable weights, what the paper and torchvision count: BN
+scale and offset included, BN moving statistics not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import keras
 from keras import layers
 
+from lambda_keras.layers import LambdaLayer
 from lambda_keras.models import blocks
 from lambda_keras.models.input_shape import (
     obtain_input_shape,
@@ -42,35 +35,41 @@ from lambda_keras.models.input_shape import (
     validate_pooling,
     validate_weights,
 )
+from lambda_keras.models.variants import (
+    FACTORIES,
+    LAMBDA,
+    LAMBDA_C4,
+    MODEL_SPECS,
+    VARIANTS,
+    VARIANTS_BY_NAME,
+    Variant,
+)
 
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 STAGE_WIDTHS = (64, 128, 256, 512)
 BASES = ("resnet_rs", "vanilla")
 
-# Table 18: blocks per stage c2-c5 and the (1-based) c4 blocks with a lambda
-# layer; every c5 block has one too. The block counts are ResNet-RS's
-# (``model_params`` in [RS]), so the ResNetRS baselines share this table.
-MODEL_SPECS: dict[int, dict[str, tuple[int, ...]]] = {
-    50: {"blocks": (3, 4, 6, 3), "c4_lambda_blocks": (3,)},
-    101: {"blocks": (3, 4, 23, 3), "c4_lambda_blocks": (6, 12, 18)},
-    152: {"blocks": (3, 8, 36, 3), "c4_lambda_blocks": (5, 10, 15, 20, 25, 30)},
-    200: {"blocks": (3, 24, 36, 3), "c4_lambda_blocks": (5, 10, 15, 20, 25, 30)},
-    270: {"blocks": (4, 29, 53, 4), "c4_lambda_blocks": (8, 16, 24, 32, 40, 48)},
-    350: {"blocks": (4, 36, 72, 4), "c4_lambda_blocks": (10, 20, 30, 40, 50, 60)},
-    420: {"blocks": (4, 44, 87, 4), "c4_lambda_blocks": (10, 20, 30, 40, 50, 60, 70, 80)},
-}
-
-# SE sits in the c2/c3 conv blocks only. Appendix E.1 only excludes the lambda
-# blocks, but the published sizes (LambdaResNet-101 36.9 M, -152 51.4 M) are
-# matched exactly only without SE anywhere in c4/c5; with SE in c4's conv blocks
-# they would be 47.4 M / 67.2 M (docs/design.md, "SE only in c2 and c3").
+# SE sits in the c2/c3 conv blocks only: the published sizes match only without SE
+# in c4/c5 (docs/design.md, "SE only in c2 and c3").
 LAMBDA_RESNET_SE_RATIO = (0.25, 0.25, 0.0, 0.0)
 
+# The factory's lambda options and the LambdaLayer arguments they set.
+LAMBDA_LAYER_OPTIONS = {
+    "key_dim": "key_dim",
+    "num_heads": "num_heads",
+    "intra_depth": "intra_depth",
+    "scope_size": "scope_size",
+    "use_content": "use_content",
+    "use_position": "use_position",
+    "key_normalization": "key_normalization",
+    "query_softmax": "query_softmax",
+    "lambda_batch_norm": "use_batch_norm",
+    "lambda_implementation": "implementation",
+}
 
-def _check_stages(
-    blocks_per_stage, lambda_blocks, se_ratio
-) -> tuple[tuple[int, ...], tuple[frozenset, ...], tuple[float, ...]]:
-    """Validates the architecture arguments; returns them as per-stage tuples."""
+
+def _check_stages(blocks_per_stage, lambda_blocks) -> tuple[tuple[int, ...], tuple[frozenset, ...]]:
+    """Validates the block layout; returns it as per-stage tuples."""
     blocks_per_stage = tuple(blocks_per_stage)
     if len(blocks_per_stage) != 4 or any(
         isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in blocks_per_stage
@@ -94,15 +93,62 @@ def _check_stages(
                 f"[1, {num_blocks}] (1-based). Received: {sorted(indices, key=repr)!r}"
             )
         lambda_sets.append(indices)
-    if isinstance(se_ratio, (int, float)):
-        se_ratio = (se_ratio,) * 4
-    se_ratio = tuple(float(r) for r in se_ratio)
-    if len(se_ratio) != 4 or any(not 0.0 <= r <= 1.0 for r in se_ratio):
+    return blocks_per_stage, tuple(lambda_sets)
+
+
+def check_options(**options: Any) -> dict[str, Any]:
+    """Validates keyword options of :func:`LambdaResNet` without building a model.
+
+    The value rules live here and in ``LambdaLayer``'s constructor, nowhere else: the
+    training config validates its model section through this function.
+
+    Args:
+      **options: any of the factory's keyword-only options; omitted ones are not
+        checked.
+
+    Returns:
+      The options, with ``se_ratio`` as four floats when given.
+
+    Raises:
+      ValueError: naming the first invalid option and its value.
+    """
+    options = dict(options)
+    if "base" in options and options["base"] not in BASES:
+        raise ValueError(f"`base` must be one of {BASES}. Received: base={options['base']!r}")
+    if "se_ratio" in options:
+        se_ratio = options["se_ratio"]
+        if isinstance(se_ratio, (int, float)):
+            se_ratio = (se_ratio,) * 4
+        se_ratio = tuple(float(r) for r in se_ratio)
+        if len(se_ratio) != 4 or any(not 0.0 <= r <= 1.0 for r in se_ratio):
+            raise ValueError(
+                "`se_ratio` must be a number in [0, 1] or four of them (one per stage). "
+                f"Received: se_ratio={se_ratio!r}"
+            )
+        options["se_ratio"] = se_ratio
+    for name in ("dropout_rate", "stochastic_depth_rate"):
+        if name in options and not 0.0 <= options[name] < 1.0:
+            raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={options[name]!r}")
+    layer_options = {
+        name: options[name] for name in ("norm_momentum", "norm_epsilon", "synchronized_batch_norm") if name in options
+    }
+    # The layer's constructor holds the rules for its arguments; building one checks them.
+    LambdaLayer(**lambda_layer_arguments(options), **layer_options)
+    return options
+
+
+def check_placement(placement: str) -> None:
+    """Raises ``ValueError`` unless ``placement`` is four of 'C' and 'L' (HybridResNet50)."""
+    if not isinstance(placement, str) or len(placement) != 4 or set(placement) - {"C", "L"}:
         raise ValueError(
-            "`se_ratio` must be a number in [0, 1] or four of them (one per stage). "
-            f"Received: se_ratio={se_ratio!r}"
+            "`placement` must be four characters, 'C' (3x3 conv) or 'L' (lambda layer), "
+            f"for stages c2, c3, c4, c5, e.g. 'CCLL'. Received: placement={placement!r}"
         )
-    return blocks_per_stage, tuple(lambda_sets), se_ratio
+
+
+def lambda_layer_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``LambdaLayer`` keyword arguments that the factory's ``options`` set."""
+    return {argument: options[option] for option, argument in LAMBDA_LAYER_OPTIONS.items() if option in options}
 
 
 def LambdaResNet(
@@ -133,6 +179,8 @@ def LambdaResNet(
     lambda_implementation: str = "auto",
     norm_momentum: float = 0.9,
     norm_epsilon: float = 1e-5,
+    synchronized_batch_norm: bool = False,
+    head_dtype: str | keras.DTypePolicy | None = None,
 ) -> keras.Model:
     """Builds a hybrid ResNet whose chosen bottlenecks use a lambda layer.
 
@@ -195,6 +243,11 @@ def LambdaResNet(
       norm_momentum: momentum of every batch norm, the lambda layers' included
         (0.9, [RS]'s ``MOVING_AVERAGE_DECAY``).
       norm_epsilon: epsilon of every batch norm (1e-5, [RS]'s ``EPSILON``).
+      synchronized_batch_norm: every batch norm, the lambda layers' included,
+        computes its statistics over the global batch under a TensorFlow
+        distribution strategy (``BatchNormalization``'s ``synchronized``).
+      head_dtype: dtype policy of the classifier, e.g. ``"float32"`` to keep the
+        softmax in float32 under a mixed precision policy; None: the global policy.
 
     Returns:
       A functional ``keras.Model``.
@@ -209,25 +262,18 @@ def LambdaResNet(
         input_shape, default_size=224, min_size=32, require_flatten=include_top
     )
     validate_pooling(pooling)
-    blocks_per_stage, lambda_sets, se_ratios = _check_stages(blocks_per_stage, lambda_blocks, se_ratio)
-    if base not in BASES:
-        raise ValueError(f"`base` must be one of {BASES}. Received: base={base!r}")
-    if not 0.0 <= stochastic_depth_rate < 1.0:
-        raise ValueError(
-            f"`stochastic_depth_rate` must be in [0, 1). Received: {stochastic_depth_rate!r}"
-        )
-    lambda_options = {
-        "key_dim": key_dim,
-        "num_heads": num_heads,
-        "intra_depth": intra_depth,
-        "scope_size": scope_size,
-        "use_content": use_content,
-        "use_position": use_position,
-        "key_normalization": key_normalization,
-        "query_softmax": query_softmax,
-        "use_batch_norm": lambda_batch_norm,
-        "implementation": lambda_implementation,
-    }
+    blocks_per_stage, lambda_sets = _check_stages(blocks_per_stage, lambda_blocks)
+    options = check_options(
+        base=base, se_ratio=se_ratio, dropout_rate=dropout_rate, stochastic_depth_rate=stochastic_depth_rate,
+        key_dim=key_dim, num_heads=num_heads, intra_depth=intra_depth, scope_size=scope_size,
+        use_content=use_content, use_position=use_position, key_normalization=key_normalization,
+        query_softmax=query_softmax, lambda_batch_norm=lambda_batch_norm,
+        lambda_implementation=lambda_implementation, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+        synchronized_batch_norm=synchronized_batch_norm,
+    )
+    se_ratios = options["se_ratio"]
+    lambda_options = lambda_layer_arguments(options)
+    norm_options = {"momentum": norm_momentum, "epsilon": norm_epsilon, "synchronized": synchronized_batch_norm}
 
     if input_tensor is None:
         image = layers.Input(shape=input_shape, name="image")
@@ -237,9 +283,9 @@ def LambdaResNet(
         image = layers.Input(tensor=input_tensor, shape=input_shape, name="image")
 
     if base == "resnet_rs":
-        x = blocks.resnet_d_stem(image, norm_momentum, norm_epsilon)
+        x = blocks.resnet_d_stem(image, norm_options)
     else:
-        x = blocks.vanilla_stem(image, norm_momentum, norm_epsilon)
+        x = blocks.vanilla_stem(image, norm_options)
 
     for stage_index, (stage, width, num_blocks, lambda_set, stage_se) in enumerate(
         zip(STAGE_NAMES, STAGE_WIDTHS, blocks_per_stage, lambda_sets, se_ratios)
@@ -256,8 +302,7 @@ def LambdaResNet(
                 lambda_options=lambda_options if block in lambda_set else None,
                 se_ratio=stage_se,
                 stochastic_depth_rate=stochastic_depth_rate * stage_number / 5,
-                momentum=norm_momentum,
-                epsilon=norm_epsilon,
+                norm_options=norm_options,
             )
 
     if include_top:
@@ -268,6 +313,7 @@ def LambdaResNet(
             classes,
             activation=classifier_activation,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            dtype=head_dtype,
             name="predictions",
         )(x)
     elif pooling == "avg":
@@ -283,223 +329,187 @@ def LambdaResNet(
     return model
 
 
-def _lambda_resnet(depth: int, c4_all: bool, name: str, args: dict, options: dict) -> keras.Model:
-    """A LambdaResNet of Table 18 (``c4_all=False``) or its C4 variant."""
-    spec = MODEL_SPECS[depth]
-    c4_blocks = range(1, spec["blocks"][2] + 1) if c4_all else spec["c4_lambda_blocks"]
-    options.setdefault("se_ratio", LAMBDA_RESNET_SE_RATIO)
-    return LambdaResNet(
-        spec["blocks"],
-        ((), (), c4_blocks, range(1, spec["blocks"][3] + 1)),
-        name=name,
-        **args,
-        **options,
-    )
+def _named_constructor(function):
+    """Registers a named constructor of :data:`VARIANTS` and writes its docstring."""
+    variant = VARIANTS_BY_NAME[function.__name__]
+    spec = MODEL_SPECS[variant.depth]
+    if variant.family == LAMBDA:
+        summary = (
+            f"LambdaResNet-{variant.depth} (Table 18): ResNet-RS base, blocks {list(spec['blocks'])}, lambda "
+            f"layers in c4 blocks {list(spec['c4_lambda_blocks'])} (1-based) and every c5 block, SE 0.25 in c2/c3."
+        )
+    elif variant.family == LAMBDA_C4:
+        summary = (
+            f"LambdaResNet-{variant.depth}-C4 (Table 14): LambdaResNet-{variant.depth} with every 3x3 conv of c4 "
+            "and c5 replaced by a lambda layer, SE 0.25 in c2/c3."
+        )
+    else:
+        summary = (
+            f"ResNet-RS-{variant.depth} (the conv baseline of Table 14): blocks {list(spec['blocks'])}, SE 0.25 "
+            "in every stage by default, ``se_ratio=0`` for the 'wo/ SE' rows."
+        )
+    parameters = f"{variant.parameters / 1e6:.1f} M parameters"
+    if variant.paper is not None:
+        parameters += f" ({variant.paper[1]}: {variant.paper[0]} M)"
+    function.__doc__ = f"""{summary} {parameters}.
 
-
-def _resnet_rs(depth: int, name: str, args: dict, options: dict) -> keras.Model:
-    """The conv-only ResNet-RS baseline of a depth, SE 0.25 in every stage by default."""
-    options.setdefault("se_ratio", 0.25)
-    return LambdaResNet(MODEL_SPECS[depth]["blocks"], ((), (), (), ()), name=name, **args, **options)
-
-
-_ARGS_DOC = """
     Args:
       include_top, weights, input_tensor, input_shape, pooling, classes,
         classifier_activation, name: the keras.applications arguments, see
         :func:`LambdaResNet`.
       **options: keyword-only model options of :func:`LambdaResNet` (``se_ratio``,
-        ``dropout_rate``, ``stochastic_depth_rate``, the lambda options,
-        ``norm_momentum``, ``norm_epsilon``).
+        ``dropout_rate``, ``stochastic_depth_rate``, the lambda options, the batch
+        norm options, ``head_dtype``).
 
     Returns:
       A ``keras.Model``: ``[batch, 224, 224, 3] -> [batch, classes]`` by default.
-"""
+    """
+    CONSTRUCTORS[variant.name] = function
+    return function
 
 
-def _document(summary: str):
-    def decorate(function):
-        function.__doc__ = summary + "\n" + _ARGS_DOC
-        return function
-
-    return decorate
-
-
-_LAMBDA_SUMMARY = (
-    "LambdaResNet-{depth} (Table 18): ResNet-RS base, blocks {blocks}, lambda layers in "
-    "c4 blocks {c4} (1-based) and every c5 block, SE 0.25 in c2/c3. {params}"
-)
-_C4_SUMMARY = (
-    "LambdaResNet-{depth}-C4 (Table 14): LambdaResNet-{depth} with every 3x3 conv of c4 "
-    "and c5 replaced by a lambda layer, SE 0.25 in c2/c3. {params}"
-)
-_RS_SUMMARY = (
-    "ResNet-RS-{depth} (the conv baseline of Table 14): blocks {blocks}, SE 0.25 in every "
-    "stage by default, ``se_ratio=0`` for the 'wo/ SE' rows. {params}"
-)
+def _build_variant(variant_name: str, arguments: dict[str, Any]) -> keras.Model:
+    """Builds a row of :data:`VARIANTS` from its constructor's ``locals()``."""
+    variant: Variant = VARIANTS_BY_NAME[variant_name]
+    options = arguments.pop("options")
+    spec = MODEL_SPECS[variant.depth]
+    if variant.family == LAMBDA:
+        lambda_blocks = ((), (), spec["c4_lambda_blocks"], range(1, spec["blocks"][3] + 1))
+        options.setdefault("se_ratio", LAMBDA_RESNET_SE_RATIO)
+    elif variant.family == LAMBDA_C4:
+        lambda_blocks = ((), (), range(1, spec["blocks"][2] + 1), range(1, spec["blocks"][3] + 1))
+        options.setdefault("se_ratio", LAMBDA_RESNET_SE_RATIO)
+    else:
+        lambda_blocks = ((), (), (), ())
+        options.setdefault("se_ratio", 0.25)
+    return LambdaResNet(spec["blocks"], lambda_blocks, **arguments, **options)
 
 
-def _summary(template: str, depth: int, params: str) -> str:
-    spec = MODEL_SPECS[depth]
-    return template.format(
-        depth=depth, blocks=list(spec["blocks"]), c4=list(spec["c4_lambda_blocks"]), params=params
-    )
+# Constructor name -> function, for every name in variants.ARCHITECTURES.
+CONSTRUCTORS: dict[str, Any] = {"LambdaResNet": LambdaResNet}
+
+# The named constructors differ only in their row of VARIANTS and their default name;
+# each keeps the full keras.applications signature, like keras.applications.ResNet50.
 
 
-def _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation):
-    return {
-        "include_top": include_top,
-        "weights": weights,
-        "input_tensor": input_tensor,
-        "input_shape": input_shape,
-        "pooling": pooling,
-        "classes": classes,
-        "classifier_activation": classifier_activation,
-    }
-
-
-# The named constructors below differ only in depth and name; each keeps the full
-# keras.applications signature so that it reads like keras.applications.ResNet50.
-
-
-@_document(_summary(_LAMBDA_SUMMARY, 50, "19.0 M parameters."))
+@_named_constructor
 def LambdaResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                    classes=1000, classifier_activation="softmax", name="lambda_resnet50", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(50, False, name, args, options)
+    return _build_variant("LambdaResNet50", locals())
 
 
-@_document(_summary(_LAMBDA_SUMMARY, 101, "36.9 M parameters (Table 14: 36.9 M)."))
+@_named_constructor
 def LambdaResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                     classes=1000, classifier_activation="softmax", name="lambda_resnet101", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(101, False, name, args, options)
+    return _build_variant("LambdaResNet101", locals())
 
 
-@_document(_summary(_LAMBDA_SUMMARY, 152, "51.4 M parameters (Table 14: 51.4 M)."))
+@_named_constructor
 def LambdaResNet152(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                     classes=1000, classifier_activation="softmax", name="lambda_resnet152", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(152, False, name, args, options)
+    return _build_variant("LambdaResNet152", locals())
 
 
-@_document(_summary(_LAMBDA_SUMMARY, 200, "58.0 M parameters."))
+@_named_constructor
 def LambdaResNet200(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                     classes=1000, classifier_activation="softmax", name="lambda_resnet200", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(200, False, name, args, options)
+    return _build_variant("LambdaResNet200", locals())
 
 
-@_document(_summary(_LAMBDA_SUMMARY, 270, "81.4 M parameters."))
+@_named_constructor
 def LambdaResNet270(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                     classes=1000, classifier_activation="softmax", name="lambda_resnet270", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(270, False, name, args, options)
+    return _build_variant("LambdaResNet270", locals())
 
 
-@_document(_summary(_LAMBDA_SUMMARY, 350, "105.5 M parameters."))
+@_named_constructor
 def LambdaResNet350(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                     classes=1000, classifier_activation="softmax", name="lambda_resnet350", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(350, False, name, args, options)
+    return _build_variant("LambdaResNet350", locals())
 
 
-@_document(_summary(_LAMBDA_SUMMARY, 420, "124.4 M parameters."))
+@_named_constructor
 def LambdaResNet420(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                     classes=1000, classifier_activation="softmax", name="lambda_resnet420", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(420, False, name, args, options)
+    return _build_variant("LambdaResNet420", locals())
 
 
-@_document(_summary(_C4_SUMMARY, 101, "26.0 M parameters (Table 14: 26.0 M)."))
+@_named_constructor
 def LambdaResNet101C4(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-                    classes=1000, classifier_activation="softmax", name="lambda_resnet101_c4", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(101, True, name, args, options)
+                      classes=1000, classifier_activation="softmax", name="lambda_resnet101_c4", **options: Any):
+    return _build_variant("LambdaResNet101C4", locals())
 
 
-@_document(_summary(_C4_SUMMARY, 152, "35.1 M parameters (Table 14: 35.1 M)."))
+@_named_constructor
 def LambdaResNet152C4(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-                    classes=1000, classifier_activation="softmax", name="lambda_resnet152_c4", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(152, True, name, args, options)
+                      classes=1000, classifier_activation="softmax", name="lambda_resnet152_c4", **options: Any):
+    return _build_variant("LambdaResNet152C4", locals())
 
 
-@_document(_summary(_C4_SUMMARY, 200, "41.7 M parameters (Table 15: 42 M)."))
+@_named_constructor
 def LambdaResNet200C4(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-                    classes=1000, classifier_activation="softmax", name="lambda_resnet200_c4", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(200, True, name, args, options)
+                      classes=1000, classifier_activation="softmax", name="lambda_resnet200_c4", **options: Any):
+    return _build_variant("LambdaResNet200C4", locals())
 
 
-@_document(_summary(_C4_SUMMARY, 270, "55.8 M parameters."))
+@_named_constructor
 def LambdaResNet270C4(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-                    classes=1000, classifier_activation="softmax", name="lambda_resnet270_c4", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(270, True, name, args, options)
+                      classes=1000, classifier_activation="softmax", name="lambda_resnet270_c4", **options: Any):
+    return _build_variant("LambdaResNet270C4", locals())
 
 
-@_document(_summary(_C4_SUMMARY, 350, "69.6 M parameters."))
+@_named_constructor
 def LambdaResNet350C4(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-                    classes=1000, classifier_activation="softmax", name="lambda_resnet350_c4", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(350, True, name, args, options)
+                      classes=1000, classifier_activation="softmax", name="lambda_resnet350_c4", **options: Any):
+    return _build_variant("LambdaResNet350C4", locals())
 
 
-@_document(_summary(_C4_SUMMARY, 420, "81.4 M parameters."))
+@_named_constructor
 def LambdaResNet420C4(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-                    classes=1000, classifier_activation="softmax", name="lambda_resnet420_c4", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _lambda_resnet(420, True, name, args, options)
+                      classes=1000, classifier_activation="softmax", name="lambda_resnet420_c4", **options: Any):
+    return _build_variant("LambdaResNet420C4", locals())
 
 
-@_document(_summary(_RS_SUMMARY, 50, "35.7 M parameters with SE."))
+@_named_constructor
 def ResNetRS50(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                classes=1000, classifier_activation="softmax", name="resnet_rs50", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _resnet_rs(50, name, args, options)
+    return _build_variant("ResNetRS50", locals())
 
 
-@_document(_summary(_RS_SUMMARY, 101, "63.6 M parameters with SE, 44.6 M without (Table 14: 63.6 / 44.6 M)."))
+@_named_constructor
 def ResNetRS101(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-               classes=1000, classifier_activation="softmax", name="resnet_rs101", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _resnet_rs(101, name, args, options)
+                classes=1000, classifier_activation="softmax", name="resnet_rs101", **options: Any):
+    return _build_variant("ResNetRS101", locals())
 
 
-@_document(_summary(_RS_SUMMARY, 152, "86.6 M parameters with SE, 60.2 M without (Table 14: 86.6 / 60.2 M)."))
+@_named_constructor
 def ResNetRS152(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-               classes=1000, classifier_activation="softmax", name="resnet_rs152", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _resnet_rs(152, name, args, options)
+                classes=1000, classifier_activation="softmax", name="resnet_rs152", **options: Any):
+    return _build_variant("ResNetRS152", locals())
 
 
-@_document(_summary(_RS_SUMMARY, 200, "93.2 M parameters with SE."))
+@_named_constructor
 def ResNetRS200(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-               classes=1000, classifier_activation="softmax", name="resnet_rs200", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _resnet_rs(200, name, args, options)
+                classes=1000, classifier_activation="softmax", name="resnet_rs200", **options: Any):
+    return _build_variant("ResNetRS200", locals())
 
 
-@_document(_summary(_RS_SUMMARY, 270, "129.9 M parameters with SE."))
+@_named_constructor
 def ResNetRS270(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-               classes=1000, classifier_activation="softmax", name="resnet_rs270", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _resnet_rs(270, name, args, options)
+                classes=1000, classifier_activation="softmax", name="resnet_rs270", **options: Any):
+    return _build_variant("ResNetRS270", locals())
 
 
-@_document(_summary(_RS_SUMMARY, 350, "164.0 M parameters with SE."))
+@_named_constructor
 def ResNetRS350(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-               classes=1000, classifier_activation="softmax", name="resnet_rs350", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _resnet_rs(350, name, args, options)
+                classes=1000, classifier_activation="softmax", name="resnet_rs350", **options: Any):
+    return _build_variant("ResNetRS350", locals())
 
 
-@_document(_summary(_RS_SUMMARY, 420, "191.9 M parameters with SE."))
+@_named_constructor
 def ResNetRS420(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-               classes=1000, classifier_activation="softmax", name="resnet_rs420", **options: Any):
-    args = _applications_args(include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation)
-    return _resnet_rs(420, name, args, options)
+                classes=1000, classifier_activation="softmax", name="resnet_rs420", **options: Any):
+    return _build_variant("ResNetRS420", locals())
 
 
 # Vanilla ResNet-50 stage sizes (He et al. 2016), the network of Tables 3, 9-13.
@@ -526,14 +536,8 @@ def HybridResNet50(
     c2, c3, c4, c5 either the 3x3 convs (``C``) or lambda layers (``L``) in every
     block. ``"CCCC"`` is the torchvision ResNet-50 (25,557,032 parameters),
     ``"LLLL"`` the paper's "Lambda layer" ResNet-50 (14,995,592, printed 15.0 M).
-
-    Table 13 rows by placement (our count / the paper's): ``LCCC`` 25.5 / 25.5,
-    ``LLCC`` 25.0 / 25.0, ``LLLC`` 21.7 / 21.7, ``CLLL`` 15.1 / 15.1, ``CCCL``
-    18.8 / 18.8, ``CCLL`` 15.56 / 15.4. ``CCLL`` is the one row we cannot match,
-    and no architecture can match it together with the others: parameters add up
-    per stage, so ``CCLL = LLLL + (CCCC - LLCC)`` whatever each stage's layers are,
-    and the paper's own rows give 15.0 + (25.6 - 25.0) = 15.6 (ours: 14,995,592 +
-    564,144 = 15,559,736). We take the printed 15.4 for a misprint (docs/design.md).
+    Every Table 13 placement matches its printed count except ``CCLL`` (15.56 M,
+    printed 15.4; docs/design.md explains the misprint).
 
     Table 3's ``|u|=4`` row (16.04 M, printed 16.0) is
     ``placement="LLLL", intra_depth=4, scope_size=7``; Table 9 varies ``key_dim``
@@ -554,11 +558,7 @@ def HybridResNet50(
     Returns:
       A ``keras.Model``: ``[batch, 224, 224, 3] -> [batch, classes]`` by default.
     """
-    if not isinstance(placement, str) or len(placement) != 4 or set(placement) - {"C", "L"}:
-        raise ValueError(
-            "`placement` must be four characters, 'C' (3x3 conv) or 'L' (lambda layer), "
-            f"for stages c2, c3, c4, c5, e.g. 'CCLL'. Received: placement={placement!r}"
-        )
+    check_placement(placement)
     lambda_blocks = tuple(
         range(1, num_blocks + 1) if choice == "L" else ()
         for choice, num_blocks in zip(placement, RESNET50_BLOCKS)
@@ -577,3 +577,9 @@ def HybridResNet50(
         base="vanilla",
         **options,
     )
+
+
+CONSTRUCTORS["HybridResNet50"] = HybridResNet50
+assert set(CONSTRUCTORS) == set(FACTORIES) | set(VARIANTS_BY_NAME), "a VARIANTS row has no constructor"
+
+__all__ = ["CONSTRUCTORS", "MODEL_SPECS", *FACTORIES, *(variant.name for variant in VARIANTS)]
