@@ -16,7 +16,7 @@ import lambda_keras.models
 from lambda_keras.models import builder, variants
 from keras.src.backend.tensorflow import trainer as tf_trainer
 
-from training import compat, config as config_lib, optimization, train
+from training import compat, config as config_lib, experiment, optimization, train
 from training.config import ConfigError
 
 TABLE_20 = [  # depth, image size, RandAugment magnitude, dropout, stochastic depth
@@ -182,22 +182,22 @@ def test_smoothed_cross_entropy_and_top_k():
 def test_batch_not_divisible_by_replicas_fails_naming_the_key():
     config = _load("demo", "input.global_batch_size=63")
     with pytest.raises(ConfigError, match=r"input.global_batch_size=63: not divisible by the 2"):
-        train.check_batch_sizes(config, 2)
+        experiment.check_batch_sizes(config, 2)
     config = _load("demo", "input.eval_global_batch_size=75")
     with pytest.raises(ConfigError, match=r"input.eval_global_batch_size=75"):
-        train.check_batch_sizes(config, 2)
-    train.check_batch_sizes(_load("demo"), 2)  # 64 is fine.
+        experiment.check_batch_sizes(config, 2)
+    experiment.check_batch_sizes(_load("demo"), 2)  # 64 is fine.
 
 
 def test_multi_replica_steps_per_execution_and_xla_are_rejected():
     strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
     config = _load("demo", "train.steps_per_execution=4")
     with pytest.raises(ConfigError, match="train.steps_per_execution=4"):
-        train.resolve_steps_per_execution(config, strategy)
-    assert train.resolve_steps_per_execution(config, tf.distribute.get_strategy()) == 4
-    assert train.resolve_steps_per_execution(_load("demo"), strategy) == 1
+        experiment.resolve_steps_per_execution(config, strategy)
+    assert experiment.resolve_steps_per_execution(config, tf.distribute.get_strategy()) == 4
+    assert experiment.resolve_steps_per_execution(_load("demo"), strategy) == 1
     with pytest.raises(ConfigError, match="runtime.jit_compile=true"):
-        train.build_and_compile(_load("demo", "runtime.jit_compile=true"), strategy)
+        experiment.build_and_compile(_load("demo", "runtime.jit_compile=true"), strategy)
 
 
 def test_cli_fails_fast_and_clearly(tmp_path, capsys, monkeypatch):

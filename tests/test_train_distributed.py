@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import config as config_lib, demo_data, train
+from training import config as config_lib, demo_data, experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,8 +31,8 @@ def digits_dir(tmp_path_factory):
 def _first_step(config, strategy, initial_weights):
     """(loss of the first step, weights after it) under `strategy`."""
     keras.utils.set_random_seed(0)  # The same shuffle order for every run.
-    train_data, _, _, _ = train.build_datasets(config, strategy)
-    model = train.build_and_compile(config, strategy)
+    train_data, _, _, _ = experiment.build_datasets(config, strategy)
+    model = experiment.build_and_compile(config, strategy)
     model.set_weights(initial_weights)
     history = model.fit(train_data, epochs=1, steps_per_epoch=1, verbose=0)
     return history.history["loss"][0], model.get_weights()
@@ -51,7 +51,7 @@ def test_mirrored_two_replicas_match_one_device(digits_dir, tmp_path):
         "input.crop_area_range=[1, 1]", "input.crop_aspect_ratio_range=[1, 1]",
         "input.deterministic_train=true",
     ], **{"input.data_dir": digits_dir, "model_dir": str(tmp_path)})
-    initial = train.build_model(config).get_weights()
+    initial = experiment.build_model(config).get_weights()
 
     # The one-device run is MirroredStrategy over CPU:0, so that both take Keras'
     # strategy code path: under a strategy, fit first draws a batch from a separate
@@ -76,13 +76,13 @@ def test_mirrored_two_replicas_match_one_device(digits_dir, tmp_path):
 WORKER = r"""
 import json, os, sys
 import numpy as np
-from training import config as config_lib, strategies, train
+from training import config as config_lib, experiment, strategies
 
 data_dir, model_dir = sys.argv[1], sys.argv[2]
 strategy = strategies.create_strategy("multiworker")
 config = config_lib.load_config(
     "demo", sys.argv[3:], **{"input.data_dir": data_dir, "model_dir": model_dir})
-model, results = train.run_experiment(config, strategy)
+model, results = experiment.run_experiment(config, strategy)
 index = strategies.worker_index(strategy)
 np.savez(os.path.join(model_dir, f"weights_{index}.npz"), *model.get_weights())
 with open(os.path.join(model_dir, f"results_{index}.json"), "w") as file:

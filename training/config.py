@@ -32,8 +32,8 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from training.config_errors import ConfigError
-from training.config_errors import fail as _fail
+from training.errors import ConfigError
+from training.errors import fail as _fail
 from training.input_config import InputConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from training.config_errors import ConfigError, fail
+from training.errors import ConfigError, fail
 
 SOURCES = ("tfrecord", "tfds")
 SPLITS = ("train", "validation", "minival")

@@ -1,4 +1,4 @@
-"""tf.distribute strategies for TPU, GPU, multi-worker and CPU training.
+"""Strategies for TPU, GPU, multi-worker and CPU training, under TensorFlow or JAX.
 
 `create_strategy(name, tpu)` is the one factory: the resolver calls sit behind it,
 so that the rest can be tested without the hardware. Every failure to find the
@@ -13,6 +13,11 @@ of hanging or falling back silently.
 | cpu         | the default strategy                       | 1                      |
 | auto        | the first that applies: multiworker (TF_CONFIG with several tasks), tpu (a    |
 |             | TPU named or attached), gpu, cpu                                                |
+
+Under Keras's JAX backend the same names give a `JaxDataParallel`
+(`training/jax_distribution.py`): data parallelism over every local device of the
+platform (tpu, gpu, cpu; auto: the default JAX platform), with multiworker meaning
+several hosts joined by `keras.distribution.initialize()`.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from __future__ import annotations
 import json
 import os
 
+from typing import Any, Union
+
+import keras
 import tensorflow as tf
 
 from training import compat
+from training.errors import StrategyError
 
-
-class StrategyError(RuntimeError):
-    """The requested strategy cannot be created here; the message says why."""
+# A tf.distribute.Strategy, or a JaxDataParallel under the JAX backend.
+Strategy = Union[tf.distribute.Strategy, Any]
 
 
 def resolve_strategy_name(name: str, tpu: str | None = None) -> str:
@@ -42,7 +50,7 @@ def resolve_strategy_name(name: str, tpu: str | None = None) -> str:
     return "cpu"
 
 
-def create_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
+def create_strategy(name: str, tpu: str | None = None) -> Strategy:
     """Creates the strategy `name` (see the module table); call before any other op.
 
     Args:
@@ -53,6 +61,8 @@ def create_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy
     Raises:
       StrategyError: no TPU / GPU / TF_CONFIG where one was asked for.
     """
+    if keras.backend.backend() == "jax":
+        return _jax_data_parallel(name)
     name = resolve_strategy_name(name, tpu)
     if name == "tpu":
         return _tpu_strategy(tpu or os.environ.get("TPU_NAME") or "local")
@@ -86,25 +96,37 @@ def create_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy
     )
 
 
-def is_tpu_strategy(strategy: tf.distribute.Strategy) -> bool:
+def is_jax(strategy: Strategy) -> bool:
+    return not isinstance(strategy, tf.distribute.Strategy)
+
+
+def is_tpu_strategy(strategy: Strategy) -> bool:
+    if is_jax(strategy):
+        return strategy.platform == "tpu"
     return isinstance(strategy, (tf.distribute.TPUStrategy,))
 
 
-def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+def is_multi_worker(strategy: Strategy) -> bool:
+    if is_jax(strategy):
+        return strategy.process_count > 1
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def worker_index(strategy: tf.distribute.Strategy) -> int:
-    """This process's worker index under MWMS (0 elsewhere)."""
+def worker_index(strategy: Strategy) -> int:
+    """This process's worker index under MWMS or multi-host JAX (0 elsewhere)."""
+    if is_jax(strategy):
+        return strategy.process_index
     resolver = getattr(strategy, "cluster_resolver", None)
     if not is_multi_worker(strategy) or resolver is None:
         return 0
     return int(resolver.task_id or 0)
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
+def is_chief(strategy: Strategy) -> bool:
     """Whether this process writes checkpoints and logs: the "chief" task, or worker
-    0 when the cluster has no chief, or the only process."""
+    0 when the cluster has no chief (process 0 under JAX), or the only process."""
+    if is_jax(strategy):
+        return strategy.process_index == 0
     resolver = getattr(strategy, "cluster_resolver", None)
     if not is_multi_worker(strategy) or resolver is None:
         return True
@@ -112,6 +134,17 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and not has_chief and worker_index(strategy) == 0
+
+
+def _jax_data_parallel(name: str) -> Strategy:
+    # Imported here: it imports JAX, which the TensorFlow path does not need.
+    from training.jax_distribution import JaxDataParallel  # pylint: disable=import-outside-toplevel
+
+    if name == "auto":
+        return JaxDataParallel(None)
+    if name == "multiworker":
+        return JaxDataParallel(None, multi_host=True)
+    return JaxDataParallel(name)
 
 
 def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:

@@ -1,4 +1,4 @@
-"""The error every config section raises, and its message format."""
+"""The errors the training CLI reports as one line (exit status 2), importable without Keras."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A config file, key or value is invalid; the message names the dotted key."""
+
+
+class StrategyError(RuntimeError):
+    """The requested strategy or devices cannot be had here; the message says why."""
 
 
 def fail(key: str, value: Any, requirement: str) -> typing.NoReturn:

@@ -1,0 +1,310 @@
+"""One training run: data, model, optimizer, callbacks, `model.fit`, evaluation.
+
+`run_experiment(config, strategy)` is what `python -m training.train` runs once it has
+chosen the Keras backend. `strategy` is a `tf.distribute.Strategy` under the
+TensorFlow backend, or a `training.jax_distribution.JaxDataParallel` under JAX, which
+offers the same few members (`num_replicas_in_sync`, `scope`,
+`distribute_datasets_from_function`); `training.strategies` creates either and
+answers the questions that differ (TPU, chief, worker index).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from lambda_keras import models
+from training import callbacks as callbacks_lib
+from training import input_pipeline, optimization, strategies
+from training.config import ConfigError, ExperimentConfig
+
+# Under TPUStrategy several steps per tf.function call hide the host round trip; 100
+# is tf-models' usual value, capped by the steps of an epoch.
+TPU_STEPS_PER_EXECUTION = 100
+BEST_METRIC = "val_top1"
+
+
+def run_experiment(
+    config: ExperimentConfig, strategy: strategies.Strategy
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Trains (resuming from model_dir/backup if present) and evaluates.
+
+    Returns:
+      The model, holding the EMA weights (when train.ema_decay is set), and the
+      results written to model_dir/eval_results.json: validation "top1", "top5",
+      "loss", and "start_epoch", "start_step" (not 0 after a resume), "final_step",
+      "train_seconds", "skipped_train_records", "skipped_eval_records".
+    """
+    replicas = strategy.num_replicas_in_sync
+    check_batch_sizes(config, replicas)
+    steps_per_execution = resolve_steps_per_execution(config, strategy)
+    precision = resolve_precision(config, strategy)
+    chief = strategies.is_chief(strategy)
+    print(config.to_yaml(), flush=True)
+    print(f"Keras {keras.version()} with the {keras.backend.backend()} backend, TensorFlow "
+          f"{tf.__version__}, TF_ENABLE_ONEDNN_OPTS="
+          f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, {_describe(strategy)} with "
+          f"{replicas} replica(s), {precision}, steps_per_execution "
+          f"{steps_per_execution}, {config.steps_per_epoch} steps per epoch, peak "
+          f"learning rate {optimization.peak_learning_rate(config):g}", flush=True)
+    if chief:
+        tf.io.gfile.makedirs(config.model_dir)
+        with tf.io.gfile.GFile(os.path.join(config.model_dir, "config.yaml"), "w") as file:
+            file.write(config.to_yaml())
+    if config.demo_data:
+        _write_demo_data_if_missing(config)
+    if config.train.seed is not None:
+        keras.utils.set_random_seed(config.train.seed)
+    keras.config.set_dtype_policy(precision)
+
+    train_data, eval_data, skipped_train, skipped_eval = build_datasets(config, strategy)
+    model = build_and_compile(config, strategy, steps_per_execution)
+    stats = callbacks_lib.TrainingStats(config.input.global_batch_size, skipped_train)
+    callbacks = build_callbacks(config, strategy, stats)
+
+    start = time.perf_counter()
+    model.fit(
+        train_data,
+        epochs=config.train.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=eval_data,
+        validation_freq=config.train.validation_freq,
+        callbacks=callbacks,
+        verbose="auto" if chief else 2,
+    )
+    train_seconds = time.perf_counter() - start
+    # fit() ends by copying the EMA into the weights, so this evaluates the EMA model.
+    metrics = model.evaluate(eval_data, return_dict=True, verbose="auto" if chief else 0)
+    results = {
+        "top1": float(metrics["top1"]),
+        "top5": float(metrics["top5"]),
+        "loss": float(metrics["loss"]),
+        "epochs": config.train.epochs,
+        "start_epoch": stats.start_epoch if stats.start_epoch is not None else config.train.epochs,
+        "start_step": stats.start_step,
+        "final_step": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "train_seconds": train_seconds,
+        "skipped_train_records": skipped_train.count,
+        "skipped_eval_records": skipped_eval.count,
+    }
+    if chief:
+        path = os.path.join(config.model_dir, "eval_results.json")
+        with tf.io.gfile.GFile(path, "w") as file:
+            json.dump(results, file, indent=2)
+    return model, results
+
+
+def _describe(strategy: strategies.Strategy) -> str:
+    if strategies.is_jax(strategy):
+        return f"JAX DataParallel on {strategy.platform.upper()} ({strategy.process_count} host(s))"
+    return type(strategy).__name__
+
+
+def check_batch_sizes(config: ExperimentConfig, replicas: int) -> None:
+    """Raises ConfigError unless both global batches divide evenly among the replicas."""
+    batches = {"input.global_batch_size": config.input.global_batch_size}
+    if config.input.eval_global_batch_size is not None:
+        batches["input.eval_global_batch_size"] = config.input.eval_global_batch_size
+    for key, batch in batches.items():
+        if batch % replicas:
+            raise ConfigError(
+                f"Invalid config {key}={batch}: not divisible by the {replicas} replicas "
+                f"in sync; use a multiple of {replicas}."
+            )
+
+
+def resolve_steps_per_execution(config: ExperimentConfig, strategy: strategies.Strategy) -> int:
+    """train.steps_per_execution, or its default; rejects values Keras cannot run."""
+    tpu = strategies.is_tpu_strategy(strategy)
+    requested = config.train.steps_per_execution
+    if requested is None:
+        return min(TPU_STEPS_PER_EXECUTION, config.steps_per_epoch) if tpu else 1
+    if requested > 1 and strategy.num_replicas_in_sync > 1 and not tpu and not strategies.is_jax(strategy):
+        raise ConfigError(
+            f"Invalid config train.steps_per_execution={requested}: Keras fit under "
+            f"{type(strategy).__name__} fails with more than 1 step per execution "
+            "(keras-team/keras#19246); use 1 or null."
+        )
+    return requested
+
+
+def resolve_precision(config: ExperimentConfig, strategy: strategies.Strategy) -> str:
+    """runtime.mixed_precision, with "auto": bfloat16 on TPU, float16 on GPU, else float32."""
+    if config.runtime.mixed_precision != "auto":
+        return config.runtime.mixed_precision
+    if strategies.is_tpu_strategy(strategy):
+        return "mixed_bfloat16"
+    on_gpu = strategy.platform == "gpu" if strategies.is_jax(strategy) else tf.config.list_logical_devices("GPU")
+    if on_gpu:
+        # Keras wraps the optimizer in a LossScaleOptimizer (dynamic loss scaling).
+        return "mixed_float16"
+    return "float32"
+
+
+def build_datasets(config: ExperimentConfig, strategy: strategies.Strategy):
+    """The distributed training and validation datasets.
+
+    Each replica gets [global_batch / replicas, image_size, image_size, 3] images and
+    int32 [global_batch / replicas] labels; each host reads its share of the files
+    (`distribute_datasets_from_function`). On TPUs the last partial validation
+    batch is dropped (static shapes), and under JAX on several devices too (every
+    batch is split evenly over them).
+
+    Returns:
+      (train, validation, skipped-train counter, skipped-validation counter).
+    """
+    input_config = config.input
+    even_batches = strategies.is_tpu_strategy(strategy) or (
+        strategies.is_jax(strategy) and strategy.num_replicas_in_sync > 1
+    )
+    if even_batches and not input_config.eval_drop_remainder:
+        print("Dropping the last partial validation batch (static shapes, even splits over devices).")
+        input_config = input_config.replace(eval_drop_remainder=True)
+    # The counters are host variables, created outside the strategy scope.
+    skipped_train = input_pipeline.SkippedRecordCounter("skipped_train_records")
+    skipped_eval = input_pipeline.SkippedRecordCounter("skipped_eval_records")
+    train = strategy.distribute_datasets_from_function(
+        lambda context: input_pipeline.build_dataset(input_config, "train", context, skipped_train)
+    )
+    validation = strategy.distribute_datasets_from_function(
+        lambda context: input_pipeline.build_dataset(
+            input_config, "validation", context, skipped_eval
+        )
+    )
+    return train, validation, skipped_train, skipped_eval
+
+
+def build_model(config: ExperimentConfig, synchronized_batch_norm: bool = False) -> keras.Model:
+    """The configured network, [batch, size, size, 3] -> [batch, classes] probabilities.
+
+    Layers take Keras' global dtype policy (set from runtime.mixed_precision); the
+    classifier runs in float32 (Keras' mixed-precision advice: softmax and loss in
+    float32). With `synchronized_batch_norm`, every batch norm (the lambda layers'
+    included) computes its statistics over the global batch.
+    """
+    size = config.input.image_size
+    return models.build_model(
+        config.model.to_dict(),
+        input_shape=(size, size, 3),
+        classes=config.input.num_classes,
+        classifier_activation="softmax",
+        head_dtype="float32",
+        synchronized_batch_norm=synchronized_batch_norm,
+    )
+
+
+def build_and_compile(
+    config: ExperimentConfig, strategy: strategies.Strategy, steps_per_execution: int = 1
+) -> keras.Model:
+    """Model, optimizer, loss and metrics, created inside `strategy.scope()`."""
+    jit_compile = config.runtime.jit_compile
+    jax = strategies.is_jax(strategy)
+    if jit_compile is True and strategy.num_replicas_in_sync > 1 and not (
+        strategies.is_tpu_strategy(strategy) or jax
+    ):
+        raise ConfigError(
+            f"Invalid config runtime.jit_compile=true: Keras cannot compile "
+            f"{type(strategy).__name__} steps with XLA; use auto."
+        )
+    with strategy.scope():
+        # Under JAX a batch norm over the sharded batch sees all of it already.
+        model = build_model(config, synchronized_batch_norm=not jax and strategy.num_replicas_in_sync > 1)
+        optimization.apply_coupled_weight_decay(model, config.train.weight_decay)
+        model.compile(
+            optimizer=optimization.build_optimizer(config),
+            loss=optimization.SmoothedCrossEntropy(
+                config.input.num_classes, config.train.label_smoothing
+            ),
+            metrics=[optimization.TopKAccuracy(1), optimization.TopKAccuracy(5)],
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+        )
+    return model
+
+
+def build_callbacks(
+    config: ExperimentConfig,
+    strategy: strategies.Strategy,
+    stats: callbacks_lib.TrainingStats,
+) -> list[keras.callbacks.Callback]:
+    """The callbacks, in the order they must run at an epoch's end.
+
+    1. BackupAndRestore, first, so that it saves the raw weights before SwapEMAWeights
+       swaps the EMA in (a backup of swapped weights would resume from the EMA).
+       Every worker keeps its own backup (the chief's in model_dir/backup).
+    2. TrainingStats adds learning rate, images/s and skipped records to the logs.
+    3. SwapEMAWeights puts the EMA weights in for validation and, at the epoch's end,
+       for the checkpoints that follow; it swaps back at the next epoch's start.
+    4. TerminateOnNaN.
+    5. Chief only: last and best .keras checkpoints, TensorBoard, CSV log.
+    """
+    model_dir = config.model_dir
+    chief = strategies.is_chief(strategy)
+    backup_dir = os.path.join(model_dir, "backup")
+    if not chief:
+        backup_dir = os.path.join(backup_dir, f"worker_{strategies.worker_index(strategy)}")
+    # Created here, idempotently: BackupAndRestore checks for its directory and then
+    # calls os.makedirs, which fails when another worker creating backup/worker_<i>
+    # made backup/ in between (seen in a two-worker CI run).
+    tf.io.gfile.makedirs(backup_dir)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(
+            backup_dir,
+            save_freq=config.train.backup_every_steps or "epoch",
+            double_checkpoint=True,
+            delete_checkpoint=not config.train.keep_backup,
+        ),
+        stats,
+    ]
+    if config.train.use_ema:
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks.append(keras.callbacks.TerminateOnNaN())
+    if chief:
+        csv_path = os.path.join(model_dir, "train_log.csv")
+        callbacks += [
+            callbacks_lib.AtomicCheckpoint(os.path.join(model_dir, "checkpoints", "last.keras")),
+            callbacks_lib.AtomicCheckpoint(
+                os.path.join(model_dir, "checkpoints", "best.keras"),
+                monitor=BEST_METRIC,
+                initial_best=_best_logged_value(csv_path, BEST_METRIC),
+            ),
+            keras.callbacks.TensorBoard(
+                os.path.join(model_dir, "tensorboard"),
+                update_freq=config.train.tensorboard_update_freq,
+                write_graph=False,
+                profile_batch=0,
+            ),
+            keras.callbacks.CSVLogger(csv_path, append=True),
+        ]
+    return callbacks
+
+
+def _best_logged_value(csv_path: str, key: str) -> float | None:
+    """The highest `key` in an earlier run's CSV log (None without one)."""
+    if not tf.io.gfile.exists(csv_path):
+        return None
+    values = []
+    with tf.io.gfile.GFile(csv_path) as file:
+        for row in csv.DictReader(file):
+            try:
+                values.append(float(row.get(key) or "nan"))
+            except ValueError:  # CSVLogger writes "NA" for epochs without validation.
+                continue
+    return max((value for value in values if value == value), default=None)
+
+
+def _write_demo_data_if_missing(config: ExperimentConfig) -> None:
+    pattern = os.path.join(config.input.data_dir, config.input.train_file_pattern)
+    if tf.io.gfile.glob(pattern):
+        return
+    # Imported here: it needs scikit-learn, which only the demo uses.
+    from training import demo_data  # pylint: disable=import-outside-toplevel
+
+    written = demo_data.write_demo_data(config.input.data_dir, image_size=config.input.image_size)
+    print(f"Wrote the digits demo data ({written}) to {config.input.data_dir}", flush=True)
