@@ -111,7 +111,7 @@ def build_variants(directory: str, tf):
     from official.vision.configs import common
     from official.vision.dataloaders import classification_input
 
-    from training import preprocessing
+    from lambda_keras.data import preprocessing
     from training.input_config import InputConfig
     from training.input_pipeline import build_dataset
 

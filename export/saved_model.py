@@ -31,7 +31,7 @@ Signatures (batch size free, every output row for one image):
                    top_k_scores:  float32 [batch, k], highest first
                    top_k_labels:  tf.string [batch, k], class names
 
-Both run `training.preprocessing`'s evaluation transform (centre crop, bilinear
+Both run `lambda_keras.data.preprocessing`'s evaluation transform (centre crop, bilinear
 resize, ImageNet normalisation) in the graph, the function itself, imported, so that
 serving sees the pixels the model was validated on. The graph is plain TensorFlow:
 `tf.saved_model.load` runs it without lambda_keras, Keras or this repository.
@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from training import preprocessing
+from lambda_keras.data import preprocessing
 
 SERVING_DEFAULT = "serving_default"
 SERVE_IMAGES = "serve_images"

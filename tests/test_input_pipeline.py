@@ -1,4 +1,4 @@
-"""Tests of the tf.data input pipeline (training/input_pipeline.py, preprocessing.py).
+"""Tests of the tf.data input pipeline (training/input_pipeline.py, lambda_keras/data/preprocessing.py).
 
 The data are written here: the scikit-learn digits through `training.demo_data`
 (real pixels) and generated RGB images with known content, as JPEG TFRecords in the
@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from training import augmentation, preprocessing
+from lambda_keras.data import preprocessing
+from training import augmentation
 from training.demo_data import VALIDATION_SIZE, demo_input_config, digit_images, write_demo_data
 from training.input_config import InputConfig
 from training.input_pipeline import SkippedRecordCounter, build_dataset, list_files

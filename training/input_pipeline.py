@@ -27,8 +27,8 @@ import sys
 import keras
 import tensorflow as tf
 
+from lambda_keras.data import preprocessing
 from training import augmentation
-from training import preprocessing
 from training.input_config import SPLITS, InputConfig
 
 _TFRECORD_READ_BUFFER_BYTES = 8 * 1024 * 1024
