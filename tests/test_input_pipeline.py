@@ -14,12 +14,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from lambda_keras.data import preprocessing
+from lambda_keras.data import preprocessing, records
 from training import augmentation
 from training.demo_data import VALIDATION_SIZE, demo_input_config, digit_images, write_demo_data
 from training.input_config import InputConfig
 from training.input_pipeline import SkippedRecordCounter, build_dataset, list_files
-from training.prepare_imagenet import image_example
 
 MEAN = np.array(preprocessing.MEAN_RGB, np.float32)
 STDDEV = np.array(preprocessing.STDDEV_RGB, np.float32)
@@ -52,7 +51,7 @@ def write_records(path: str, examples) -> None:
 
 
 def labelled_example(encoded: bytes, label: int, name: str) -> tf.train.Example:
-    return image_example(encoded, label, "synset", 0, 0, name)
+    return records.image_example(encoded, label, "synset", 0, 0, name)
 
 
 def pil_decode(encoded: bytes) -> np.ndarray:
@@ -435,6 +434,12 @@ def test_config_rejects_unknown_keys_and_bad_values():
     assert config.crop_area_range == (0.1, 1.0)
     assert config.resolved_label_offset == -1
     assert config.replace(source="tfds").resolved_label_offset == 0
+
+
+def test_config_default_keys_are_the_record_schema():
+    # InputConfig restates the keys as strings (it imports no TensorFlow); they must not drift.
+    config = InputConfig(data_dir="x")
+    assert (config.image_key, config.label_key) == (records.IMAGE_KEY, records.LABEL_KEY)
 
 
 def test_demo_data_holds_the_digits(digits_dir):

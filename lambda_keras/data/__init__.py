@@ -6,7 +6,10 @@ pipelines and for the graphs of a TF Serving export. `import lambda_keras` does 
 import it; import its modules by name:
 
 - `lambda_keras.data.preprocessing`: decode, crop, resize and normalise one image, the
-  training and the evaluation (and serving) transforms.
+  training and the evaluation (and serving) transforms;
+- `lambda_keras.data.records`: the tf.Example layout of the ImageNet TFRecord shards,
+  written by `training.prepare_imagenet` and `training.demo_data` and read by
+  `training.input_pipeline`.
 
 `imagenet_classes.txt` (the 1000 ImageNet class names) also lives here; it is read by
 `lambda_keras.imagenet_utils` without TensorFlow.
