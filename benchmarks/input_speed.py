@@ -63,7 +63,7 @@ def write_records(directory: str, count: int, tf) -> None:
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from training.prepare_imagenet import image_example, shard_name
+    from lambda_keras.data.records import image_example, shard_name
 
     photos = load_sample_images().images
     rng = np.random.default_rng(0)
@@ -111,25 +111,19 @@ def build_variants(directory: str, tf):
     from official.vision.configs import common
     from official.vision.dataloaders import classification_input
 
-    from training import preprocessing
+    from lambda_keras.data import preprocessing, records
     from training.input_config import InputConfig
     from training.input_pipeline import build_dataset
 
     files = sorted(tf.io.gfile.glob(os.path.join(directory, "train-*")))
-    features = {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    }
 
     def decode_only(serialized):
-        image = tf.io.decode_jpeg(
-            tf.io.parse_single_example(serialized, features)["image/encoded"], channels=3
-        )
+        image = tf.io.decode_jpeg(records.parse_example(serialized)[0], channels=3)
         # Shape and first pixel keep the output data-dependent and batchable.
         return tf.concat([tf.shape(image), tf.cast(image[0, 0], tf.int32)], 0)
 
     def decode_crop_resize(serialized):
-        image_bytes = tf.io.parse_single_example(serialized, features)["image/encoded"]
+        image_bytes = records.parse_example(serialized)[0]
         window = preprocessing.inception_crop_window(
             tf.image.extract_jpeg_shape(image_bytes), (0.08, 1.0), (3 / 4, 4 / 3), 10,
             IMAGE_SIZE, 32,

@@ -40,8 +40,8 @@ from timing import median_seconds  # benchmarks/ is on sys.path when run as a sc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # export/ from a checkout
 from export import load_test, saved_model  # noqa: E402
+from lambda_keras.data import preprocessing  # noqa: E402
 from lambda_keras.models import LambdaResNet, LambdaResNet50  # noqa: E402
-from training import preprocessing  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

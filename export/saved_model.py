@@ -31,7 +31,7 @@ Signatures (batch size free, every output row for one image):
                    top_k_scores:  float32 [batch, k], highest first
                    top_k_labels:  tf.string [batch, k], class names
 
-Both run `training.preprocessing`'s evaluation transform (centre crop, bilinear
+Both run `lambda_keras.data.preprocessing`'s evaluation transform (centre crop, bilinear
 resize, ImageNet normalisation) in the graph, the function itself, imported, so that
 serving sees the pixels the model was validated on. The graph is plain TensorFlow:
 `tf.saved_model.load` runs it without lambda_keras, Keras or this repository.
@@ -42,6 +42,7 @@ Exit status 2 with a one-line message for a taken version or an unusable model p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -52,7 +53,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from training import preprocessing
+from lambda_keras.data import preprocessing
 
 SERVING_DEFAULT = "serving_default"
 SERVE_IMAGES = "serve_images"
@@ -73,6 +74,43 @@ class ExportError(ValueError):
     """A taken version, an unusable model path or arguments that do not fit the model."""
 
 
+@dataclasses.dataclass(frozen=True)
+class ServingSpec:
+    """What an export serves besides the network: checked once, on creation.
+
+    Attributes:
+      model_name: the model's name on the server (BASE/NAME's NAME), in the warm-up requests.
+      image_size: the model's input height and width (>= 1).
+      crop_padding: the evaluation crop padding (>= 0), see `preprocessing.center_crop_window`.
+      classes: the model's output classes.
+      class_names: one name per class.
+      top_k: classes in the top_k_* outputs, in [1, classes].
+      warmup: write assets.extra/tf_serving_warmup_requests.
+
+    Raises:
+      ExportError: a value out of range or class names that do not fit the classes.
+    """
+
+    model_name: str
+    image_size: int
+    crop_padding: int
+    classes: int
+    class_names: tuple[str, ...]
+    top_k: int
+    warmup: bool
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.image_size < 1:
+            raise ExportError(f"image_size must be an integer >= 1, not {self.image_size}.")
+        if self.crop_padding < 0:
+            raise ExportError(f"crop_padding must be an integer >= 0, not {self.crop_padding}.")
+        if len(self.class_names) != self.classes:
+            raise ExportError(f"{len(self.class_names)} class names for a model with {self.classes} classes.")
+        if not 1 <= self.top_k <= self.classes:
+            raise ExportError(f"top_k must be in [1, {self.classes}], not {self.top_k}.")
+
+
 def export_model(
     model: keras.Model | str | os.PathLike,
     export_dir: str | os.PathLike,
@@ -81,7 +119,6 @@ def export_model(
     top_k: int = 5,
     class_names: Sequence[str] | None = None,
     crop_padding: int | None = None,
-    input_config: Any = None,
     checkpoint: str = "last",
     warmup: bool = True,
 ) -> Path:
@@ -94,16 +131,15 @@ def export_model(
         a URL of a filesystem TensorFlow writes (``gs://...``); NAME is also the
         model name in the warm-up requests.
       version: positive integer; None takes the highest existing version + 1.
-      image_size: serving resolution. Default: `input_config.image_size`, the
-        model_dir's config.yaml, else the model's input size. A size other than the
-        model's rebuilds it for that input (the weights must fit it).
+      image_size: serving resolution. Default: the model_dir's config.yaml, else the
+        model's input size. A size other than the model's rebuilds it for that input
+        (the weights must fit it).
       top_k: number of classes in the top_k_* outputs (at most the class count).
       class_names: one name per class. Default: the ImageNet names for 1000 classes,
         else "class_<i>".
-      crop_padding: evaluation crop padding. Default: `input_config.eval_crop_padding`,
-        the model_dir's config.yaml, else 32 (the ImageNet recipe).
-      input_config: a `training.input_config.InputConfig` (what the trainer passes),
-        read for image_size and eval_crop_padding.
+      crop_padding: evaluation crop padding. Default: the model_dir's config.yaml,
+        else 32 (the ImageNet recipe). The trainer passes its input config's
+        image_size and eval_crop_padding.
       checkpoint: for a model_dir, which of checkpoints/{last,best}.keras to export.
       warmup: write assets.extra/tf_serving_warmup_requests.
 
@@ -117,36 +153,32 @@ def export_model(
     run_config: dict[str, Any] = {}
     if not isinstance(model, keras.Model):
         model, run_config = load_model(model, checkpoint)
-    if input_config is not None:
-        run_config = {"image_size": input_config.image_size,
-                      "eval_crop_padding": input_config.eval_crop_padding}
     image_size = image_size or run_config.get("image_size") or model.input_shape[1]
     if not image_size:
         raise ExportError("The model's input size is not fixed: pass image_size.")
     if crop_padding is None:
         crop_padding = run_config.get("eval_crop_padding", 32)
+    url = _is_url(export_dir)
+    export_dir = str(export_dir).rstrip("/") if url else Path(export_dir)
+    # The class count does not depend on the input size: bad arguments are refused before the copy is built.
+    classes = model.output_shape[-1]
+    spec = ServingSpec(
+        model_name=export_dir.rsplit("/", 1)[-1] if url else export_dir.name,
+        image_size=image_size, crop_padding=crop_padding, classes=classes,
+        class_names=class_names if class_names is not None else default_class_names(classes),
+        top_k=top_k, warmup=warmup,
+    )
     serving_model = float32_copy(model, image_size)
-    classes = serving_model.output_shape[-1]
-    class_names = list(class_names) if class_names is not None else default_class_names(classes)
-    if len(class_names) != classes:
-        raise ExportError(f"{len(class_names)} class names for a model with {classes} classes.")
-    if not 1 <= top_k <= classes:
-        raise ExportError(f"top_k must be in [1, {classes}], not {top_k}.")
 
-    if _is_url(export_dir):
-        return _export_to_url(
-            str(export_dir).rstrip("/"), version, serving_model, image_size, crop_padding,
-            top_k, class_names, warmup,
-        )
-    export_dir = Path(export_dir)
+    if url:
+        return _export_to_url(export_dir, version, serving_model, spec)
     export_dir.mkdir(parents=True, exist_ok=True)
     version = _choose_version(export_dir, version)
     final = export_dir / str(version)
     # Same directory as the final one, so the rename is atomic (one filesystem).
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_dir))
     try:
-        _write_version(staging, export_dir.name, serving_model, image_size, crop_padding,
-                       top_k, class_names, warmup)
+        _write_version(staging, serving_model, spec)
         if final.exists():  # another exporter took the number meanwhile
             raise ExportError(f"Version {version} appeared in {export_dir} during the export.")
         os.rename(staging, final)
@@ -156,29 +188,24 @@ def export_model(
     return final
 
 
-def _write_version(directory: Path, model_name: str, serving_model: keras.Model, image_size: int,
-                   crop_padding: int, top_k: int, class_names: Sequence[str], warmup: bool) -> None:
-    archive = build_archive(serving_model, image_size, crop_padding, top_k, class_names)
+def _write_version(directory: Path, serving_model: keras.Model, spec: ServingSpec) -> None:
+    archive = build_archive(serving_model, spec)
     archive.write_out(str(directory), verbose=False)
-    if warmup:
+    if spec.warmup:
         from export import warmup as warmup_lib  # needs tensorflow-serving-api
 
         warmup_lib.write_warmup_requests(
-            directory, model_name=model_name, image_size=image_size + crop_padding
+            directory, model_name=spec.model_name, image_size=spec.image_size + spec.crop_padding
         )
 
 
-def _export_to_url(export_dir: str, version: int | None, serving_model: keras.Model,
-                   image_size: int, crop_padding: int, top_k: int,
-                   class_names: Sequence[str], warmup: bool) -> str:
+def _export_to_url(export_dir: str, version: int | None, serving_model: keras.Model, spec: ServingSpec) -> str:
     """The export to an object store: written locally, uploaded graph last."""
     tf.io.gfile.makedirs(export_dir)
     version = _choose_version(export_dir, version)
     final = f"{export_dir}/{version}"
-    model_name = export_dir.rsplit("/", 1)[-1]
     with tempfile.TemporaryDirectory(prefix=f"lambda-keras-export-{version}-") as staging:
-        _write_version(Path(staging), model_name, serving_model, image_size, crop_padding,
-                       top_k, class_names, warmup)
+        _write_version(Path(staging), serving_model, spec)
         if tf.io.gfile.exists(final):
             raise ExportError(f"Version {version} appeared in {export_dir} during the export.")
         files = sorted(path for path in Path(staging).rglob("*") if path.is_file())
@@ -260,24 +287,19 @@ def float32_copy(model: keras.Model, image_size: int | None = None) -> keras.Mod
     return copy
 
 
-def build_archive(
-    model: keras.Model,
-    image_size: int,
-    crop_padding: int,
-    top_k: int,
-    class_names: Sequence[str],
-) -> keras.export.ExportArchive:
+def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportArchive:
     """The ExportArchive with the two signatures (module doc) around a float32 model.
 
-    `model` maps float32 [batch, image_size, image_size, 3] normalised images to
-    [batch, classes] probabilities (softmax classifier) or logits (no activation).
+    `model` maps float32 [batch, spec.image_size, spec.image_size, 3] normalised images
+    to [batch, classes] probabilities (softmax classifier) or logits (no activation).
     """
+    image_size, crop_padding, top_k = spec.image_size, spec.crop_padding, spec.top_k
     activation = getattr(model.layers[-1], "activation", None)
     activation_name = getattr(activation, "__name__", None)
     if activation_name not in ("softmax", "linear"):
         raise ExportError(f"The model ends in a {activation_name!r} activation; serving "
                           "needs softmax probabilities or logits.")
-    labels = tf.constant(list(class_names), tf.string)
+    labels = tf.constant(list(spec.class_names), tf.string)
     image_spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
     def classify(images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 
 from export import saved_model
+from lambda_keras.data import preprocessing
 from lambda_keras.models import LambdaResNet
-from training import preprocessing
 
 IMAGE_SIZE = 32
 CROP_PADDING = 4

@@ -1,4 +1,4 @@
-"""Tests of the tf.data input pipeline (training/input_pipeline.py, preprocessing.py).
+"""Tests of the tf.data input pipeline (training/input_pipeline.py, lambda_keras/data/preprocessing.py).
 
 The data are written here: the scikit-learn digits through `training.demo_data`
 (real pixels) and generated RGB images with known content, as JPEG TFRecords in the
@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from training import augmentation, preprocessing
+from lambda_keras.data import preprocessing, records
+from training import augmentation
 from training.demo_data import VALIDATION_SIZE, demo_input_config, digit_images, write_demo_data
 from training.input_config import InputConfig
 from training.input_pipeline import SkippedRecordCounter, build_dataset, list_files
-from training.prepare_imagenet import image_example
 
 MEAN = np.array(preprocessing.MEAN_RGB, np.float32)
 STDDEV = np.array(preprocessing.STDDEV_RGB, np.float32)
@@ -51,7 +51,7 @@ def write_records(path: str, examples) -> None:
 
 
 def labelled_example(encoded: bytes, label: int, name: str) -> tf.train.Example:
-    return image_example(encoded, label, "synset", 0, 0, name)
+    return records.image_example(encoded, label, "synset", 0, 0, name)
 
 
 def pil_decode(encoded: bytes) -> np.ndarray:
@@ -434,6 +434,12 @@ def test_config_rejects_unknown_keys_and_bad_values():
     assert config.crop_area_range == (0.1, 1.0)
     assert config.resolved_label_offset == -1
     assert config.replace(source="tfds").resolved_label_offset == 0
+
+
+def test_config_default_keys_are_the_record_schema():
+    # InputConfig restates the keys as strings (it imports no TensorFlow); they must not drift.
+    config = InputConfig(data_dir="x")
+    assert (config.image_key, config.label_key) == (records.IMAGE_KEY, records.LABEL_KEY)
 
 
 def test_demo_data_holds_the_digits(digits_dir):

@@ -8,9 +8,9 @@ The 1797 digits bundled with scikit-learn (8x8 grayscale, 17 levels, 10 classes;
 scans, no download) are upscaled with bicubic interpolation to `image_size` (32 by
 default: 4x, large enough for crops and a few stride-2 stages, small enough to train on
 a CPU), converted to RGB and written as JPEG (quality 95) tf.Examples with the
-`imagenet_to_gcs` feature keys and shard names, labels `first_label + digit` (1..10 by
-default, like ImageNet's 1..1000). So the demo goes through exactly the ImageNet path:
-`build_dataset(demo_input_config(DIR), "train")`.
+`imagenet_to_gcs` feature keys and shard names (`lambda_keras.data.records`), labels
+`first_label + digit` (1..10 by default, like ImageNet's 1..1000). So the demo goes
+through exactly the ImageNet path: `build_dataset(demo_input_config(DIR), "train")`.
 
 A fixed permutation (seed 0) puts 1500 digits in train-* and 297 in validation-*;
 `samples/digit_<d>.jpg` holds one validation image per digit, to classify with an export.
@@ -29,8 +29,8 @@ import tensorflow as tf
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from lambda_keras.data.records import image_example, shard_name, write_records_atomically
 from training.input_config import InputConfig
-from training.prepare_imagenet import image_example, shard_name, write_records_atomically
 
 NUM_CLASSES = 10
 DEFAULT_IMAGE_SIZE = 32

@@ -83,6 +83,7 @@ class InputConfig:
     data_dir: str = ""
     train_file_pattern: str = "train-*"
     eval_file_pattern: str = "validation-*"
+    # lambda_keras.data.records.IMAGE_KEY / LABEL_KEY, restated: importing it would load TensorFlow here.
     image_key: str = "image/encoded"
     label_key: str = "image/class/label"
     tfds_name: str = "imagenet2012"

@@ -4,7 +4,8 @@ One entry point, `build_dataset(config, split, input_context=None)`, for two sou
 
 - "tfrecord": shards in the TPU reference (`imagenet_to_gcs`) layout, local or `gs://`,
   with JPEG bytes under `image/encoded` and the class under `image/class/label`
-  (1..1000 there, hence the default label offset of -1);
+  (1..1000 there, hence the default label offset of -1), parsed by
+  `lambda_keras.data.records`;
 - "tfds": any TFDS image-classification dataset read with the JPEG bytes kept encoded
   (`SkipDecoding`), so both sources share the decode-and-crop preprocessing.
 
@@ -27,8 +28,8 @@ import sys
 import keras
 import tensorflow as tf
 
+from lambda_keras.data import preprocessing, records
 from training import augmentation
-from training import preprocessing
 from training.input_config import SPLITS, InputConfig
 
 _TFRECORD_READ_BUFFER_BYTES = 8 * 1024 * 1024
@@ -226,15 +227,11 @@ def _read_tfrecords(
     if split == "train":
         # Reshuffled at every repetition (the repeat comes later in the pipeline).
         file_names = file_names.shuffle(len(files), seed=config.seed)
-    parse_spec = {
-        config.image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
-        config.label_key: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-    }
 
     def read_file(file_name):
         def parse(serialized):
-            features = tf.io.parse_single_example(serialized, parse_spec)
-            return features[config.image_key], features[config.label_key], file_name
+            image_bytes, stored_label = records.parse_example(serialized, config.image_key, config.label_key)
+            return image_bytes, stored_label, file_name
 
         return tf.data.TFRecordDataset(
             file_name, buffer_size=_TFRECORD_READ_BUFFER_BYTES

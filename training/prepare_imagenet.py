@@ -16,10 +16,10 @@ Input layout (ILSVRC2012 as extracted from the official tars):
                                       each row); --validation_labels overrides the path
 
 Output (what `training.input_pipeline` reads with source "tfrecord"):
-  OUT/train-00000-of-01024 ... OUT/validation-00127-of-00128, tf.Examples with
-  image/encoded (JPEG), image/class/label (1..N over the sorted synsets),
-  image/class/synset, image/height, image/width, image/channels (3),
-  image/colorspace ("RGB"), image/format ("JPEG"), image/filename;
+  OUT/train-00000-of-01024 ... OUT/validation-00127-of-00128, tf.Examples in the
+  `lambda_keras.data.records` schema: image/encoded (JPEG), image/class/label (1..N
+  over the sorted synsets), image/class/synset, image/height, image/width,
+  image/channels (3), image/colorspace ("RGB"), image/format ("JPEG"), image/filename;
   OUT/synsets.txt, the synset of label i on line i.
 
 Training images are shuffled (with --seed) before sharding, as in the reference. PNG
@@ -40,17 +40,17 @@ import io
 import os
 import random
 import sys
-import uuid
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import tensorflow as tf
 import tqdm
 from PIL import Image
 
+from lambda_keras.data.records import TEMP_MARKER, image_example, shard_name, write_records_atomically
+
 TRAIN_SHARDS = 1024
 VALIDATION_SHARDS = 128
 SYNSETS_FILE = "synsets.txt"
-_TEMP_MARKER = ".tmp-"
 _IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # Quality of re-encoded PNG/CMYK images: the reference's choice, near-lossless.
 _REENCODE_QUALITY = 100
@@ -88,35 +88,6 @@ class UnreadableImageError(ValueError):
     """An input file that PIL cannot decode."""
 
 
-def shard_name(split: str, index: int, num_shards: int) -> str:
-    """The reference shard file name, e.g. train-00012-of-01024."""
-    return f"{split}-{index:05d}-of-{num_shards:05d}"
-
-
-def image_example(
-    jpeg_bytes: bytes, label: int, synset: str, height: int, width: int, file_name: str
-) -> tf.train.Example:
-    """A tf.Example with the imagenet_to_gcs feature keys for one RGB JPEG."""
-
-    def bytes_feature(value: bytes) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-    def int_feature(value: int) -> tf.train.Feature:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": bytes_feature(jpeg_bytes),
-        "image/class/label": int_feature(label),
-        "image/class/synset": bytes_feature(synset.encode()),
-        "image/height": int_feature(height),
-        "image/width": int_feature(width),
-        "image/channels": int_feature(3),
-        "image/colorspace": bytes_feature(b"RGB"),
-        "image/format": bytes_feature(b"JPEG"),
-        "image/filename": bytes_feature(file_name.encode()),
-    }))
-
-
 def load_rgb_jpeg(path: str) -> tuple[bytes, int, int, str | None]:
     """Reads an image file as JPEG bytes that decode to RGB (or grayscale).
 
@@ -140,27 +111,6 @@ def load_rgb_jpeg(path: str) -> tuple[bytes, int, int, str | None]:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=_REENCODE_QUALITY)
     return buffer.getvalue(), image.height, image.width, reason
-
-
-def write_records_atomically(path: str, records: Iterable[bytes]) -> int:
-    """Writes serialized records to `path` via a temporary file and a rename.
-
-    The file under `path` appears only once all records are written; on any error the
-    temporary file is removed. Returns the number of records written.
-    """
-    temp_path = f"{path}{_TEMP_MARKER}{uuid.uuid4().hex}"
-    count = 0
-    try:
-        with tf.io.TFRecordWriter(temp_path) as writer:
-            for record in records:
-                writer.write(record)
-                count += 1
-        tf.io.gfile.rename(temp_path, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(temp_path):
-            tf.io.gfile.remove(temp_path)
-        raise
-    return count
 
 
 def find_train_images(input_dir: str) -> tuple[list[ImageEntry], list[str]]:
@@ -305,7 +255,7 @@ def convert_split(
 def remove_temporary_files(output_dir: str) -> int:
     """Deletes shards left half-written by an interrupted run; returns how many."""
     stale = [
-        name for name in tf.io.gfile.listdir(output_dir) if _TEMP_MARKER in name
+        name for name in tf.io.gfile.listdir(output_dir) if TEMP_MARKER in name
     ]
     for name in stale:
         tf.io.gfile.remove(os.path.join(output_dir, name))

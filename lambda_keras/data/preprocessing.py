@@ -1,9 +1,10 @@
 """Image preprocessing for ImageNet-style classification: decode, crop, resize, normalise.
 
-Plain TensorFlow ops only (no tf-models-official, no Keras), so that the serving export
-can import `preprocess_for_eval` and apply exactly the evaluation transform that the
-model was validated with. Augmentations that need tf-models-official are passed in as a
-callable (see `training.augmentation`).
+Plain TensorFlow ops only (no tf-models-official, no Keras): the training input pipeline
+(`training.input_pipeline`) and the serving export (`export.saved_model`) both import it,
+so serving applies exactly the evaluation transform that the model was validated with.
+Augmentations that need tf-models-official are passed in as a callable (see
+`training.augmentation`).
 
 Every function works on one example; `tf.data` maps them over the records.
 Pixel values are RGB in [0, 255] until `normalize_image`.

@@ -1,0 +1,16 @@
+"""ImageNet data for lambda-keras: preprocessing and the TFRecord schema, in TensorFlow ops.
+
+Unlike `lambda_keras.layers` and `lambda_keras.models`, which use keras.ops only and run
+on any Keras backend, this subpackage uses TensorFlow ops directly, for tf.data input
+pipelines and for the graphs of a TF Serving export. `import lambda_keras` does not
+import it; import its modules by name:
+
+- `lambda_keras.data.preprocessing`: decode, crop, resize and normalise one image, the
+  training and the evaluation (and serving) transforms;
+- `lambda_keras.data.records`: the tf.Example layout of the ImageNet TFRecord shards,
+  written by `training.prepare_imagenet` and `training.demo_data` and read by
+  `training.input_pipeline`.
+
+`imagenet_classes.txt` (the 1000 ImageNet class names) also lives here; it is read by
+`lambda_keras.imagenet_utils` without TensorFlow.
+"""
