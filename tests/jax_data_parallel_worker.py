@@ -32,8 +32,8 @@ def main(data_dir: str, model_dir: str, output: str, steps: int) -> None:
     model = experiment.build_and_compile(config, strategy)
     initial = model.get_weights()
     losses = []
-    model.fit(train_data, epochs=1, steps_per_epoch=steps, verbose=0,
-              callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=lambda _, logs: losses.append(logs["loss"]))])
+    record_loss = keras.callbacks.LambdaCallback(on_train_batch_end=lambda _, logs: losses.append(logs["loss"]))
+    model.fit(train_data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[record_loss])
     trainable = np.array([weight.trainable for weight in model.weights])
     np.savez(output, replicas=strategy.num_replicas_in_sync, losses=np.array(losses, np.float64), trainable=trainable,
              **{f"initial_{i}": w for i, w in enumerate(initial)},

@@ -62,7 +62,7 @@ def create_strategy(name: str, tpu: str | None = None) -> Strategy:
       StrategyError: no TPU / GPU / TF_CONFIG where one was asked for.
     """
     if keras.backend.backend() == "jax":
-        return _jax_data_parallel(name)
+        return _jax_data_parallel(name, tpu)
     name = resolve_strategy_name(name, tpu)
     if name == "tpu":
         return _tpu_strategy(tpu or os.environ.get("TPU_NAME") or "local")
@@ -136,9 +136,16 @@ def is_chief(strategy: Strategy) -> bool:
     return resolver.task_type == "worker" and not has_chief and worker_index(strategy) == 0
 
 
-def _jax_data_parallel(name: str) -> Strategy:
+def _jax_data_parallel(name: str, tpu: str | None) -> Strategy:
     # Imported here: it imports JAX, which the TensorFlow path does not need.
     from training.jax_distribution import JaxDataParallel  # pylint: disable=import-outside-toplevel
+
+    if tpu not in (None, "local"):
+        raise StrategyError(
+            f"--tpu {tpu}: under --backend jax the program runs on the TPU VM itself (every host of a pod "
+            "runs it, joined by --strategy multiworker); a remote TPU name is TensorFlow's TPUClusterResolver "
+            "only. Drop --tpu, or use --backend tensorflow."
+        )
 
     if name == "auto":
         return JaxDataParallel(None)

@@ -25,8 +25,8 @@ STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # decodes bit-identically to PIL / libjpeg defaults, so reported accuracy and a client
 # decoding with PIL see exactly the pixels the model is evaluated on. Training uses
 # TensorFlow's default fast IDCT (as the TPU reference does): it differs by a few
-# levels per pixel, far below the augmentation noise, and decodes about 1.5x faster
-# on this project's CPUs.
+# levels per pixel, far below the augmentation noise, and decodes faster
+# (docs/design.md, "Measured choices in the input pipeline").
 EVAL_DCT_METHOD = "INTEGER_ACCURATE"
 TRAIN_DCT_METHOD = ""
 
@@ -156,11 +156,10 @@ def normalize_image(image: tf.Tensor) -> tf.Tensor:
     Takes one image ``[height, width, 3]`` or a batch ``[batch, height, width, 3]``.
     Computed as image * (1 / stddev) - mean / stddev. For a static image shape the two
     constants are materialised at one image's shape: TensorFlow's CPU kernels are
-    about 3x slower broadcasting a 3-vector over the pixels than combining two tensors
-    of the same shape (measured: 2.5 vs 0.9 ms for 224x224x3), which made the
-    normalisation cost more than the resize. Normalise each image in the input
-    pipeline's map, while it is in cache: a whole batch normalised at once is
-    memory-bound (measured: 69% against 81% of the decode-only rate).
+    slower broadcasting a 3-vector over the pixels than combining two tensors of the
+    same shape. Normalise each image in the input pipeline's map, while it is in
+    cache: a whole batch normalised at once is memory-bound (docs/design.md,
+    "Measured choices in the input pipeline").
     """
     image = tf.cast(image, tf.float32)
     scale = 1.0 / np.array(STDDEV_RGB, np.float32)

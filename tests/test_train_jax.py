@@ -1,0 +1,170 @@
+"""Training under Keras's JAX backend (`python -m training.train --backend jax`).
+
+Each run is a fresh process: the backend is chosen before Keras is imported, and this
+test process runs TensorFlow. XLA_FLAGS gives JAX one or two host CPU devices, so the
+two-device DataParallel path runs without an accelerator.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from export import saved_model
+from lambda_keras.data import preprocessing
+from training import demo_data, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_PARALLEL_WORKER = os.path.join(REPO, "tests", "jax_data_parallel_worker.py")
+BACKUP_EVERY = 5
+
+PREDICT_WORKER = r"""
+import sys
+import keras
+import numpy as np
+import lambda_keras  # registers the package's layers for loading
+
+model = keras.saving.load_model(sys.argv[1], compile=False)
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+"""
+
+
+def _jax_env(devices: int = 1) -> dict:
+    return dict(os.environ, KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+                PYTHONPATH=REPO, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("digits")
+    demo_data.write_demo_data(str(path))
+    return str(path)
+
+
+def _train_steps(devices: int, digits_dir: str, tmp_path, steps: int) -> dict:
+    output = tmp_path / f"devices_{devices}.npz"
+    run = subprocess.run(
+        [sys.executable, DATA_PARALLEL_WORKER, digits_dir, str(tmp_path / f"model_{devices}"), str(output), str(steps)],
+        cwd=REPO, env=_jax_env(devices), capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return dict(np.load(output))
+
+
+def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
+    steps = 3
+    one = _train_steps(1, digits_dir, tmp_path, steps)
+    two = _train_steps(2, digits_dir, tmp_path, steps)
+    assert (int(one["replicas"]), int(two["replicas"])) == (1, 2)
+    # The same global batch of 64, split 32 + 32 over the two devices.
+    assert one["losses"][0] > 1.0 and len(one["losses"]) == steps
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
+    count = len(one["trainable"])
+    moved = 0
+    for index in range(count):
+        before, final_1, final_2 = one[f"initial_{index}"], one[f"final_{index}"], two[f"final_{index}"]
+        np.testing.assert_array_equal(two[f"initial_{index}"], before)  # one seed, one initialisation
+        if one["trainable"][index]:
+            np.testing.assert_allclose(final_2, final_1, atol=2e-4, rtol=0)
+            moved += not np.array_equal(final_1, before)
+        else:
+            # Moving statistics of near-constant channels amplify float rounding; they
+            # still agree to a fraction of a percent.
+            np.testing.assert_allclose(final_2, final_1, atol=2e-3, rtol=5e-3)
+    assert moved > one["trainable"].sum() // 2  # the steps moved most trainable weights
+
+
+def _metadata(model_dir):
+    try:
+        with open(os.path.join(model_dir, "backup", "training_metadata.json")) as file:
+            return json.load(file)
+    except (OSError, ValueError):  # not written yet, or being written
+        return None
+
+
+@pytest.mark.slow
+def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp_path):
+    """The demo recipe plus --backend jax: killed mid-epoch, rerun, >= 95% top-1, served."""
+    model_dir = str(tmp_path / "model")
+    command = [
+        sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
+        "--data_dir", digits_dir, "--model_dir", model_dir, "--set", f"train.backup_every_steps={BACKUP_EVERY}",
+    ]
+    run = subprocess.Popen(command, cwd=REPO, env=_jax_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            metadata = _metadata(model_dir)
+            if metadata and metadata["epoch"] == 1 and metadata["batch"] > 0:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"no mid-epoch backup in epoch 1 (exit status {run.poll()})")
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    killed_at = _metadata(model_dir)
+    assert killed_at["epoch"] == 1, "the run finished epoch 1 before the kill; retry"
+    steps_per_epoch = 1500 // 64
+    steps_at_backup = steps_per_epoch + killed_at["batch"] + 1
+    with open(os.path.join(model_dir, "train_log.csv")) as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["0"]
+
+    resumed = subprocess.run(command, cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "with the jax backend" in resumed.stdout and "JAX DataParallel on CPU" in resumed.stdout
+    assert f"Training starts at epoch 2, optimizer step {steps_at_backup} (resumed from the backup)" in resumed.stdout
+    results = json.loads((tmp_path / "model" / "eval_results.json").read_text())
+    assert results["top1"] >= 0.95, results
+    assert (results["start_epoch"], results["start_step"]) == (1, steps_at_backup)
+    # As under TensorFlow: the step counter continues from the backup, the interrupted
+    # epoch is redone in full, and epoch 0 is not repeated.
+    assert results["final_step"] == steps_at_backup + 7 * steps_per_epoch
+    with open(os.path.join(model_dir, "train_log.csv")) as file:
+        assert [int(row["epoch"]) for row in csv.DictReader(file)] == list(range(8))
+
+    # The JAX checkpoint exports (this process, TensorFlow) and serves what JAX predicts.
+    samples = [np.asarray(Image.open(os.path.join(digits_dir, "samples", f"digit_{digit}.jpg")).convert("RGB"))
+               for digit in range(10)]
+    pixels = np.stack([preprocessing.preprocess_decoded_for_eval(tf.constant(image), 32, 4).numpy()
+                       for image in samples])
+    np.save(tmp_path / "pixels.npy", pixels)
+    checkpoint = os.path.join(model_dir, "checkpoints", "last.keras")
+    predicted = subprocess.run(
+        [sys.executable, "-c", PREDICT_WORKER, checkpoint, str(tmp_path / "pixels.npy"), str(tmp_path / "jax.npy")],
+        cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-4000:]
+    jax_probabilities = np.load(tmp_path / "jax.npy")
+    version_dir = saved_model.export_model(model_dir, tmp_path / "export")
+    serve_images = tf.saved_model.load(str(version_dir)).signatures[saved_model.SERVE_IMAGES]
+    served = serve_images(images=tf.constant(np.stack(samples)))["probabilities"].numpy()
+    np.testing.assert_allclose(served, jax_probabilities, atol=1e-5)
+    assert (jax_probabilities.argmax(axis=1) == np.arange(10)).sum() >= 8
+
+
+def test_backend_flag_in_a_process_that_imported_keras_says_so(tmp_path, capsys):
+    status = train.main(["--config", "demo", "--backend", "jax", "--model_dir", str(tmp_path)])
+    assert status == 2
+    assert "Keras was already imported with the tensorflow backend" in capsys.readouterr().err
+
+
+def test_a_remote_tpu_name_under_jax_is_refused_in_one_line(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax", "--tpu", "my-tpu",
+         "--model_dir", str(tmp_path)],
+        cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 2
+    assert "--tpu my-tpu: under --backend jax the program runs on the TPU VM itself" in run.stderr
+    assert "Traceback" not in run.stderr
