@@ -143,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("images", nargs="+", help="JPEG or PNG files")
     args = parser.parse_args(argv)
+    missing = [path for path in args.images if not Path(path).is_file()]
+    if missing:
+        print(f"python -m export.client: error: no such image file: {', '.join(missing)}", file=sys.stderr)
+        return 2
     images = [Path(path).read_bytes() for path in args.images]
     try:
         if args.rest:

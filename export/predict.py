@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from export.saved_model import existing_versions
+from export.saved_model import DECODE_ERROR, TOO_LARGE_ERROR, existing_versions
 
 
 def resolve_version_dir(export: str | Path) -> Path:
@@ -49,6 +49,14 @@ def classify(export: str | Path, image_paths: Sequence[str | Path]) -> list[list
     ]
 
 
+def _classifies(export: str | Path, image_path: str | Path) -> bool:
+    try:
+        classify(export, [image_path])
+    except tf.errors.InvalidArgumentError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,7 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m export.predict: error: {error}", file=sys.stderr)
         return 2
     except tf.errors.InvalidArgumentError as error:
-        print(f"python -m export.predict: error: {error.message}", file=sys.stderr)
+        # The batch fails as a whole; classifying the images one by one names the bad ones.
+        bad = [path for path in args.images if not _classifies(args.export, path)]
+        known = [reason for reason in (DECODE_ERROR, TOO_LARGE_ERROR) if reason in error.message]
+        reason = known[0] if known else error.message.strip().splitlines()[-1]
+        print(f"python -m export.predict: error: {', '.join(bad) or 'the batch'}: {reason}", file=sys.stderr)
         return 2
     print(f"Classified with {resolve_version_dir(args.export)}:")
     for path, top_k in zip(args.images, results):

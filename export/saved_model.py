@@ -70,6 +70,15 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
+# Every real photo fits (a 50 MP camera frame); a decompression bomb (a small PNG of
+# 16000x16000) would take gigabytes to decode.
+DEFAULT_MAX_PIXELS = 50_000_000
+TOO_LARGE_ERROR = "The image is too large to serve: its header declares more pixels than max_pixels"
+# Other users (a TF Serving process) must read an export: folders rwxr-xr-x, files rw-r--r--.
+DIRECTORY_MODE = 0o755
+FILE_MODE = 0o644
+
+
 class ExportError(ValueError):
     """A taken version, an unusable model path or arguments that do not fit the model."""
 
@@ -86,6 +95,8 @@ class ServingSpec:
       class_names: one name per class.
       top_k: classes in the top_k_* outputs, in [1, classes].
       warmup: write assets.extra/tf_serving_warmup_requests.
+      max_pixels: the largest image (height x width, read from the file's header
+        before decoding) that serving_default decodes; larger ones are refused.
 
     Raises:
       ExportError: a value out of range or class names that do not fit the classes.
@@ -98,6 +109,7 @@ class ServingSpec:
     class_names: tuple[str, ...]
     top_k: int
     warmup: bool
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -109,6 +121,8 @@ class ServingSpec:
             raise ExportError(f"{len(self.class_names)} class names for a model with {self.classes} classes.")
         if not 1 <= self.top_k <= self.classes:
             raise ExportError(f"top_k must be in [1, {self.classes}], not {self.top_k}.")
+        if self.max_pixels < 1:
+            raise ExportError(f"max_pixels must be an integer >= 1, not {self.max_pixels}.")
 
 
 def export_model(
@@ -121,6 +135,7 @@ def export_model(
     crop_padding: int | None = None,
     checkpoint: str = "last",
     warmup: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Path:
     """Writes `export_dir/<version>/`, a SavedModel for TF Serving (see the module doc).
 
@@ -142,6 +157,7 @@ def export_model(
         image_size and eval_crop_padding.
       checkpoint: for a model_dir, which of checkpoints/{last,best}.keras to export.
       warmup: write assets.extra/tf_serving_warmup_requests.
+      max_pixels: the largest image serving_default decodes (see `ServingSpec`).
 
     Returns:
       The version directory that was written (a ``Path``; a ``str`` for a URL).
@@ -166,7 +182,7 @@ def export_model(
         model_name=export_dir.rsplit("/", 1)[-1] if url else export_dir.name,
         image_size=image_size, crop_padding=crop_padding, classes=classes,
         class_names=class_names if class_names is not None else default_class_names(classes),
-        top_k=top_k, warmup=warmup,
+        top_k=top_k, warmup=warmup, max_pixels=max_pixels,
     )
     serving_model = float32_copy(model, image_size)
 
@@ -179,6 +195,7 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_dir))
     try:
         _write_version(staging, serving_model, spec)
+        _make_readable_by_all(staging)
         if final.exists():  # another exporter took the number meanwhile
             raise ExportError(f"Version {version} appeared in {export_dir} during the export.")
         os.rename(staging, final)
@@ -186,6 +203,13 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _make_readable_by_all(directory: Path) -> None:
+    """Gives the export (mkdtemp makes it rwx------) the modes a server run by another user reads."""
+    directory.chmod(DIRECTORY_MODE)
+    for path in directory.rglob("*"):
+        path.chmod(DIRECTORY_MODE if path.is_dir() else FILE_MODE)
 
 
 def _write_version(directory: Path, serving_model: keras.Model, spec: ServingSpec) -> None:
@@ -247,7 +271,11 @@ def load_model(path: str | os.PathLike, checkpoint: str = "last") -> tuple[keras
     if path.suffix != ".keras" or not path.is_file():
         raise ExportError(f"{path} is not a .keras file (pass a .keras file or a model_dir "
                           "with checkpoints/last.keras).")
-    return keras.saving.load_model(path, compile=False), run_config
+    try:
+        return keras.saving.load_model(path, compile=False), run_config
+    except Exception as error:  # Keras reports a damaged archive in many ways (zip, h5, json).
+        raise ExportError(f"{path} is not a readable .keras model ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else 'no message'}).") from None
 
 
 def float32_copy(model: keras.Model, image_size: int | None = None) -> keras.Model:
@@ -329,6 +357,9 @@ def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportA
         )
         check = tf.debugging.Assert(decodable, [DECODE_ERROR])
         with tf.control_dependencies([check]):
+            pixels = tf.cond(is_jpeg, lambda: _jpeg_pixels(image_bytes), lambda: _png_pixels(image_bytes))
+        size_check = tf.debugging.Assert(pixels <= spec.max_pixels, [TOO_LARGE_ERROR, spec.max_pixels])
+        with tf.control_dependencies([size_check]):
             return tf.cond(
                 is_jpeg,
                 lambda: preprocessing.preprocess_for_eval(image_bytes, image_size, crop_padding),
@@ -337,9 +368,21 @@ def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportA
                 ),
             )
 
+    def classify_batch(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """`classify`, or empty outputs for an empty batch (which the network cannot run)."""
+        return tf.cond(tf.shape(images)[0] > 0, lambda: classify(images), empty_outputs)
+
+    def empty_outputs() -> dict[str, tf.Tensor]:
+        return {
+            "probabilities": tf.zeros([0, spec.classes], tf.float32),
+            "top_k_indices": tf.zeros([0, top_k], tf.int32),
+            "top_k_scores": tf.zeros([0, top_k], tf.float32),
+            "top_k_labels": tf.zeros([0, top_k], tf.string),
+        }
+
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.map_fn(preprocess_encoded, image_bytes, fn_output_signature=image_spec)
-        return classify(images)
+        return classify_batch(images)
 
     def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         preprocessed = tf.map_fn(
@@ -347,7 +390,7 @@ def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportA
             images,
             fn_output_signature=image_spec,
         )
-        return classify(preprocessed)
+        return classify_batch(preprocessed)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -362,6 +405,20 @@ def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportA
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
     )
     return archive
+
+
+def _jpeg_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Height x width of a JPEG, int64, from its header (nothing is decoded)."""
+    shape = tf.image.extract_jpeg_shape(image_bytes, output_type=tf.int64)
+    return shape[0] * shape[1]
+
+
+def _png_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Height x width of a PNG, int64, from its IHDR chunk (bytes 16-23, big-endian)."""
+    fields = tf.io.decode_raw(tf.strings.substr(image_bytes, 16, 8), tf.uint8)
+    fields = tf.cast(tf.reshape(fields, [2, 4]), tf.int64)
+    width, height = tf.unstack(tf.reduce_sum(fields * tf.constant([2**24, 2**16, 2**8, 1], tf.int64), axis=1))
+    return width * height
 
 
 def default_class_names(classes: int) -> list[str]:
@@ -423,6 +480,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=_integer_at_least(1), help="default: the training image size")
     parser.add_argument("--crop_padding", type=_integer_at_least(0), help="default: the training eval_crop_padding")
     parser.add_argument("--top_k", type=_integer_at_least(1), default=5)
+    parser.add_argument("--max_pixels", type=_integer_at_least(1), default=DEFAULT_MAX_PIXELS,
+                        help="largest image (height x width) serving_default decodes (default: 50 MP)")
     parser.add_argument("--class_names", help="text file, one class name per line")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
                         help="which checkpoint of a model_dir (default: last)")
@@ -433,12 +492,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     class_names = None
     if args.class_names:
-        class_names = [line for line in Path(args.class_names).read_text("utf-8").splitlines() if line]
+        try:
+            class_names = [line for line in Path(args.class_names).read_text("utf-8").splitlines() if line]
+        except (OSError, UnicodeDecodeError) as error:
+            print(f"python -m export.saved_model: error: --class_names {args.class_names}: {error}", file=sys.stderr)
+            return 2
     try:
         path = export_model(
             args.model, args.output, version=args.version, image_size=args.image_size,
             top_k=args.top_k, class_names=class_names, crop_padding=args.crop_padding,
-            checkpoint=args.checkpoint,
+            checkpoint=args.checkpoint, max_pixels=args.max_pixels,
         )
     except ExportError as error:
         print(f"python -m export.saved_model: error: {error}", file=sys.stderr)

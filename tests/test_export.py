@@ -389,3 +389,88 @@ def test_cli_refuses_bad_numbers_before_writing(tmp_path, capsys, flag, value):
     assert exit_info.value.code == 2
     assert f"argument {flag}" in capsys.readouterr().err
     assert not output.exists()
+
+
+# --- limits and one-line errors (what happens when things go wrong) -------------------
+
+
+def huge_png(side: int) -> bytes:
+    """A valid PNG of side x side black pixels: a few hundred kB, gigabytes decoded."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + b"\x00" * (3 * side)
+    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header(exported):
+    _, _, loaded = exported
+    serving = loaded.signatures["serving_default"]
+    bomb = huge_png(16_000)  # 256 megapixels, 0.25 MB on the wire
+    assert len(bomb) < 1_000_000
+    with pytest.raises(tf.errors.InvalidArgumentError, match=saved_model.TOO_LARGE_ERROR):
+        serving(image_bytes=tf.constant([bomb]))
+    big_jpeg = encode_jpeg(make_image(8_000, 7_000, 3))  # 56 MP, over the default 50 MP
+    with pytest.raises(tf.errors.InvalidArgumentError, match=saved_model.TOO_LARGE_ERROR):
+        serving(image_bytes=tf.constant([big_jpeg]))
+    # Under the cap, a large photo is served as before.
+    outputs = serving(image_bytes=tf.constant([encode_jpeg(make_image(4_000, 3_000, 4))]))
+    assert outputs["probabilities"].shape == (1, CLASSES)
+
+
+def test_an_empty_batch_answers_an_empty_result(exported):
+    _, _, loaded = exported
+    for signature, batch in (("serving_default", {"image_bytes": tf.constant([], tf.string)}),
+                             ("serve_images", {"images": tf.zeros([0, 20, 20, 3], tf.uint8)})):
+        outputs = loaded.signatures[signature](**batch)
+        assert outputs["probabilities"].shape == (0, CLASSES)
+        assert {key: outputs[key].shape for key in ("top_k_indices", "top_k_scores", "top_k_labels")} == {
+            "top_k_indices": (0, TOP_K), "top_k_scores": (0, TOP_K), "top_k_labels": (0, TOP_K)}
+
+
+def test_exports_are_readable_by_other_users(exported):
+    _, path, _ = exported
+    assert path.stat().st_mode & 0o777 == saved_model.DIRECTORY_MODE
+    for item in path.rglob("*"):
+        expected = saved_model.DIRECTORY_MODE if item.is_dir() else saved_model.FILE_MODE
+        assert item.stat().st_mode & 0o777 == expected, item
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_cli_refuses_a_damaged_keras_file_in_one_line(exported, tmp_path, capsys, damage):
+    model, _, _ = exported
+    good = tmp_path / "good.keras"
+    model.save(good)
+    bad = tmp_path / "bad.keras"
+    data = good.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a zip file at all")
+    assert saved_model.main(["--model", str(bad), "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"{bad} is not a readable .keras model" in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_names_the_image_that_cannot_be_decoded(exported, images, tmp_path, capsys):
+    from export import predict
+
+    _, path, _ = exported
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    good.write_bytes(images[0])
+    bad.write_bytes(images[1][: len(images[1]) // 2])
+    assert predict.main([str(path), str(good), str(bad)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {bad}: " in error and str(good) not in error and saved_model.DECODE_ERROR in error
+
+
+def test_client_names_a_missing_image_file(tmp_path, capsys):
+    from export import client
+
+    missing = tmp_path / "nowhere.jpg"
+    assert client.main(["--rest", "http://localhost:1", "--model", "tiny", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"python -m export.client: error: no such image file: {missing}"

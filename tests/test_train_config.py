@@ -12,6 +12,7 @@ import tensorflow as tf
 import yaml
 
 import lambda_keras
+from lambda_keras import recipe
 import lambda_keras.models
 from lambda_keras.models import builder, variants
 from keras.src.backend.tensorflow import trainer as tf_trainer
@@ -130,7 +131,7 @@ def test_unknown_recipe_and_base_inheritance(tmp_path):
 
 
 def test_warmup_cosine_schedule():
-    schedule = optimization.WarmupCosineDecay(1.6, warmup_steps=10, total_steps=110)
+    schedule = recipe.WarmupCosineDecay(1.6, warmup_steps=10, total_steps=110)
     lr = lambda step: float(schedule(step))  # noqa: E731
     assert lr(0) == 0.0
     assert lr(5) == pytest.approx(0.8)
@@ -139,7 +140,7 @@ def test_warmup_cosine_schedule():
     assert lr(60 + 25) == pytest.approx(0.8 * (1 + math.cos(math.pi * 0.75)), rel=1e-5)
     assert lr(110) == pytest.approx(0.0, abs=1e-7)
     assert lr(150) == pytest.approx(0.0, abs=1e-7)
-    restored = optimization.WarmupCosineDecay.from_config(schedule.get_config())
+    restored = recipe.WarmupCosineDecay.from_config(schedule.get_config())
     assert float(restored(37)) == lr(37)
 
 
@@ -165,14 +166,14 @@ def test_coupled_weight_decay_gradient_is_wd_times_kernel():
 def test_smoothed_cross_entropy_and_top_k():
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], np.float32)
     labels = np.array([0, 1])
-    loss = optimization.SmoothedCrossEntropy(3, label_smoothing=0.3)
+    loss = recipe.SmoothedCrossEntropy(3, label_smoothing=0.3)
     targets = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]])
     expected = -np.mean(np.sum(targets * np.log(probabilities), axis=1))
     assert float(loss(labels, probabilities)) == pytest.approx(expected, rel=1e-5)
     soft = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], np.float32)  # Mixup labels.
     expected_soft = -np.mean(np.sum(soft * np.log(probabilities), axis=1))
     assert float(loss(soft, probabilities)) == pytest.approx(expected_soft, rel=1e-5)
-    top1, top2 = optimization.TopKAccuracy(1), optimization.TopKAccuracy(2)
+    top1, top2 = recipe.TopKAccuracy(1), recipe.TopKAccuracy(2)
     top1.update_state(labels, probabilities)
     top2.update_state(labels, probabilities)
     assert (float(top1.result()), float(top2.result())) == (0.5, 1.0)

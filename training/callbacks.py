@@ -1,7 +1,9 @@
-"""Keras callbacks of the training CLI: crash-safe checkpoints and per-epoch statistics."""
+"""Keras callbacks of the training CLI: crash-safe checkpoints, the epoch log and statistics."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import time
 import uuid
@@ -13,13 +15,17 @@ from keras import ops
 from training.input_pipeline import SkippedRecordCounter
 
 
+TEMPORARY_PREFIX = ".tmp-"
+
+
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves the model as a `.keras` file at the end of an epoch, never half-written.
 
     The model is written to a temporary file in the same folder and then renamed over
     `filepath`, so a run killed while saving leaves the previous checkpoint intact
     (rename within a folder is atomic on POSIX file systems; on GCS the object appears
-    only when complete). Place it after `SwapEMAWeights(swap_on_epoch=True)` in the
+    only when complete). Temporary files that a killed run left behind are removed
+    when training starts. Place it after `SwapEMAWeights(swap_on_epoch=True)` in the
     callback list to save the EMA weights.
 
     Args:
@@ -40,6 +46,12 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.mode = mode
         self.best = initial_best
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # A run killed while saving leaves its temporary file; nothing else writes them.
+        pattern = os.path.join(os.path.dirname(self.filepath), f"{TEMPORARY_PREFIX}*.keras")
+        for orphan in tf.io.gfile.glob(pattern):
+            tf.io.gfile.remove(orphan)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.monitor is not None:
             value = (logs or {}).get(self.monitor)
@@ -57,7 +69,7 @@ def save_atomically(model: keras.Model, filepath: str) -> None:
     """`model.save(filepath)` through a temporary file renamed into place."""
     folder = os.path.dirname(filepath)
     tf.io.gfile.makedirs(folder)
-    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}.keras")
+    temporary = os.path.join(folder, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}.keras")
     try:
         model.save(temporary)
         tf.io.gfile.rename(temporary, filepath, overwrite=True)
@@ -69,10 +81,11 @@ def save_atomically(model: keras.Model, filepath: str) -> None:
 class TrainingStats(keras.callbacks.Callback):
     """Adds learning_rate, images_per_second and skipped_records to the epoch logs.
 
-    Place it before TensorBoard and CSVLogger: Keras hands every callback the same
+    Place it before TensorBoard and the epoch log: Keras hands every callback the same
     logs dict, so they record these values too. It also remembers where training
     started (`start_epoch`, `start_step`, which are not 0 after a resume from a
-    backup: place it after BackupAndRestore) and prints it.
+    backup, read at the first epoch's start, once BackupAndRestore has restored) and
+    prints it.
 
     images_per_second counts the training steps of the epoch times the global batch
     over the time from the epoch's start to its last training step (validation
@@ -93,12 +106,10 @@ class TrainingStats(keras.callbacks.Callback):
         self._last_batch_end = 0.0
         self._steps = 0
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self.start_step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
-
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self.start_epoch is None:
             self.start_epoch = epoch
+            self.start_step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
             resumed = " (resumed from the backup)" if self.start_step else ""
             print(f"Training starts at epoch {epoch + 1}, optimizer step "
                   f"{self.start_step}{resumed}.", flush=True)
@@ -120,3 +131,54 @@ class TrainingStats(keras.callbacks.Callback):
         logs["skipped_records"] = skipped
         if skipped:
             print(f"WARNING: {skipped} corrupt training records skipped so far.", flush=True)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One CSV row per epoch, as `keras.callbacks.CSVLogger` writes them, kept consistent
+    with the backup after a kill at any point.
+
+    Columns: "epoch", then the log keys sorted (the `val_` ones included from the first
+    row; "NA" where an epoch has no value). A resumed run drops the rows of the epochs
+    it is about to redo, so that a row written just before a kill, for an epoch whose
+    backup was not yet written, is not duplicated; place it before BackupAndRestore, so
+    that every backed-up epoch has its row. The file is rewritten whole, through a
+    temporary file renamed into place, at every epoch's end (a few hundred rows at
+    most; object stores have no append).
+
+    Args:
+      filepath: the CSV file, created if missing.
+    """
+
+    def __init__(self, filepath: str):
+        super().__init__()
+        self.filepath = filepath
+        self._columns: list[str] | None = None
+        self._rows: list[dict] | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self._rows is not None:
+            return
+        self._rows = []
+        if tf.io.gfile.exists(self.filepath):
+            with tf.io.gfile.GFile(self.filepath) as file:
+                reader = csv.DictReader(file)
+                self._columns = list(reader.fieldnames or []) or None
+                self._rows = [row for row in reader if int(row["epoch"]) < epoch]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        if self._columns is None:
+            keys = sorted(logs)
+            if not any(key.startswith("val_") for key in keys):
+                # Validation runs every validation_freq epochs; its columns exist from the start.
+                keys = sorted(keys + [f"val_{key}" for key in keys])
+            self._columns = ["epoch"] + keys
+        self._rows = (self._rows or []) + [{"epoch": epoch, **{key: logs.get(key, "NA") for key in self._columns[1:]}}]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, self._columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self._rows)
+        temporary = f"{self.filepath}{TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+        with tf.io.gfile.GFile(temporary, "w") as file:
+            file.write(text.getvalue())
+        tf.io.gfile.rename(temporary, self.filepath, overwrite=True)

@@ -191,12 +191,15 @@ class RuntimeConfig:
       on GPUs, float32 on CPU) or a Keras dtype policy name.
     jit_compile: "auto" (Keras' choice: XLA on a single GPU, off on CPU and under
       MirroredStrategy, where forcing it fails), true or false.
+    worker_start_timeout_seconds: how long a multi-worker (or multi-host JAX) run waits
+      for all its workers to join before it exits with an error naming the wait.
     """
 
     strategy: str = "auto"
     tpu: str | None = None
     mixed_precision: str = "auto"
     jit_compile: Union[Literal["auto"], bool] = "auto"
+    worker_start_timeout_seconds: int = 300
 
     def __post_init__(self) -> None:
         self.validate()
@@ -204,6 +207,9 @@ class RuntimeConfig:
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             _fail("runtime.strategy", self.strategy, f"must be one of {STRATEGIES}")
+        if self.worker_start_timeout_seconds < 1:
+            _fail("runtime.worker_start_timeout_seconds", self.worker_start_timeout_seconds,
+                  "must be a positive integer")
         if self.mixed_precision not in PRECISIONS:
             _fail("runtime.mixed_precision", self.mixed_precision,
                   f"must be one of {PRECISIONS}")

@@ -14,13 +14,16 @@ import csv
 import json
 import os
 import time
+import warnings
 from typing import Any
 
 import keras
 import tensorflow as tf
+import yaml
 
-from lambda_keras import models
+from lambda_keras import models, recipe
 from training import callbacks as callbacks_lib
+from training import config as config_lib
 from training import input_pipeline, optimization, strategies
 from training.config import ConfigError, ExperimentConfig
 
@@ -42,6 +45,7 @@ def run_experiment(
       "train_seconds", "skipped_train_records", "skipped_eval_records".
     """
     replicas = strategy.num_replicas_in_sync
+    check_same_run(config)
     check_batch_sizes(config, replicas)
     steps_per_execution = resolve_steps_per_execution(config, strategy)
     precision = resolve_precision(config, strategy)
@@ -69,18 +73,24 @@ def run_experiment(
     callbacks = build_callbacks(config, strategy, stats)
 
     start = time.perf_counter()
-    model.fit(
-        train_data,
-        epochs=config.train.epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=eval_data,
-        validation_freq=config.train.validation_freq,
-        callbacks=callbacks,
-        verbose="auto" if chief else 2,
-    )
-    train_seconds = time.perf_counter() - start
-    # fit() ends by copying the EMA into the weights, so this evaluates the EMA model.
-    metrics = model.evaluate(eval_data, return_dict=True, verbose="auto" if chief else 0)
+    with warnings.catch_warnings():
+        # Keras warns that the input "ran out of data; interrupting training" whenever a
+        # dataset of unknown length ends: here the validation set at the end of every
+        # pass, which is how an evaluation ends, not an interruption (training repeats).
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        model.fit(
+            train_data,
+            epochs=config.train.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            validation_data=eval_data,
+            validation_freq=config.train.validation_freq,
+            callbacks=callbacks,
+            verbose="auto" if chief else 2,
+            shuffle=False,  # tf.data shuffles; Keras would warn that it ignores shuffle=True
+        )
+        train_seconds = time.perf_counter() - start
+        # fit() ends by copying the EMA into the weights, so this evaluates the EMA model.
+        metrics = model.evaluate(eval_data, return_dict=True, verbose="auto" if chief else 0)
     results = {
         "top1": float(metrics["top1"]),
         "top5": float(metrics["top5"]),
@@ -98,6 +108,53 @@ def run_experiment(
         with tf.io.gfile.GFile(path, "w") as file:
             json.dump(results, file, indent=2)
     return model, results
+
+
+# Keys that say where a run reads, writes or executes, not what it computes: a rerun
+# may change them and still resume.
+LOCATION_KEYS = frozenset({
+    "model_dir", "input.data_dir", "input.tfds_data_dir", "input.tfds_manual_dir", "runtime.strategy", "runtime.tpu",
+})
+
+
+def check_same_run(config: ExperimentConfig) -> None:
+    """Raises ConfigError when model_dir holds a run with another config.
+
+    A rerun with the same command resumes from model_dir/backup; a rerun with a changed
+    config would mix two runs in one log and one backup, and would overwrite the
+    record of the first (config.yaml). Checked before anything is written.
+    """
+    path = os.path.join(config.model_dir, "config.yaml")
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as file:
+        text = file.read()
+    try:
+        recorded = config_lib.from_dict(yaml.safe_load(text) or {})
+    except (ConfigError, yaml.YAMLError) as error:
+        raise ConfigError(
+            f"{path} holds a run whose config this version cannot read ({error}); "
+            "use a new --model_dir."
+        ) from None
+    before, after = _flatten(recorded.to_dict()), _flatten(config.to_dict())
+    changed = sorted(key for key in before.keys() | after.keys()
+                     if key not in LOCATION_KEYS and before.get(key) != after.get(key))
+    if changed:
+        differences = ", ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in changed)
+        raise ConfigError(
+            f"{config.model_dir} holds a run with another config ({differences}); rerun with the same "
+            "config to resume it, or use a new --model_dir."
+        )
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _describe(strategy: strategies.Strategy) -> str:
@@ -218,10 +275,10 @@ def build_and_compile(
         optimization.apply_coupled_weight_decay(model, config.train.weight_decay)
         model.compile(
             optimizer=optimization.build_optimizer(config),
-            loss=optimization.SmoothedCrossEntropy(
+            loss=recipe.SmoothedCrossEntropy(
                 config.input.num_classes, config.train.label_smoothing
             ),
-            metrics=[optimization.TopKAccuracy(1), optimization.TopKAccuracy(5)],
+            metrics=[recipe.TopKAccuracy(1), recipe.TopKAccuracy(5)],
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,
         )
@@ -235,17 +292,21 @@ def build_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """The callbacks, in the order they must run at an epoch's end.
 
-    1. BackupAndRestore, first, so that it saves the raw weights before SwapEMAWeights
-       swaps the EMA in (a backup of swapped weights would resume from the EMA).
-       Every worker keeps its own backup (the chief's in model_dir/backup).
-    2. TrainingStats adds learning rate, images/s and skipped records to the logs.
-    3. SwapEMAWeights puts the EMA weights in for validation and, at the epoch's end,
+    1. TrainingStats adds learning rate, images/s and skipped records to the logs.
+    2. Chief only: the CSV row of the epoch, before the backup, so that every epoch
+       the backup has done has its row (a resumed run drops the rows of the epochs it
+       redoes).
+    3. BackupAndRestore, before SwapEMAWeights swaps the EMA in (a backup of swapped
+       weights would resume from the EMA). Every worker keeps its own backup (the
+       chief's in model_dir/backup).
+    4. SwapEMAWeights puts the EMA weights in for validation and, at the epoch's end,
        for the checkpoints that follow; it swaps back at the next epoch's start.
-    4. TerminateOnNaN.
-    5. Chief only: last and best .keras checkpoints, TensorBoard, CSV log.
+    5. TerminateOnNaN.
+    6. Chief only: last and best .keras checkpoints, TensorBoard.
     """
     model_dir = config.model_dir
     chief = strategies.is_chief(strategy)
+    csv_path = os.path.join(model_dir, "train_log.csv")
     backup_dir = os.path.join(model_dir, "backup")
     if not chief:
         backup_dir = os.path.join(backup_dir, f"worker_{strategies.worker_index(strategy)}")
@@ -253,20 +314,21 @@ def build_callbacks(
     # calls os.makedirs, which fails when another worker creating backup/worker_<i>
     # made backup/ in between (seen in a two-worker CI run).
     tf.io.gfile.makedirs(backup_dir)
-    callbacks: list[keras.callbacks.Callback] = [
+    callbacks: list[keras.callbacks.Callback] = [stats]
+    if chief:
+        callbacks.append(callbacks_lib.EpochLog(csv_path))
+    callbacks.append(
         keras.callbacks.BackupAndRestore(
             backup_dir,
             save_freq=config.train.backup_every_steps or "epoch",
             double_checkpoint=True,
             delete_checkpoint=not config.train.keep_backup,
-        ),
-        stats,
-    ]
+        )
+    )
     if config.train.use_ema:
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     callbacks.append(keras.callbacks.TerminateOnNaN())
     if chief:
-        csv_path = os.path.join(model_dir, "train_log.csv")
         callbacks += [
             callbacks_lib.AtomicCheckpoint(os.path.join(model_dir, "checkpoints", "last.keras")),
             callbacks_lib.AtomicCheckpoint(
@@ -280,7 +342,6 @@ def build_callbacks(
                 write_graph=False,
                 profile_batch=0,
             ),
-            keras.callbacks.CSVLogger(csv_path, append=True),
         ]
     return callbacks
 

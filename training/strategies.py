@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-
+import socket
+import time
 from typing import Any, Union
 
 import keras
@@ -50,13 +51,15 @@ def resolve_strategy_name(name: str, tpu: str | None = None) -> str:
     return "cpu"
 
 
-def create_strategy(name: str, tpu: str | None = None) -> Strategy:
+def create_strategy(name: str, tpu: str | None = None, worker_start_timeout: float = 300) -> Strategy:
     """Creates the strategy `name` (see the module table); call before any other op.
 
     Args:
       name: "auto", "tpu", "gpu", "multiworker" or "cpu".
       tpu: for "tpu": a TPU name, a grpc:// address, or "local" on a TPU VM; None
         means $TPU_NAME, else "local".
+      worker_start_timeout: seconds a multi-worker start waits for the other
+        workers of TF_CONFIG to start (`wait_for_workers`).
 
     Raises:
       StrategyError: no TPU / GPU / TF_CONFIG where one was asked for.
@@ -86,6 +89,7 @@ def create_strategy(name: str, tpu: str | None = None) -> Strategy:
                 '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, '
                 '"task": {"type": "worker", "index": 0}}, set on every worker.'
             )
+        wait_for_workers(worker_start_timeout)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         compat.patch_keras_for_multi_worker()
         return strategy
@@ -150,8 +154,60 @@ def _jax_data_parallel(name: str, tpu: str | None) -> Strategy:
     if name == "auto":
         return JaxDataParallel(None)
     if name == "multiworker":
+        # jax.distributed bounds the wait for the other hosts itself (300 s).
         return JaxDataParallel(None, multi_host=True)
     return JaxDataParallel(name)
+
+
+def wait_for_workers(timeout: float, poll_seconds: float = 0.5) -> None:
+    """Returns once every other task of TF_CONFIG accepts connections on its port.
+
+    MultiWorkerMirroredStrategy waits for its peers inside TensorFlow's C++ runtime,
+    with no time limit and with SIGTERM taken over by TensorFlow's preemption notice:
+    a worker whose peer never starts hangs and ignores `kill`. This wait comes first,
+    in Python, where SIGTERM and SIGINT work. Meanwhile the task listens on its own
+    port so that its peers see it; it closes the port before TensorFlow's server binds
+    it, and a peer that looks in between tries again.
+
+    Raises:
+      StrategyError: a task still does not listen after `timeout` seconds, or this
+        task's port is taken; the message names them.
+    """
+    cluster, (job, index) = _tf_config_cluster()
+    own = cluster[job][index]
+    peers = sorted(address for name, addresses in cluster.items() if name != "evaluator"
+                   for position, address in enumerate(addresses) if (name, position) != (job, index))
+    port = int(own.rsplit(":", 1)[1])
+    try:
+        listener = socket.create_server(("", port))
+    except OSError as error:
+        raise StrategyError(f"--strategy multiworker: cannot listen on {own}, this task's address in TF_CONFIG "
+                            f"({error.strerror}); is another process using the port?") from None
+    print(f"Waiting up to {timeout:g} s for the workers at {', '.join(peers)} to start.", flush=True)
+    deadline = time.monotonic() + timeout
+    with listener:
+        waiting = set(peers)
+        while waiting:
+            for address in sorted(waiting):
+                host, peer_port = address.rsplit(":", 1)
+                try:
+                    socket.create_connection((host, int(peer_port)), timeout=poll_seconds).close()
+                    waiting.discard(address)
+                except OSError:
+                    pass
+            if waiting and time.monotonic() > deadline:
+                raise StrategyError(
+                    f"--strategy multiworker: {', '.join(sorted(waiting))} did not start within {timeout:g} s "
+                    "(runtime.worker_start_timeout_seconds); start every worker of TF_CONFIG with the same cluster."
+                )
+            if waiting:
+                time.sleep(poll_seconds)
+
+
+def _tf_config_cluster() -> tuple[dict[str, list[str]], tuple[str, int]]:
+    """TF_CONFIG's cluster and this task's (job, index)."""
+    config = json.loads(os.environ["TF_CONFIG"])
+    return config["cluster"], (config["task"]["type"], int(config["task"]["index"]))
 
 
 def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:

@@ -46,6 +46,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 from typing import Sequence
 
 from training import config as config_lib
@@ -122,9 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not config.model_dir:
             raise ConfigError("model_dir is empty: pass --model_dir DIR or set model_dir.")
-        # Checked before training so that a long run cannot end in this error.
-        export_model = _export_function() if args.export_dir else None
-        strategy = strategies.create_strategy(config.runtime.strategy, config.runtime.tpu)
+        # Checked before training so that a long run cannot end in these errors.
+        export_model = _export_function(args.export_dir) if args.export_dir else None
+        strategy = strategies.create_strategy(
+            config.runtime.strategy, config.runtime.tpu, config.runtime.worker_start_timeout_seconds
+        )
         model, results = experiment.run_experiment(config, strategy)
     except (ConfigError, StrategyError, BackendError, ExportUnavailableError) as error:
         print(f"python -m training.train: error: {error}", file=sys.stderr)
@@ -138,14 +141,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _export_function():
+def _export_function(export_dir: str):
+    """The export, once it is known to be able to run after training."""
     # The export writes TF Serving warm-up requests with tensorflow-serving-api (the
-    # `serve` extra); without it a long run would fail only after training.
+    # `serve` extra).
     if importlib.util.find_spec("tensorflow_serving") is None:
         raise ExportUnavailableError(
             "--export_dir needs tensorflow-serving-api (pip install 'lambda-keras[serve]') "
             "to write the TF Serving warm-up requests; install it or run without --export_dir."
         )
+    if "://" not in export_dir:
+        try:
+            os.makedirs(export_dir, exist_ok=True)
+            tempfile.TemporaryFile(dir=export_dir).close()
+        except OSError as error:
+            raise ExportUnavailableError(
+                f"--export_dir {export_dir} is not a writable folder ({error.strerror}); the export after "
+                "training would fail. Choose another folder."
+            ) from None
     from export import saved_model  # pylint: disable=import-outside-toplevel
 
     return saved_model.export_model
