@@ -19,6 +19,8 @@ from lambda_keras.models import (
     LambdaResNet50,
     build_model,
     complexity,
+    feature_extractor,
+    features,
     multiply_adds,
     validate_model_config,
     variants,
@@ -466,3 +468,28 @@ def test_fit_learns_digits():
     assert history.history["loss"][-1] < history.history["loss"][0]
     _, accuracy = model.evaluate(x[1500:], y[1500:], verbose=0)
     assert accuracy > 0.85, (accuracy, history.history)
+
+
+# --- multi-scale features (detection backbones) -----------------------------------------
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 128)])
+def test_feature_extractor_gives_p2_to_p5_at_any_input_size(size):
+    model = LambdaResNet(TINY_BLOCKS, TINY_LAMBDAS, include_top=False, input_shape=(None, None, 3), scope_size=7)
+    randomize(model)
+    features = feature_extractor(model)
+    height, width = size
+    batch = np.random.default_rng(2).uniform(-1, 1, (2, height, width, 3)).astype("float32")
+    outputs = features.predict(batch, verbose=0)
+    assert {level: outputs[level].shape for level in outputs} == {
+        f"P{level}": (2, height // 2**level, width // 2**level, 64 * 2 ** (level - 2) * 4) for level in (2, 3, 4, 5)
+    }
+    # P5 is the backbone's own output, with the same weights.
+    np.testing.assert_allclose(outputs["P5"], model.predict(batch, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_pyramid_layer_names_of_the_named_models(lambda_resnet50):
+    assert features.pyramid_layer_names(lambda_resnet50) == {
+        "P2": "c2_block3_out", "P3": "c3_block4_out", "P4": "c4_block6_out", "P5": "c5_block3_out"}
+    with pytest.raises(ValueError, match="no block outputs for stage"):
+        feature_extractor(keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]))

@@ -8,6 +8,15 @@ from lambda_keras.models import lambda_resnet
 from lambda_keras.models.blocks import StochasticDepth
 from lambda_keras.models.builder import build_model, validate_model_config
 from lambda_keras.models.complexity import multiply_adds
+from lambda_keras.models.features import feature_extractor, pyramid_outputs
 from lambda_keras.models.lambda_resnet import *  # noqa: F401,F403  (the constructors, by __all__)
 
-__all__ = [*lambda_resnet.__all__, "StochasticDepth", "build_model", "multiply_adds", "validate_model_config"]
+__all__ = [
+    *lambda_resnet.__all__,
+    "StochasticDepth",
+    "build_model",
+    "feature_extractor",
+    "multiply_adds",
+    "pyramid_outputs",
+    "validate_model_config",
+]
