@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from lambda_keras.data import manifest
 from training import prepare_imagenet
 from training.demo_data import digit_images
 from training.input_config import InputConfig
@@ -78,9 +79,14 @@ def test_round_trip(imagenet_dir, tmp_path):
         "--validation_shards", "2", "--num_workers", "2",
     ]) == 0
     names = sorted(os.listdir(output))
-    assert names == ["synsets.txt"] + [f"train-0000{i}-of-00004" for i in range(4)] + [
+    assert names == ["manifest.json", "synsets.txt"] + [f"train-0000{i}-of-00004" for i in range(4)] + [
         "validation-00000-of-00002", "validation-00001-of-00002"]
     assert open(os.path.join(output, "synsets.txt")).read().split() == SYNSETS
+    written = manifest.read_manifest(output)
+    assert written.classes == tuple(SYNSETS) and written.first_label == 1
+    assert [shard.name for shard in written.splits["train"]] == [f"train-0000{i}-of-00004" for i in range(4)]
+    assert sum(shard.num_records for shard in written.splits["train"]) == 3 * TRAIN_PER_CLASS + 2
+    assert manifest.verify_shards(output) == []
 
     records = read_records(os.path.join(output, "*-of-*"))
     assert len(records) == 3 * TRAIN_PER_CLASS + 2 + NUM_VALIDATION  # broken file skipped

@@ -3,6 +3,8 @@
 `training.input_pipeline.build_dataset` builds the tf.data ImageNet pipeline from an
 `training.input_config.InputConfig`; `training.prepare_imagenet` converts an ImageNet
 folder into TFRecords and `training.demo_data` writes the scikit-learn digits in the same
-format. The record schema (`lambda_keras.data.records`) and the image preprocessing
-(`lambda_keras.data.preprocessing`) live in the library, which the serving export shares.
+format, each with a manifest that `training.verify_data` checks the shards against. The
+record schema (`lambda_keras.data.records`), the manifest (`lambda_keras.data.manifest`)
+and the image preprocessing (`lambda_keras.data.preprocessing`) live in the library,
+which the serving export shares.
 """

@@ -13,7 +13,9 @@ a CPU), converted to RGB and written as JPEG (quality 95) tf.Examples with the
 through exactly the ImageNet path: `build_dataset(demo_input_config(DIR), "train")`.
 
 A fixed permutation (seed 0) puts 1500 digits in train-* and 297 in validation-*;
-`samples/digit_<d>.jpg` holds one validation image per digit, to classify with an export.
+`samples/digit_<d>.jpg` holds one validation image per digit, to classify with an export;
+`manifest.json`, written last, lists the shards (`lambda_keras.data.manifest`).
+Rewriting into the same folder replaces the shards; other shard counts are refused.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ import tensorflow as tf
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lambda_keras.data.records import image_example, shard_name, write_records_atomically
+from lambda_keras.data import manifest
+from lambda_keras.data.records import (
+    ShardSetError,
+    check_no_other_shard_set,
+    image_example,
+    remove_temporary_files,
+    shard_name,
+    write_records_atomically,
+)
 from training.input_config import InputConfig
 
 NUM_CLASSES = 10
@@ -73,20 +83,28 @@ def write_demo_data(
     first_label: int = 1,
     seed: int = 0,
 ) -> dict[str, int]:
-    """Writes the digits as train-* and validation-* TFRecord shards.
+    """Writes the digits as train-* and validation-* TFRecord shards, then the manifest.
 
     Returns:
       Number of examples written per split, {"train": 1500, "validation": 297}.
+
+    Raises:
+      ShardSetError (a ValueError): output_dir holds shards of other counts.
     """
+    shards = {"train": train_shards, "validation": validation_shards}
+    for split, num_shards in shards.items():
+        check_no_other_shard_set(output_dir, split, num_shards)
     images, digits = digit_images(image_size)
     order = np.random.default_rng(seed).permutation(len(digits))
     splits = {
         "train": order[:-VALIDATION_SIZE],
         "validation": order[-VALIDATION_SIZE:],
     }
-    shards = {"train": train_shards, "validation": validation_shards}
     tf.io.gfile.makedirs(output_dir)
+    remove_temporary_files(output_dir)
+    manifest.remove_manifest(output_dir)
     written = {}
+    paths = {split: [] for split in splits}
     for split, indices in splits.items():
         written[split] = 0
         for shard, shard_indices in enumerate(np.array_split(indices, shards[split])):
@@ -99,7 +117,12 @@ def write_demo_data(
             )
             path = os.path.join(output_dir, shard_name(split, shard, shards[split]))
             written[split] += write_records_atomically(path, records)
+            paths[split].append(path)
     write_samples(os.path.join(output_dir, SAMPLES_DIR), images, digits, splits["validation"])
+    manifest.write_manifest(output_dir, manifest.Manifest(
+        {split: tuple(manifest.describe_shards(split_paths)) for split, split_paths in paths.items()},
+        classes=tuple(f"digit_{digit}" for digit in range(NUM_CLASSES)), first_label=first_label,
+    ))
     return written
 
 
@@ -144,10 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--first_label", type=int, default=1,
                         help="Label of digit 0 (1 like imagenet_to_gcs, 0 like TFDS).")
     args = parser.parse_args(argv)
-    written = write_demo_data(
-        args.output, args.image_size, args.train_shards, args.validation_shards,
-        args.first_label,
-    )
+    try:
+        written = write_demo_data(
+            args.output, args.image_size, args.train_shards, args.validation_shards,
+            args.first_label,
+        )
+    except ShardSetError as error:
+        print(f"python -m training.demo_data: error: {error}", file=sys.stderr)
+        return 2
     print(f"Wrote {written['train']} train and {written['validation']} validation "
           f"digits ({args.image_size}x{args.image_size} RGB JPEG) to {args.output}")
     return 0

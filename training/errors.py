@@ -10,6 +10,11 @@ class ConfigError(ValueError):
     """A config file, key or value is invalid; the message names the dotted key."""
 
 
+class DataIntegrityError(ValueError):
+    """The input shards do not match their folder's manifest (a file missing, not listed,
+    or of another size), or the manifest is unreadable; the message names the files."""
+
+
 class StrategyError(RuntimeError):
     """The requested strategy or devices cannot be had here; the message says why."""
 

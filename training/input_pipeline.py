@@ -9,12 +9,18 @@ One entry point, `build_dataset(config, split, input_context=None)`, for two sou
 - "tfds": any TFDS image-classification dataset read with the JPEG bytes kept encoded
   (`SkipDecoding`), so both sources share the decode-and-crop preprocessing.
 
-Pipeline (training): files, sharded per host -> shuffled -> parallel interleave of
-TFRecord readers -> [cache] -> repeat -> shuffle -> a cheap parallel map that checks
-each record -> drop records with a missing or corrupt image (counted) -> the parallel
-decode-crop-augment-normalise map, fused with the batching that follows
-(drop_remainder) -> [Mixup/CutMix] -> prefetch. Evaluation reads the same way
-without shuffling or repeating, deterministically.
+Pipeline (training): files, checked against the folder's manifest and sharded per
+host -> shuffled -> parallel interleave of one reader per file, which parses each record
+and reads its JPEG header, noting the records it could not read or parse and where
+-> [cache] -> repeat -> shuffle -> a cheap parallel map that checks each record and
+counts what was skipped -> drop those -> the parallel decode-crop-augment-normalise map,
+fused with the batching that follows (drop_remainder) -> [Mixup/CutMix] -> prefetch.
+Evaluation reads the same way without shuffling or repeating, deterministically.
+
+Nothing is lost silently: every record a file should hold is read or counted as skipped
+(`SkippedRecordCounter`, per pass, each skip logged with the file and byte offset), and
+every file a split should have is read or named in an error (`DataIntegrityError`) or,
+with `skip_corrupt_records`, in a warning. See `list_files` and `_read_file`.
 
 Use with `strategy.distribute_datasets_from_function(lambda ctx: build_dataset(config,
 "train", ctx))`: the batch is per replica and the files are split between hosts.
@@ -22,25 +28,45 @@ Use with `strategy.distribute_datasets_from_function(lambda ctx: build_dataset(c
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import fnmatch
 import os
 import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from lambda_keras.data import preprocessing, records
+from lambda_keras.data import manifest, preprocessing, records
 from training import augmentation
+from training.errors import DataIntegrityError
 from training.input_config import SPLITS, InputConfig
 
 _TFRECORD_READ_BUFFER_BYTES = 8 * 1024 * 1024
+_STAT_THREADS = 32
+# Problems named in a DataIntegrityError; the rest are counted.
+_PROBLEMS_SHOWN = 3
 
 
 class SkippedRecordCounter:
-    """Counts the records the pipeline skipped because their image was unusable.
+    """Counts what the pipeline skipped: records in the current pass, and whole files.
 
-    A record is skipped when its image key is missing or empty, the bytes are not a
-    JPEG, or the JPEG is truncated (see `preprocessing.is_complete_jpeg`). Each skip is
-    also logged to stderr with the file it came from.
+    `count` is the number of records skipped since the current pass over the data began:
+    the dataset resets it when an iterator over it starts, so each validation pass
+    reports its own count (training is one endless pass). A record is skipped when
+    - its image is missing or empty, not a JPEG, or truncated
+      (`preprocessing.is_complete_jpeg`), or its JPEG header is damaged
+      (`preprocessing.is_decodable_jpeg`);
+    - it is not a tf.Example;
+    - it cannot be read: a truncated record or a failed CRC check ends the reading of its
+      file, and the records from there to the end of the file are skipped (their number
+      comes from the folder's manifest; without one they count as 1).
+    Each skip is logged to stderr with the file and the byte offset.
+
+    `skipped_files` maps each file left out when the dataset was built (missing, of
+    another size than the manifest says, not listed in it; see `list_files`) to the
+    reason; each was logged too.
 
     The count lives in an int64 tf.Variable that the dataset increments, so a trainer
     can read `count` between epochs or log `variable` as a metric. Create it outside
@@ -52,6 +78,7 @@ class SkippedRecordCounter:
             0, dtype=tf.int64, trainable=False, name=name,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
+        self.skipped_files: dict[str, str] = {}
 
     @property
     def count(self) -> int:
@@ -59,6 +86,15 @@ class SkippedRecordCounter:
 
     def reset(self) -> None:
         self.variable.assign(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFile:
+    """A TFRecord file to read: its path, size, and record count (-1 without a manifest)."""
+
+    path: str
+    size_bytes: int
+    num_records: int
 
 
 def per_replica_batch_size(
@@ -80,18 +116,43 @@ def list_files(
     config: InputConfig,
     split: str,
     input_context: tf.distribute.InputContext | None = None,
+    skipped_records: SkippedRecordCounter | None = None,
 ) -> list[str]:
-    """The TFRecord files this host reads for `split`, sorted by name.
+    """The TFRecord files this host reads for `split`, sorted by name, once checked.
 
     "train" and "minival" share `train_file_pattern`: minival is the last
     `minival_num_shards` files and train the rest. With an `input_context`, host i of
     n reads files i, i+n, i+2n, ..., so the hosts together read every file once.
 
+    The files are checked before they are split, against `data_dir/manifest.json` when
+    there is one (`lambda_keras.data.manifest`): a file the pattern matches but the
+    manifest does not list (a stray file, a temporary file of an interrupted
+    conversion), a listed file that is missing, and, among this host's files, one whose
+    size differs from the manifest's (truncated, or another file) is a problem. Without
+    a manifest the names are checked: temporary files, and gaps in a set named
+    `<split>-NNNNN-of-MMMMM`, are problems, and two such sets of different counts are an
+    error. A problem raises DataIntegrityError naming the file, or, with
+    `skip_corrupt_records`, leaves that file out with a warning and an entry in
+    `skipped_records.skipped_files`. Holding out minival and sharing between hosts work
+    on the complete set, so a file left out never moves another between the splits.
+
     Raises:
       FileNotFoundError: `data_dir` does not exist or the pattern matches nothing
         (the message names the pattern).
+      DataIntegrityError: see above; also when no file is left to read, or the
+        manifest's labels fall outside [0, num_classes) after the label offset.
       ValueError: bad split, too few files to hold out or to share between hosts.
     """
+    return [shard.path for shard in _list_shards(config, split, input_context, skipped_records)]
+
+
+def _list_shards(
+    config: InputConfig,
+    split: str,
+    input_context: tf.distribute.InputContext | None,
+    skipped_records: SkippedRecordCounter | None,
+) -> list[ShardFile]:
+    """`list_files`, with the size and record count of each file to read."""
     _check_split(split)
     if not tf.io.gfile.isdir(config.data_dir):
         raise FileNotFoundError(
@@ -99,19 +160,42 @@ def list_files(
         )
     pattern = config.eval_file_pattern if split == "validation" else config.train_file_pattern
     full_pattern = os.path.join(config.data_dir, pattern)
-    files = sorted(tf.io.gfile.glob(full_pattern))
-    if not files:
+    folder = os.path.join(config.data_dir, "")
+    matched = sorted(path[len(folder):] for path in tf.io.gfile.glob(full_pattern))
+    if not matched:
         raise FileNotFoundError(
             f"No TFRecord files match {full_pattern!r} (split {split!r})."
         )
+    try:
+        shard_manifest = manifest.read_manifest(config.data_dir)
+    except manifest.ManifestError as error:
+        raise DataIntegrityError(str(error)) from error
+    if shard_manifest is None:
+        print(f"Note: {config.data_dir!r} has no {manifest.MANIFEST_NAME}; its {split} files are checked by "
+              "name and size only.", file=sys.stderr)
+        names, problems = _names_without_manifest(config.data_dir, matched)
+        listed = {}
+    else:
+        _check_manifest_labels(config, shard_manifest)
+        listed = {
+            name: shard for name, shard in shard_manifest.shards().items()
+            if fnmatch.fnmatchcase(name, pattern)
+        }
+        names = sorted(listed)
+        problems = {
+            name: f"not listed in {manifest.MANIFEST_NAME} (a stray file, or a temporary file of an "
+                  "interrupted conversion)"
+            for name in matched if name not in listed
+        }
+
     if split != "validation" and config.minival_num_shards:
-        if config.minival_num_shards >= len(files):
+        if config.minival_num_shards >= len(names):
             raise ValueError(
                 f"minival_num_shards={config.minival_num_shards} leaves no training "
-                f"files: {full_pattern!r} matches only {len(files)}."
+                f"files: {full_pattern!r} matches only {len(names)}."
             )
-        held_out = len(files) - config.minival_num_shards
-        files = files[held_out:] if split == "minival" else files[:held_out]
+        held_out = len(names) - config.minival_num_shards
+        names = names[held_out:] if split == "minival" else names[:held_out]
     elif split == "minival":
         raise ValueError(
             'Split "minival" needs minival_num_shards > 0 (the paper held out 20 of '
@@ -119,13 +203,120 @@ def list_files(
         )
     if input_context is not None and input_context.num_input_pipelines > 1:
         pipelines = input_context.num_input_pipelines
-        if len(files) < pipelines:
+        if len(names) < pipelines:
             raise ValueError(
-                f"{len(files)} files for split {split!r} cannot be shared between "
+                f"{len(names)} files for split {split!r} cannot be shared between "
                 f"{pipelines} input pipelines (hosts); write more shards."
             )
-        files = files[input_context.input_pipeline_id :: pipelines]
-    return files
+        names = names[input_context.input_pipeline_id :: pipelines]
+
+    sizes = _file_sizes([os.path.join(config.data_dir, name) for name in names])
+    for name, size in zip(names, sizes):
+        expected = listed.get(name)
+        if size is None:
+            problems.setdefault(name, "missing" + (
+                f" ({manifest.MANIFEST_NAME} lists it with {expected.num_records} records)" if expected else ""
+            ))
+        elif expected is not None and size != expected.size_bytes:
+            problems[name] = (
+                f"{size} bytes, {manifest.MANIFEST_NAME} says {expected.size_bytes} (truncated, or another file)"
+            )
+    _report_problems(config, split, problems, skipped_records)
+    shards = [
+        ShardFile(os.path.join(config.data_dir, name), size, listed[name].num_records if listed else -1)
+        for name, size in zip(names, sizes) if name not in problems
+    ]
+    if not shards:
+        raise DataIntegrityError(
+            f"No readable {split} files are left in {config.data_dir!r} after leaving out "
+            f"{len(problems)} with problems."
+        )
+    return shards
+
+
+def _names_without_manifest(data_dir: str, matched: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the names to read, {name: problem}) of the matched files of a folder without a manifest.
+
+    Temporary files are problems; a set named `<split>-NNNNN-of-MMMMM` is completed to
+    all its M names, the absent ones being problems (an interrupted conversion).
+
+    Raises:
+      DataIntegrityError: two such sets of one split with different counts.
+    """
+    problems = {
+        name: "a temporary file of an interrupted conversion" for name in matched
+        if records.TEMP_MARKER in name
+    }
+    names = {name for name in matched if name not in problems}
+    counts: dict[tuple[str, str], set[int]] = {}
+    for name in names:
+        folder, file_name = os.path.split(name)
+        parsed = records.parse_shard_name(file_name)
+        if parsed is not None:
+            counts.setdefault((folder, parsed[0]), set()).add(parsed[2])
+    for (folder, split_name), num_shards in sorted(counts.items()):
+        if len(num_shards) > 1:
+            sets = " and ".join(f"{count} ({records.shard_name(split_name, 0, count)}, ...)"
+                                for count in sorted(num_shards))
+            raise DataIntegrityError(
+                f"{os.path.join(data_dir, folder)!r} holds two sets of {split_name} shards, of {sets} "
+                "files: reading both would read every image twice. Delete one set."
+            )
+        count = num_shards.pop()
+        for index in range(count):
+            name = os.path.join(folder, records.shard_name(split_name, index, count))
+            if name not in names:
+                names.add(name)
+                problems[name] = f"missing from its set of {count} (an interrupted conversion?)"
+    return sorted(names), problems
+
+
+def _check_manifest_labels(config: InputConfig, shard_manifest: manifest.Manifest) -> None:
+    first = shard_manifest.first_label + config.resolved_label_offset
+    last = first + shard_manifest.num_classes - 1
+    if first < 0 or last >= config.num_classes:
+        raise DataIntegrityError(
+            f"{manifest.manifest_path(config.data_dir)!r} stores labels {shard_manifest.first_label}.."
+            f"{shard_manifest.first_label + shard_manifest.num_classes - 1}, which label_offset "
+            f"{config.resolved_label_offset} maps to {first}..{last}, outside [0, {config.num_classes}) "
+            "(input.num_classes)."
+        )
+
+
+def _file_sizes(paths: list[str]) -> list[int | None]:
+    """The size in bytes of each file, None for a missing one."""
+
+    def size(path: str) -> int | None:
+        try:
+            return tf.io.gfile.stat(path).length
+        except tf.errors.NotFoundError:
+            return None
+
+    # One request per file on a remote file system: in parallel, so that a thousand
+    # shards on GCS take seconds, not a minute.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
+        return list(pool.map(size, paths))
+
+
+def _report_problems(
+    config: InputConfig,
+    split: str,
+    problems: dict[str, str],
+    skipped_records: SkippedRecordCounter | None,
+) -> None:
+    """Raises DataIntegrityError for `problems` ({name: problem}), or, with
+    skip_corrupt_records, warns about each and records it in `skipped_records`."""
+    paths = {os.path.join(config.data_dir, name): problem for name, problem in sorted(problems.items())}
+    if paths and not config.skip_corrupt_records:
+        listed = "; ".join(f"{path}: {problem}" for path, problem in list(paths.items())[:_PROBLEMS_SHOWN])
+        more = f"; and {len(paths) - _PROBLEMS_SHOWN} more" if len(paths) > _PROBLEMS_SHOWN else ""
+        raise DataIntegrityError(
+            f"{len(paths)} problem(s) with the {split} files (input.skip_corrupt_records=false): {listed}{more}."
+        )
+    for path, problem in paths.items():
+        print(f"WARNING: leaving out {path}: {problem}.", file=sys.stderr)
+        if skipped_records is not None:
+            skipped_records.skipped_files[path] = problem
 
 
 def build_dataset(
@@ -142,8 +333,9 @@ def build_dataset(
         "validation" or "minival" (evaluation preprocessing, one pass, in order).
       input_context: from `distribute_datasets_from_function`; selects this host's
         files and the per-replica batch size.
-      skipped_records: counter for records skipped as corrupt; when None a new one
-        is created and attached to the result as `dataset.skipped_records`.
+      skipped_records: counter for the records and files skipped as corrupt; when
+        None a new one is created. It is attached to the result as
+        `dataset.skipped_records`, and reset at the start of every pass.
 
     Returns:
       A dataset of (images, labels):
@@ -153,6 +345,9 @@ def build_dataset(
         labels: int32 [batch] class ids in [0, num_classes), or, for training with
           Mixup/CutMix, float32 [batch, num_classes] soft labels.
       batch is the per-replica batch size, global batch / replicas.
+
+    Raises:
+      DataIntegrityError, FileNotFoundError, ValueError: see `list_files`.
     """
     _check_split(split)
     training = split == "train"
@@ -165,13 +360,14 @@ def build_dataset(
     deterministic = not training or config.deterministic_train
 
     if config.source == "tfrecord":
-        examples = _read_tfrecords(config, split, input_context, deterministic)
+        examples = _read_tfrecords(config, split, input_context, deterministic, skipped_records)
     else:
         examples = _read_tfds(config, split, input_context)
     if config.cache:
         examples = examples.cache()
     if training:
         examples = examples.repeat().shuffle(config.shuffle_buffer_size, seed=config.seed)
+    examples = _count_per_pass(examples, skipped_records)
 
     mix_batch = augmentation.build_mixup_cutmix(config) if training else None
     compute_dtype = keras.config.dtype_policy().compute_dtype
@@ -179,18 +375,18 @@ def build_dataset(
     example_dtype = tf.float32 if mix_batch is not None else compute_dtype
     preprocess_image = _image_preprocessor(config, training, example_dtype)
 
-    def check(image_bytes, stored_label, source):
-        usable = _check_record(config, skipped_records, image_bytes, source)
-        return image_bytes, stored_label, source, usable
+    def check(example):
+        return {**example, "usable": _check_record(config, skipped_records, example)}
 
-    def preprocess(image_bytes, stored_label, source, usable):
-        del usable  # Always True after the filter.
-        return _preprocess_record(config, preprocess_image, image_bytes, stored_label, source)
+    def preprocess(example):
+        return _preprocess_record(
+            config, preprocess_image, example["image"], example["label"], example["source"]
+        )
 
     # Checking and dropping before the expensive map lets tf.data fuse that map with
     # the batch (each image is written straight into the batch buffer).
     dataset = examples.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    dataset = dataset.filter(lambda image_bytes, stored_label, source, usable: usable)
+    dataset = dataset.filter(lambda example: example["usable"])
     dataset = dataset.map(
         preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
@@ -220,30 +416,133 @@ def _read_tfrecords(
     split: str,
     input_context: tf.distribute.InputContext | None,
     deterministic: bool,
+    skipped_records: SkippedRecordCounter,
 ) -> tf.data.Dataset:
-    """(JPEG bytes, stored label, file name) per record, from this host's files."""
-    files = list_files(config, split, input_context)
-    file_names = tf.data.Dataset.from_tensor_slices(files)
+    """The examples (see `_read_file`) of this host's checked files, interleaved."""
+    shards = _list_shards(config, split, input_context, skipped_records)
+    file_names = tf.data.Dataset.from_tensor_slices((
+        [shard.path for shard in shards],
+        np.array([shard.size_bytes for shard in shards], np.int64),
+        np.array([shard.num_records for shard in shards], np.int64),
+    ))
     if split == "train":
         # Reshuffled at every repetition (the repeat comes later in the pipeline).
-        file_names = file_names.shuffle(len(files), seed=config.seed)
-
-    def read_file(file_name):
-        def parse(serialized):
-            image_bytes, stored_label = records.parse_example(serialized, config.image_key, config.label_key)
-            return image_bytes, stored_label, file_name
-
-        return tf.data.TFRecordDataset(
-            file_name, buffer_size=_TFRECORD_READ_BUFFER_BYTES
-        ).map(parse)
-
+        file_names = file_names.shuffle(len(shards), seed=config.seed)
     return file_names.interleave(
-        read_file,
-        cycle_length=min(config.interleave_cycle_length, len(files)),
+        lambda path, size_bytes, num_records: _read_file(config, path, size_bytes, num_records),
+        cycle_length=min(config.interleave_cycle_length, len(shards)),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
+
+
+def _read_file(
+    config: InputConfig, path: tf.Tensor, size_bytes: tf.Tensor, num_records: tf.Tensor
+) -> tf.data.Dataset:
+    """The examples of one TFRecord file, then its end-of-file element.
+
+    An example is a dict: "image" (JPEG bytes, scalar tf.string), "label" (the stored
+    label, int64 []), "source" (the file), "is_record" (False for the end-of-file
+    element), "decodable" (`preprocessing.is_decodable_jpeg` of the image), "skipped"
+    (int64 [], records lost just before this element) and "problem" (tf.string [], what
+    they were and where; "" when none were).
+
+    A record is lost when it is not a tf.Example or its JPEG header is damaged (the
+    parse raises, ignore_errors drops it, and the gap in record indices counts it), or
+    when it cannot be read: on a truncated record or a failed CRC check TFRecordDataset
+    moves on to its next file, which for this one-file reader is the end. The
+    end-of-file element compares what was read with the file's size and, from a
+    manifest, its record count (`num_records`, -1 without one), and counts the rest.
+    """
+    framed = tf.data.TFRecordDataset(path, buffer_size=_TFRECORD_READ_BUFFER_BYTES).ignore_errors()
+    framed = framed.map(lambda serialized: (serialized, True)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(""), False))
+    )
+
+    def locate(state, element):
+        index, offset = state
+        serialized, is_record = element
+        length = tf.cast(tf.strings.length(serialized), tf.int64) + records.RECORD_FRAMING_BYTES
+        end = offset + tf.where(is_record, length, tf.constant(0, tf.int64))
+        return (index + 1, end), {
+            "serialized": serialized, "is_record": is_record, "index": index, "offset": offset, "end": end,
+        }
+
+    def parse(element):
+        image, stored_label = records.parse_example(element["serialized"], config.image_key, config.label_key)
+        return {
+            "image": image, "label": stored_label, "decodable": preprocessing.is_decodable_jpeg(image),
+            **{key: element[key] for key in ("is_record", "index", "offset", "end")},
+        }
+
+    def describe(element, skipped, skipped_from):
+        # Only the end-of-file element knows how far the reader got.
+        records_read, bytes_read = element["index"], element["offset"]
+        unread = tf.where(
+            num_records >= 0,
+            tf.maximum(num_records - records_read, 0),
+            tf.cast(bytes_read < size_bytes, tf.int64),
+        )
+        unread = tf.where(element["is_record"], tf.constant(0, tf.int64), unread)
+
+        def problem():
+            gap_problem = tf.strings.join([
+                path, ": ", tf.strings.as_string(skipped), " record(s) from byte ",
+                tf.strings.as_string(skipped_from), " are not tf.Examples or hold a JPEG with a damaged header",
+            ])
+            expected = tf.where(num_records >= 0, tf.strings.as_string(num_records), "an unknown number of")
+            unread_problem = tf.strings.join([
+                path, ": unreadable from byte ", tf.strings.as_string(bytes_read), " of ",
+                tf.strings.as_string(size_bytes), " (a truncated record, a failed CRC check or a read error); read ",
+                tf.strings.as_string(records_read), " of ", expected, " records",
+            ])
+            return _join_problems([gap_problem, unread_problem], [skipped > 0, unread > 0])
+
+        return {
+            "image": element["image"], "label": element["label"], "source": path,
+            "is_record": element["is_record"], "decodable": element["decodable"], "skipped": skipped + unread,
+            "problem": tf.cond(skipped + unread > 0, problem, lambda: tf.constant("")),
+        }
+
+    located = framed.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), locate)
+    return _count_gaps(located.map(parse).ignore_errors(), describe)
+
+
+def _count_gaps(elements: tf.data.Dataset, describe) -> tf.data.Dataset:
+    """`describe(element, skipped, skipped_from)` of each element, in one scan.
+
+    `elements` come in "index" order, some dropped: `skipped` (int64 []) is the number
+    of indices missing just before an element, and `skipped_from` the "end" of the
+    element before them (where the first missing one starts).
+    """
+
+    def count(state, element):
+        next_index, previous_end = state
+        skipped = element["index"] - next_index
+        return (element["index"] + 1, element["end"]), describe(element, skipped, previous_end)
+
+    return elements.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count)
+
+
+def _join_problems(problems: list[tf.Tensor], present: list[tf.Tensor]) -> tf.Tensor:
+    """The problems (scalar tf.string) that are present (scalar tf.bool), joined by "; "."""
+    return tf.strings.reduce_join(tf.boolean_mask(tf.stack(problems), tf.stack(present)), separator="; ")
+
+
+def _count_per_pass(examples: tf.data.Dataset, skipped_records: SkippedRecordCounter) -> tf.data.Dataset:
+    """`examples`, resetting `skipped_records` whenever an iterator over them starts.
+
+    A one-element dataset whose map resets the counter is flat-mapped into
+    `examples`, so the reset runs before the first example of every pass is read.
+    """
+
+    def reset(zero):
+        with tf.control_dependencies([skipped_records.variable.assign(zero)]):
+            return tf.identity(zero)
+
+    start = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(reset)
+    return start.flat_map(lambda _: examples)
 
 
 def _read_tfds(
@@ -251,7 +550,8 @@ def _read_tfds(
     split: str,
     input_context: tf.distribute.InputContext | None,
 ) -> tf.data.Dataset:
-    """(JPEG bytes, stored label, dataset name) per example of a TFDS dataset."""
+    """The examples of a TFDS split, as `_read_file` gives those of a file, then an
+    end-of-split element; an example whose JPEG header is damaged is counted."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     split_name = {
@@ -286,7 +586,37 @@ def _read_tfds(
         read_config=read_config,
     )
     source = f"{config.tfds_name}:{split_name}"
-    return examples.map(lambda example: (example["image"], example["label"], source))
+    marked = examples.map(lambda example: (example["image"], example["label"], True)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(-1, tf.int64), False))
+    )
+
+    def locate(position, element):
+        image, stored_label, is_record = element
+        return position + 1, {
+            "image": image, "label": stored_label, "is_record": is_record,
+            "index": position, "offset": position, "end": position + 1,
+        }
+
+    def check_header(element):
+        return {**element, "decodable": preprocessing.is_decodable_jpeg(element["image"])}
+
+    def describe(element, skipped, skipped_from):
+        def problem():
+            return tf.strings.join([
+                source, ": ", tf.strings.as_string(skipped), " example(s) from number ",
+                tf.strings.as_string(skipped_from), " hold a JPEG with a damaged header",
+            ])
+
+        return {
+            "image": element["image"], "label": element["label"], "source": source,
+            "is_record": element["is_record"], "decodable": element["decodable"], "skipped": skipped,
+            "problem": tf.cond(skipped > 0, problem, lambda: tf.constant("")),
+        }
+
+    located = marked.scan(tf.constant(0, tf.int64), locate)
+    # In order (deterministic), so that a dropped example leaves a gap in the indices.
+    checked = located.map(check_header, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _count_gaps(checked.ignore_errors(), describe)
 
 
 def _image_preprocessor(config: InputConfig, training: bool, dtype):
@@ -312,38 +642,45 @@ def _image_preprocessor(config: InputConfig, training: bool, dtype):
 def _check_record(
     config: InputConfig,
     skipped_records: SkippedRecordCounter,
-    image_bytes: tf.Tensor,
-    source: tf.Tensor,
+    example: dict[str, tf.Tensor],
 ) -> tf.Tensor:
-    """Whether a record's image is usable (bool []), without decoding it.
+    """Whether an example is a usable record (bool []), without decoding its image.
 
-    An unusable record (missing, non-JPEG or truncated image) is counted and logged;
-    the filter that follows drops it. With skip_corrupt_records=False it raises
-    instead.
+    Counts and logs what was skipped: the example's "skipped" records lost just before
+    it in its file (see `_read_file`), plus the example itself when its image is
+    missing, not a JPEG or truncated (not "decodable"). The filter that follows drops
+    unusable examples and every end-of-file element. With skip_corrupt_records=False
+    any skip raises instead, naming the file.
     """
-    usable = preprocessing.is_complete_jpeg(image_bytes)
-    if not config.skip_corrupt_records:
-        check_image = tf.debugging.Assert(
-            usable,
-            [
-                "Corrupt record: the image is missing, not a JPEG or truncated in",
-                source, "(skip_corrupt_records=False).",
-            ],
+    is_record = example["is_record"]
+    incomplete = tf.logical_and(is_record, tf.logical_not(example["decodable"]))
+    skipped = example["skipped"] + tf.cast(incomplete, tf.int64)
+    usable = tf.logical_and(is_record, tf.logical_not(incomplete))
+
+    def problem():
+        return _join_problems(
+            [example["problem"],
+             tf.strings.join([example["source"], ": a record's image is missing, not a JPEG or truncated"])],
+            [example["skipped"] > 0, incomplete],
         )
-        with tf.control_dependencies([check_image]):
+
+    def fail():
+        check_records = tf.debugging.Assert(
+            False, ["Corrupt record(s):", problem(), "(skip_corrupt_records=False)."]
+        )
+        with tf.control_dependencies([check_records]):
             return tf.identity(usable)
 
-    def count_skip():
-        count = skipped_records.variable.assign_add(1)
+    def count_skips():
+        count = skipped_records.variable.assign_add(skipped)
         log = tf.print(
-            "WARNING: skipping a record whose image is missing, not a JPEG or "
-            "truncated, in", source, "- skipped so far:", count,
+            "WARNING: skipping", skipped, "record(s):", problem(), "- skipped so far in this pass:", count,
             output_stream=sys.stderr,
         )
         with tf.control_dependencies([log]):
-            return tf.constant(False)
+            return tf.identity(usable)
 
-    return tf.cond(usable, lambda: tf.constant(True), count_skip)
+    return tf.cond(skipped > 0, count_skips if config.skip_corrupt_records else fail, lambda: usable)
 
 
 def _preprocess_record(

@@ -20,15 +20,20 @@ Output (what `training.input_pipeline` reads with source "tfrecord"):
   `lambda_keras.data.records` schema: image/encoded (JPEG), image/class/label (1..N
   over the sorted synsets), image/class/synset, image/height, image/width,
   image/channels (3), image/colorspace ("RGB"), image/format ("JPEG"), image/filename;
-  OUT/synsets.txt, the synset of label i on line i.
+  OUT/synsets.txt, the synset of label i on line i; OUT/manifest.json, written last, with
+  every shard's record count, size and SHA-256 and the label map
+  (`lambda_keras.data.manifest`), against which the trainer checks the shards.
 
 Training images are shuffled (with --seed) before sharding, as in the reference. PNG
 files saved as .JPEG and CMYK or other non-RGB JPEGs are re-encoded as RGB JPEG
 (quality 100, like the reference); unreadable files are skipped and listed in the
-summary. Each shard is written under a temporary name and renamed when complete, so a
-shard file that exists is complete: a rerun skips it (resume) and deletes temporary
-files left by an interrupted run. Shards are converted by parallel worker threads
-(PIL and the TFRecord writer release the GIL for the heavy work).
+summary. Each shard is written under a temporary name that no shard pattern matches
+(`.tmp-train-00004-of-01024-<id>`) and renamed when complete, so a shard file that
+exists is complete: a rerun skips it (resume) and deletes temporary files left by an
+interrupted run. A rerun with other shard counts is refused (two sets of shards would be
+read together); the manifest is removed at the start and written once all shards exist,
+so a folder has one only when its conversion finished. Shards are converted by parallel
+worker threads (PIL and the TFRecord writer release the GIL for the heavy work).
 """
 
 from __future__ import annotations
@@ -46,7 +51,15 @@ import tensorflow as tf
 import tqdm
 from PIL import Image
 
-from lambda_keras.data.records import TEMP_MARKER, image_example, shard_name, write_records_atomically
+from lambda_keras.data import manifest
+from lambda_keras.data.records import (
+    ShardSetError,
+    check_no_other_shard_set,
+    image_example,
+    remove_temporary_files,
+    shard_name,
+    write_records_atomically,
+)
 
 TRAIN_SHARDS = 1024
 VALIDATION_SHARDS = 128
@@ -67,11 +80,12 @@ class ImageEntry:
 
 @dataclasses.dataclass
 class SplitSummary:
-    """What the conversion of one split did."""
+    """What the conversion of one split did, and its shards as the manifest lists them."""
 
     shards_written: int = 0
     shards_already_complete: int = 0
     images_written: int = 0
+    shards: list[manifest.ShardInfo] = dataclasses.field(default_factory=list)
     reencoded: dict[str, int] = dataclasses.field(default_factory=dict)
     unreadable: list[str] = dataclasses.field(default_factory=list)
 
@@ -222,7 +236,8 @@ def convert_split(
     num_shards: int,
     num_workers: int,
 ) -> SplitSummary:
-    """Converts one split into `num_shards` shards, skipping complete ones."""
+    """Converts one split into `num_shards` shards, skipping complete ones, then reads
+    every shard back to describe it (`manifest.describe_shards`)."""
     if len(entries) < num_shards:
         raise ValueError(
             f"{len(entries)} {split} images cannot fill {num_shards} shards; "
@@ -230,11 +245,11 @@ def convert_split(
         )
     summary = SplitSummary()
     jobs = []
-    for index in range(num_shards):
+    paths = [os.path.join(output_dir, shard_name(split, index, num_shards)) for index in range(num_shards)]
+    for index, path in enumerate(paths):
         shard_entries = entries[
             index * len(entries) // num_shards : (index + 1) * len(entries) // num_shards
         ]
-        path = os.path.join(output_dir, shard_name(split, index, num_shards))
         if tf.io.gfile.exists(path):
             summary.shards_already_complete += 1
         else:
@@ -249,17 +264,8 @@ def convert_split(
             summary.add(future.result())
             progress.update(futures[future])
     progress.close()
+    summary.shards = manifest.describe_shards(paths, num_workers)
     return summary
-
-
-def remove_temporary_files(output_dir: str) -> int:
-    """Deletes shards left half-written by an interrupted run; returns how many."""
-    stale = [
-        name for name in tf.io.gfile.listdir(output_dir) if TEMP_MARKER in name
-    ]
-    for name in stale:
-        tf.io.gfile.remove(os.path.join(output_dir, name))
-    return len(stale)
 
 
 def convert(
@@ -275,20 +281,26 @@ def convert(
 
     Returns:
       {"train": SplitSummary, "validation": SplitSummary}.
+
+    Raises:
+      ShardSetError (a ValueError): output_dir holds shards of another count.
     """
     for name, count in (("train_shards", train_shards), ("validation_shards", validation_shards),
                         ("num_workers", num_workers)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={count!r}")
+    check_no_other_shard_set(output_dir, "train", train_shards)
+    check_no_other_shard_set(output_dir, "validation", validation_shards)
     train_entries, synsets = find_train_images(input_dir)
     validation_entries = find_validation_images(input_dir, synsets, validation_labels)
     # A fixed seed keeps the shard contents identical across resumed runs.
     random.Random(seed).shuffle(train_entries)
     tf.io.gfile.makedirs(output_dir)
     remove_temporary_files(output_dir)
+    manifest.remove_manifest(output_dir)
     with tf.io.gfile.GFile(os.path.join(output_dir, SYNSETS_FILE), "w") as file:
         file.write("".join(f"{synset}\n" for synset in synsets))
-    return {
+    summaries = {
         "train": convert_split(
             "train", train_entries, output_dir, train_shards, num_workers
         ),
@@ -296,6 +308,11 @@ def convert(
             "validation", validation_entries, output_dir, validation_shards, num_workers
         ),
     }
+    manifest.write_manifest(output_dir, manifest.Manifest(
+        {split: tuple(summary.shards) for split, summary in summaries.items()},
+        classes=tuple(synsets), first_label=1,
+    ))
+    return summaries
 
 
 def format_summary(summaries: dict[str, SplitSummary]) -> str:
@@ -330,11 +347,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="Training-file shuffle seed (keep it fixed to resume).")
     args = parser.parse_args(argv)
-    summaries = convert(
-        args.input, args.output, args.train_shards, args.validation_shards,
-        args.num_workers, args.validation_labels, args.seed,
-    )
+    try:
+        summaries = convert(
+            args.input, args.output, args.train_shards, args.validation_shards,
+            args.num_workers, args.validation_labels, args.seed,
+        )
+    except (FileNotFoundError, ShardSetError) as error:
+        print(f"python -m training.prepare_imagenet: error: {error}", file=sys.stderr)
+        return 2
     print(format_summary(summaries))
+    print(f"Wrote {manifest.manifest_path(args.output)}")
     return 0
 
 

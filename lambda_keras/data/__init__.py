@@ -9,7 +9,9 @@ import it; import its modules by name:
   training and the evaluation (and serving) transforms;
 - `lambda_keras.data.records`: the tf.Example layout of the ImageNet TFRecord shards,
   written by `training.prepare_imagenet` and `training.demo_data` and read by
-  `training.input_pipeline`.
+  `training.input_pipeline`;
+- `lambda_keras.data.manifest`: the `manifest.json` those writers put next to the
+  shards (record counts, sizes, checksums, label map), which the pipeline checks.
 
 `imagenet_classes.txt` (the 1000 ImageNet class names) also lives here; it is read by
 `lambda_keras.imagenet_utils` without TensorFlow.

@@ -63,6 +63,24 @@ def is_complete_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.logical_and(starts_with_soi, has_eoi)
 
 
+def is_decodable_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
+    """`is_complete_jpeg`, and a JPEG header that reads: scalar tf.bool.
+
+    For bytes that pass `is_complete_jpeg`, reads the header as `decode_and_crop_jpeg`
+    does before decoding (the markers up to the first scan, with the frame and the
+    quantisation and Huffman tables) and checks that it gives a positive size. A
+    damaged header behind intact SOI and EOI markers (a zero height, a corrupt table)
+    raises InvalidArgumentError here, at the cost of parsing the header, rather than in
+    the decode of a whole batch: run this under `tf.data.Dataset.ignore_errors` to drop
+    such records. False, without reading, for what `is_complete_jpeg` rejects.
+    """
+
+    def header_has_pixels() -> tf.Tensor:
+        return tf.reduce_all(tf.image.extract_jpeg_shape(image_bytes) > 0)
+
+    return tf.cond(is_complete_jpeg(image_bytes), header_has_pixels, lambda: tf.constant(False))
+
+
 def center_crop_window(
     image_shape: tf.Tensor, image_size: int, crop_padding: int
 ) -> tf.Tensor:

@@ -3,7 +3,7 @@
 The one place that defines how an image and its label are stored: `image_example` and
 `write_records_atomically` write records (`training.prepare_imagenet`,
 `training.demo_data`), `parse_example` reads them back (`training.input_pipeline`), and
-`shard_name` names the files. One record per image:
+`shard_name` / `parse_shard_name` name the files. One record per image:
 
   image/encoded (JPEG bytes), image/class/label (int64, 1..N in the reference),
   image/class/synset, image/height, image/width, image/channels (3),
@@ -12,10 +12,16 @@ The one place that defines how an image and its label are stored: `image_example
 `training.input_config.InputConfig` repeats the two keys it reads as plain strings
 (its `image_key` / `label_key` defaults), because importing this module would import
 TensorFlow and Keras into that configuration module, which stays free of both.
+
+A file is framed as TFRecords: per record an 8-byte length, a 4-byte CRC of the length,
+the serialized tf.Example and a 4-byte CRC of it (`RECORD_FRAMING_BYTES` in all), so the
+pipeline can name the byte offset at which a damaged file stops being readable.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from typing import Iterable
 
@@ -31,13 +37,66 @@ COLORSPACE_KEY = "image/colorspace"
 FORMAT_KEY = "image/format"
 FILENAME_KEY = "image/filename"
 
-# Marks a shard being written; a file name containing it is never a complete shard.
+# Starts the name of a file being written: a file whose name contains it is never a
+# complete shard, and no shard pattern (`train-*`, `validation-*`) matches it.
 TEMP_MARKER = ".tmp-"
+
+# Bytes a record takes in a file besides its serialized tf.Example: length, two CRCs.
+RECORD_FRAMING_BYTES = 16
+
+_SHARD_NAME = re.compile(r"(?P<split>.+)-(?P<index>\d{5})-of-(?P<num_shards>\d{5})")
+
+
+class ShardSetError(ValueError):
+    """A folder holds shards of a split from a set with another shard count."""
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
     """The reference shard file name, e.g. train-00012-of-01024."""
     return f"{split}-{index:05d}-of-{num_shards:05d}"
+
+
+def parse_shard_name(name: str) -> tuple[str, int, int] | None:
+    """(split, index, num_shards) of a `shard_name`, or None for any other file name."""
+    match = _SHARD_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return match["split"], int(match["index"]), int(match["num_shards"])
+
+
+def temporary_path(path: str) -> str:
+    """A unique name in the folder of `path` to write it under before renaming it to `path`."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{TEMP_MARKER}{name}-{uuid.uuid4().hex}")
+
+
+def remove_temporary_files(directory: str) -> int:
+    """Deletes the files an interrupted writer left half-written in `directory`; returns how many."""
+    stale = [name for name in tf.io.gfile.listdir(directory) if TEMP_MARKER in name]
+    for name in stale:
+        tf.io.gfile.remove(os.path.join(directory, name))
+    return len(stale)
+
+
+def check_no_other_shard_set(directory: str, split: str, num_shards: int) -> None:
+    """Refuses to write `num_shards` shards of `split` next to a set of another count.
+
+    Both sets would match the trainer's `<split>-*` pattern, so every image would be
+    read twice. Shards of the same count are the same set: a rerun resumes it.
+
+    Raises:
+      ShardSetError: naming a shard of the other set and both counts.
+    """
+    if not tf.io.gfile.isdir(directory):
+        return
+    for name in sorted(tf.io.gfile.listdir(directory)):
+        parsed = parse_shard_name(name)
+        if parsed is not None and parsed[0] == split and parsed[2] != num_shards:
+            raise ShardSetError(
+                f"{os.path.join(directory, name)!r} belongs to a set of {parsed[2]} {split} shards; "
+                f"writing {num_shards} {split} shards into {directory!r} would mix the two sets. Use "
+                f"{parsed[2]} {split} shards to resume that set, or write into an empty folder."
+            )
 
 
 def image_example(
@@ -87,9 +146,9 @@ def write_records_atomically(path: str, records: Iterable[bytes]) -> int:
     """Writes serialized records to `path` via a temporary file and a rename.
 
     The file under `path` appears only once all records are written; on any error the
-    temporary file is removed. Returns the number of records written.
+    temporary file (`temporary_path`) is removed. Returns the number of records written.
     """
-    temp_path = f"{path}{TEMP_MARKER}{uuid.uuid4().hex}"
+    temp_path = temporary_path(path)
     count = 0
     try:
         with tf.io.TFRecordWriter(temp_path) as writer:

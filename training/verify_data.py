@@ -1,0 +1,46 @@
+"""Checks a TFRecord folder completely against its manifest.json.
+
+Usage:
+  python -m training.verify_data DIR [--num_workers 8]
+
+Reads every shard that `DIR/manifest.json` lists (written by `training.prepare_imagenet`
+and `training.demo_data`): each record's CRC, the record count, the size and the SHA-256
+of the file, and looks for files that a split's pattern matches but the manifest does not
+list. The trainer checks only names and sizes when it starts, since hashing all of
+ImageNet takes minutes (docs/design.md, "Checking the shards"). Prints one line per
+problem, naming the file; exit status 0 when there are none, 1 when there are, 2 when
+DIR has no readable manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Sequence
+
+from lambda_keras.data import manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_dir", help="The TFRecord folder (local or gs://).")
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
+                        help="Shards read in parallel.")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        problems = manifest.verify_shards(args.data_dir, args.num_workers)
+    except manifest.ManifestError as error:
+        print(f"python -m training.verify_data: error: {error}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem)
+    seconds = time.perf_counter() - start
+    print(f"{len(problems)} problem(s) in {args.data_dir} ({seconds:.1f} s).")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
