@@ -23,6 +23,16 @@ if keras.backend.backend() == "tensorflow":
     )
 
 
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> str:
+    """A folder of the digits demo data (TFRecord shards and manifest), one per test module."""
+    from training import demo_data  # TensorFlow and scikit-learn: only where a test asks for it
+
+    path = tmp_path_factory.mktemp("digits")
+    demo_data.write_demo_data(str(path))
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     """Each test starts with float32, a fixed seed and no leftover global state."""

@@ -16,7 +16,7 @@ from PIL import Image
 
 from lambda_keras.data import preprocessing, records
 from training import augmentation
-from training.demo_data import VALIDATION_SIZE, demo_input_config, digit_images, write_demo_data
+from training.demo_data import VALIDATION_SIZE, demo_input_config, digit_images
 from training.input_config import InputConfig
 from training.input_pipeline import SkippedRecordCounter, build_dataset, list_files
 
@@ -103,13 +103,6 @@ def collect(dataset):
 # ---------------------------------------------------------------- fixtures
 
 GENERATED_SIZES = [(48, 64), (64, 40), (50, 50), (61, 75), (80, 33), (40, 40)]
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("digits"))
-    write_demo_data(path)
-    return path
 
 
 @pytest.fixture(scope="module")

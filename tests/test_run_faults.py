@@ -20,16 +20,9 @@ import tensorflow as tf
 
 from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import demo_data, experiment, train
+from training import experiment, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("digits")
-    demo_data.write_demo_data(str(path))
-    return str(path)
 
 
 def _short_run(digits_dir, model_dir, *overrides):

@@ -16,16 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import config as config_lib, demo_data, experiment
+from training import config as config_lib, experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("digits")
-    demo_data.write_demo_data(str(path))
-    return str(path)
 
 
 def _first_step(config, strategy, initial_weights):

@@ -8,21 +8,19 @@ two-device DataParallel path runs without an accelerator.
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from run_control import REPO, kill_at_mid_epoch_backup
 
 from export import saved_model
 from lambda_keras.data import preprocessing
-from training import demo_data, train
+from training import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_PARALLEL_WORKER = os.path.join(REPO, "tests", "jax_data_parallel_worker.py")
 BACKUP_EVERY = 5
 
@@ -40,13 +38,6 @@ np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
 def _jax_env(devices: int = 1) -> dict:
     return dict(os.environ, KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
                 PYTHONPATH=REPO, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("digits")
-    demo_data.write_demo_data(str(path))
-    return str(path)
 
 
 def _train_steps(devices: int, digits_dir: str, tmp_path, steps: int) -> dict:
@@ -82,14 +73,6 @@ def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
     assert moved > one["trainable"].sum() // 2  # the steps moved most trainable weights
 
 
-def _metadata(model_dir):
-    try:
-        with open(os.path.join(model_dir, "backup", "training_metadata.json")) as file:
-            return json.load(file)
-    except (OSError, ValueError):  # not written yet, or being written
-        return None
-
-
 @pytest.mark.slow
 def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp_path):
     """The demo recipe plus --backend jax: killed mid-epoch, rerun, >= 95% top-1, served."""
@@ -98,23 +81,7 @@ def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp
         sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
         "--data_dir", digits_dir, "--model_dir", model_dir, "--set", f"train.backup_every_steps={BACKUP_EVERY}",
     ]
-    run = subprocess.Popen(command, cwd=REPO, env=_jax_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and run.poll() is None:
-            metadata = _metadata(model_dir)
-            if metadata and metadata["epoch"] == 1 and metadata["batch"] > 0:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail(f"no mid-epoch backup in epoch 1 (exit status {run.poll()})")
-        run.send_signal(signal.SIGKILL)
-        run.wait(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    killed_at = _metadata(model_dir)
-    assert killed_at["epoch"] == 1, "the run finished epoch 1 before the kill; retry"
+    killed_at = kill_at_mid_epoch_backup(command, _jax_env(), model_dir, epoch=1)
     steps_per_epoch = 1500 // 64
     steps_at_backup = steps_per_epoch + killed_at["batch"] + 1
     with open(os.path.join(model_dir, "train_log.csv")) as file:

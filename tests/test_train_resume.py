@@ -3,27 +3,16 @@
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from run_control import REPO, kill_at_mid_epoch_backup
 
 from training import demo_data
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH = 20
 BACKUP_EVERY = 5
-
-
-def _metadata(model_dir):
-    path = os.path.join(model_dir, "backup", "training_metadata.json")
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except (OSError, ValueError):  # Not written yet, or being written.
-        return None
 
 
 @pytest.mark.slow
@@ -38,26 +27,7 @@ def test_sigkilled_run_resumes_without_repeating_a_finished_epoch(tmp_path):
     ]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
 
-    run = subprocess.Popen(command, cwd=REPO, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        # Kill at the first mid-epoch backup of the second epoch (index 1).
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and run.poll() is None:
-            metadata = _metadata(model_dir)
-            if metadata and metadata["epoch"] == 1 and metadata["batch"] > 0:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail(f"no mid-epoch backup in epoch 1 (exit status {run.poll()})")
-        run.send_signal(signal.SIGKILL)
-        run.wait(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == -signal.SIGKILL
-    killed_at = _metadata(model_dir)
-    assert killed_at["epoch"] == 1, "the run finished epoch 1 before the kill; retry"
+    killed_at = kill_at_mid_epoch_backup(command, env, model_dir, epoch=1, timeout=240)
     steps_at_backup = STEPS_PER_EPOCH + killed_at["batch"] + 1
     with open(os.path.join(model_dir, "train_log.csv")) as file:
         assert [row["epoch"] for row in csv.DictReader(file)] == ["0"]
