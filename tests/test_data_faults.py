@@ -261,6 +261,22 @@ def test_damaged_jpeg_header_is_skipped_and_counted(tmp_path, capfd):
         read_validation(small_config(tmp_path, skip_corrupt_records=False))
 
 
+def test_damaged_headers_anywhere_in_a_long_shard_are_each_counted(tmp_path, capfd):
+    # Records are accounted for 32 at a time: damage on both sides of a boundary, and last.
+    damaged = {31, 32, 69}
+    image = jpeg(0)
+    serialized = [example(damaged_header(image) if i in damaged else image, i % 10 + 1) for i in range(70)]
+    shard = tmp_path / "validation-00000-of-00001"
+    write_shard(shard, serialized)
+    spans = record_spans(shard)
+
+    labels, counter = read_validation(small_config(tmp_path))
+    assert len(labels) == 70 - 3 and counter.count == 3
+    err = capfd.readouterr().err
+    assert f"{shard}: 2 record(s) from byte {spans[31][0]}" in err
+    assert f"{shard}: 1 record(s) from byte {spans[69][0]}" in err
+
+
 def test_batch_mixing_valid_and_junk_images_keeps_the_valid_ones(tmp_path):
     good = [jpeg(i) for i in range(5)]
     junk = [

@@ -47,6 +47,9 @@ _TFRECORD_READ_BUFFER_BYTES = 8 * 1024 * 1024
 _STAT_THREADS = 32
 # Problems named in a DataIntegrityError; the rest are counted.
 _PROBLEMS_SHOWN = 3
+# Records are numbered and their gaps counted a batch at a time: a tf.data function
+# call per record costs more than this bookkeeping (docs/design.md, "Checking the shards").
+_ACCOUNTING_BATCH = 32
 
 
 class SkippedRecordCounter:
@@ -376,17 +379,19 @@ def build_dataset(
     preprocess_image = _image_preprocessor(config, training, example_dtype)
 
     def check(example):
-        return {**example, "usable": _check_record(config, skipped_records, example)}
-
-    def preprocess(example):
-        return _preprocess_record(
-            config, preprocess_image, example["image"], example["label"], example["source"]
+        return example["image"], example["label"], example["source"], _check_record(
+            config, skipped_records, example
         )
 
+    def preprocess(image_bytes, stored_label, source, usable):
+        del usable  # Always True after the filter.
+        return _preprocess_record(config, preprocess_image, image_bytes, stored_label, source)
+
     # Checking and dropping before the expensive map lets tf.data fuse that map with
-    # the batch (each image is written straight into the batch buffer).
+    # the batch (each image is written straight into the batch buffer). The check
+    # counts the skips after the cache, so that every pass counts its own.
     dataset = examples.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    dataset = dataset.filter(lambda example: example["usable"])
+    dataset = dataset.filter(lambda image_bytes, stored_label, source, usable: usable)
     dataset = dataset.map(
         preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
@@ -456,37 +461,28 @@ def _read_file(
     manifest, its record count (`num_records`, -1 without one), and counts the rest.
     """
     framed = tf.data.TFRecordDataset(path, buffer_size=_TFRECORD_READ_BUFFER_BYTES).ignore_errors()
-    framed = framed.map(lambda serialized: (serialized, True)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant(""), False))
+    located = _locate(
+        framed, lambda serialized: tf.cast(tf.strings.length(serialized), tf.int64) + records.RECORD_FRAMING_BYTES
     )
 
-    def locate(state, element):
-        index, offset = state
-        serialized, is_record = element
-        length = tf.cast(tf.strings.length(serialized), tf.int64) + records.RECORD_FRAMING_BYTES
-        end = offset + tf.where(is_record, length, tf.constant(0, tf.int64))
-        return (index + 1, end), {
-            "serialized": serialized, "is_record": is_record, "index": index, "offset": offset, "end": end,
-        }
-
     def parse(element):
-        image, stored_label = records.parse_example(element["serialized"], config.image_key, config.label_key)
+        image, stored_label = records.parse_example(element["element"], config.image_key, config.label_key)
         return {
             "image": image, "label": stored_label, "decodable": preprocessing.is_decodable_jpeg(image),
             **{key: element[key] for key in ("is_record", "index", "offset", "end")},
         }
 
-    def describe(element, skipped, skipped_from):
+    def describe(batch, skipped, skipped_from):
         # Only the end-of-file element knows how far the reader got.
-        records_read, bytes_read = element["index"], element["offset"]
+        records_read, bytes_read = batch["index"], batch["offset"]
         unread = tf.where(
             num_records >= 0,
             tf.maximum(num_records - records_read, 0),
             tf.cast(bytes_read < size_bytes, tf.int64),
         )
-        unread = tf.where(element["is_record"], tf.constant(0, tf.int64), unread)
+        unread = tf.where(batch["is_record"], tf.zeros_like(unread), unread)
 
-        def problem():
+        def problems():
             gap_problem = tf.strings.join([
                 path, ": ", tf.strings.as_string(skipped), " record(s) from byte ",
                 tf.strings.as_string(skipped_from), " are not tf.Examples or hold a JPEG with a damaged header",
@@ -497,37 +493,81 @@ def _read_file(
                 tf.strings.as_string(size_bytes), " (a truncated record, a failed CRC check or a read error); read ",
                 tf.strings.as_string(records_read), " of ", expected, " records",
             ])
-            return _join_problems([gap_problem, unread_problem], [skipped > 0, unread > 0])
+            return _join_problems(gap_problem, unread_problem, skipped > 0, unread > 0)
 
         return {
-            "image": element["image"], "label": element["label"], "source": path,
-            "is_record": element["is_record"], "decodable": element["decodable"], "skipped": skipped + unread,
-            "problem": tf.cond(skipped + unread > 0, problem, lambda: tf.constant("")),
+            "image": batch["image"], "label": batch["label"], "source": tf.fill(tf.shape(skipped), path),
+            "is_record": batch["is_record"], "decodable": batch["decodable"], "skipped": skipped + unread,
+            "problem": tf.cond(
+                tf.reduce_any(skipped + unread > 0), problems, lambda: tf.fill(tf.shape(skipped), "")
+            ),
         }
 
-    located = framed.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), locate)
     return _count_gaps(located.map(parse).ignore_errors(), describe)
 
 
-def _count_gaps(elements: tf.data.Dataset, describe) -> tf.data.Dataset:
-    """`describe(element, skipped, skipped_from)` of each element, in one scan.
+def _locate(elements: tf.data.Dataset, size_of) -> tf.data.Dataset:
+    """Numbers and places the elements of a stream, then marks its end.
 
-    `elements` come in "index" order, some dropped: `skipped` (int64 []) is the number
-    of indices missing just before an element, and `skipped_from` the "end" of the
-    element before them (where the first missing one starts).
+    Each element becomes {"element": the element, "is_record": True, "index": its
+    number, "offset": the sum of `size_of` over the elements before it, "end": offset
+    plus its own size}; `size_of` maps a batch of elements to int64 [batch] sizes. One
+    end-of-stream element follows: "is_record" False, "element" zeros, "index" the
+    number of elements and "offset" and "end" their total size.
+    """
+    batches = elements.batch(_ACCOUNTING_BATCH)
+    # An empty batch marks the end.
+    batches = batches.concatenate(tf.data.Dataset.from_tensors(tf.nest.map_structure(
+        lambda spec: tf.zeros([0, *spec.shape[1:]], spec.dtype), batches.element_spec
+    )))
+
+    def locate(state, batch):
+        count, offset = state
+        sizes = size_of(batch)
+        ends = offset + tf.math.cumsum(sizes)
+        size = tf.shape(sizes, out_type=tf.int64)[0]
+
+        def located():
+            return {
+                "element": batch, "is_record": tf.fill([size], True), "index": count + tf.range(size),
+                "offset": ends - sizes, "end": ends,
+            }
+
+        def end_of_stream():
+            return {
+                "element": tf.nest.map_structure(lambda part: tf.zeros([1, *part.shape[1:]], part.dtype), batch),
+                "is_record": tf.constant([False]), "index": tf.stack([count]), "offset": tf.stack([offset]),
+                "end": tf.stack([offset]),
+            }
+
+        return (count + size, offset + tf.reduce_sum(sizes)), tf.cond(tf.equal(size, 0), end_of_stream, located)
+
+    return batches.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), locate).unbatch()
+
+
+def _count_gaps(elements: tf.data.Dataset, describe) -> tf.data.Dataset:
+    """`describe(batch, skipped, skipped_from)` of the elements, unbatched.
+
+    `elements` come in "index" order, some dropped: `skipped` (int64 [batch]) is the
+    number of indices missing just before each element, and `skipped_from` the "end"
+    of the element before them (where the first missing one starts).
     """
 
-    def count(state, element):
+    def count(state, batch):
         next_index, previous_end = state
-        skipped = element["index"] - next_index
-        return (element["index"] + 1, element["end"]), describe(element, skipped, previous_end)
+        index, end = batch["index"], batch["end"]
+        skipped = index - tf.concat([[next_index], index[:-1] + 1], 0)
+        skipped_from = tf.concat([[previous_end], end[:-1]], 0)
+        return (index[-1] + 1, end[-1]), describe(batch, skipped, skipped_from)
 
-    return elements.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count)
+    batches = elements.batch(_ACCOUNTING_BATCH)
+    return batches.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count).unbatch()
 
 
-def _join_problems(problems: list[tf.Tensor], present: list[tf.Tensor]) -> tf.Tensor:
-    """The problems (scalar tf.string) that are present (scalar tf.bool), joined by "; "."""
-    return tf.strings.reduce_join(tf.boolean_mask(tf.stack(problems), tf.stack(present)), separator="; ")
+def _join_problems(first: tf.Tensor, second: tf.Tensor, has_first: tf.Tensor, has_second: tf.Tensor) -> tf.Tensor:
+    """The problems (tf.string) that are present (tf.bool, same shape), joined by "; "."""
+    both = tf.strings.join([first, "; ", second])
+    return tf.where(has_first, tf.where(has_second, both, first), tf.where(has_second, second, ""))
 
 
 def _count_per_pass(examples: tf.data.Dataset, skipped_records: SkippedRecordCounter) -> tf.data.Dataset:
@@ -586,34 +626,32 @@ def _read_tfds(
         read_config=read_config,
     )
     source = f"{config.tfds_name}:{split_name}"
-    marked = examples.map(lambda example: (example["image"], example["label"], True)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(-1, tf.int64), False))
+    located = _locate(
+        examples.map(lambda example: {"image": example["image"], "label": example["label"]}),
+        lambda batch: tf.ones_like(batch["label"], tf.int64),
     )
 
-    def locate(position, element):
-        image, stored_label, is_record = element
-        return position + 1, {
-            "image": image, "label": stored_label, "is_record": is_record,
-            "index": position, "offset": position, "end": position + 1,
+    def check_header(element):
+        return {
+            "image": element["element"]["image"], "label": element["element"]["label"],
+            "decodable": preprocessing.is_decodable_jpeg(element["element"]["image"]),
+            **{key: element[key] for key in ("is_record", "index", "offset", "end")},
         }
 
-    def check_header(element):
-        return {**element, "decodable": preprocessing.is_decodable_jpeg(element["image"])}
-
-    def describe(element, skipped, skipped_from):
-        def problem():
-            return tf.strings.join([
+    def describe(batch, skipped, skipped_from):
+        def problems():
+            problem = tf.strings.join([
                 source, ": ", tf.strings.as_string(skipped), " example(s) from number ",
                 tf.strings.as_string(skipped_from), " hold a JPEG with a damaged header",
             ])
+            return tf.where(skipped > 0, problem, "")
 
         return {
-            "image": element["image"], "label": element["label"], "source": source,
-            "is_record": element["is_record"], "decodable": element["decodable"], "skipped": skipped,
-            "problem": tf.cond(skipped > 0, problem, lambda: tf.constant("")),
+            "image": batch["image"], "label": batch["label"], "source": tf.fill(tf.shape(skipped), source),
+            "is_record": batch["is_record"], "decodable": batch["decodable"], "skipped": skipped,
+            "problem": tf.cond(tf.reduce_any(skipped > 0), problems, lambda: tf.fill(tf.shape(skipped), "")),
         }
 
-    located = marked.scan(tf.constant(0, tf.int64), locate)
     # In order (deterministic), so that a dropped example leaves a gap in the indices.
     checked = located.map(check_header, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _count_gaps(checked.ignore_errors(), describe)
@@ -659,9 +697,9 @@ def _check_record(
 
     def problem():
         return _join_problems(
-            [example["problem"],
-             tf.strings.join([example["source"], ": a record's image is missing, not a JPEG or truncated"])],
-            [example["skipped"] > 0, incomplete],
+            example["problem"],
+            tf.strings.join([example["source"], ": a record's image is missing, not a JPEG or truncated"]),
+            example["skipped"] > 0, incomplete,
         )
 
     def fail():
