@@ -22,10 +22,12 @@ import tensorflow as tf
 import yaml
 
 from lambda_keras import models, recipe
+from lambda_keras.data import manifest, records
 from training import callbacks as callbacks_lib
 from training import config as config_lib
 from training import input_pipeline, optimization, strategies
 from training.config import ConfigError, ExperimentConfig
+from training.errors import DataIntegrityError
 
 # Under TPUStrategy several steps per tf.function call hide the host round trip; 100
 # is tf-models' usual value, capped by the steps of an epoch.
@@ -42,7 +44,8 @@ def run_experiment(
       The model, holding the EMA weights (when train.ema_decay is set), and the
       results written to model_dir/eval_results.json: validation "top1", "top5",
       "loss", and "start_epoch", "start_step" (not 0 after a resume), "final_step",
-      "train_seconds", "skipped_train_records", "skipped_eval_records".
+      "train_seconds", "skipped_train_records", "skipped_eval_records" (per pass: the
+      last), "skipped_train_files", "skipped_eval_files" (left out at the start).
     """
     replicas = strategy.num_replicas_in_sync
     check_same_run(config)
@@ -102,6 +105,8 @@ def run_experiment(
         "train_seconds": train_seconds,
         "skipped_train_records": skipped_train.count,
         "skipped_eval_records": skipped_eval.count,
+        "skipped_train_files": sorted(skipped_train.skipped_files),
+        "skipped_eval_files": sorted(skipped_eval.skipped_files),
     }
     if chief:
         path = os.path.join(config.model_dir, "eval_results.json")
@@ -361,11 +366,14 @@ def _best_logged_value(csv_path: str, key: str) -> float | None:
 
 
 def _write_demo_data_if_missing(config: ExperimentConfig) -> None:
-    pattern = os.path.join(config.input.data_dir, config.input.train_file_pattern)
-    if tf.io.gfile.glob(pattern):
+    # A folder the demo writer finished has its manifest; a half-written one is redone.
+    if manifest.read_manifest(config.input.data_dir) is not None:
         return
     # Imported here: it needs scikit-learn, which only the demo uses.
     from training import demo_data  # pylint: disable=import-outside-toplevel
 
-    written = demo_data.write_demo_data(config.input.data_dir, image_size=config.input.image_size)
+    try:
+        written = demo_data.write_demo_data(config.input.data_dir, image_size=config.input.image_size)
+    except records.ShardSetError as error:
+        raise DataIntegrityError(str(error)) from None
     print(f"Wrote the digits demo data ({written}) to {config.input.data_dir}", flush=True)

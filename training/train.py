@@ -31,7 +31,8 @@ host CPU: a TPU VM training under JAX needs `tensorflow-cpu`, since only one fra
 can hold the TPU. The outputs in model_dir are the same, and so is the export.
 
 Exit status 2 with a one-line message for a bad config, a missing TPU/GPU/TF_CONFIG, a
-global batch not divisible by the replicas, or --export_dir without the export module.
+global batch not divisible by the replicas, shards that do not match their
+manifest.json, or an --export_dir that the export could not write.
 
 TF_ENABLE_ONEDNN_OPTS: TensorFlow reads it once, at import, so it is chosen here, before
 the import: oneDNN on (1) unless the caller set it. TensorFlow defaults to it only on
