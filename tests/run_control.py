@@ -1,8 +1,9 @@
-"""Starting a training run in a subprocess and killing it at a chosen point of an epoch."""
+"""Starting training runs in subprocesses: killing one at a chosen point of an epoch, free ports."""
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -46,3 +47,14 @@ def kill_at_mid_epoch_backup(command: list[str], env: dict, model_dir: str, epoc
     killed_at = backup_metadata(model_dir)
     assert killed_at["epoch"] == epoch, f"the run finished epoch {epoch} before the kill; retry"
     return killed_at
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` TCP ports of localhost that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports

@@ -9,13 +9,13 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import keras
 import pytest
+from run_control import free_ports
 import tensorflow as tf
 
 from training import callbacks as callbacks_lib
@@ -144,19 +144,9 @@ def test_an_unwritable_export_dir_is_refused_before_training(digits_dir, tmp_pat
     assert not model_dir.exists()  # no training happened
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _lone_worker(tmp_path, timeout_seconds):
     """The first worker of a two-worker TF_CONFIG whose second worker never starts."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]}, "task": {"type": "worker", "index": 0}}
     env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-m", "training.train", "--config", "demo", "--strategy", "multiworker",

@@ -7,13 +7,13 @@ MultiWorkerMirroredStrategy test starts two worker processes talking over
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+from run_control import free_ports
 import tensorflow as tf
 
 from training import config as config_lib, experiment
@@ -84,19 +84,9 @@ with open(os.path.join(model_dir, f"results_{index}.json"), "w") as file:
 """
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_mirrored_two_processes_end_with_the_same_weights(digits_dir, tmp_path):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     overrides = ["train.epochs=1", "train.steps_per_epoch=3", "train.warmup_epochs=0"]
     workers = []

@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
-from lambda_keras.data.records import TEMP_MARKER, temporary_path
+from lambda_keras.data import records
+from lambda_keras.data.records import TEMP_MARKER
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -145,15 +146,8 @@ def read_manifest(directory: str) -> Manifest | None:
 def write_manifest(directory: str, manifest: Manifest) -> str:
     """Writes `manifest` to directory/manifest.json atomically; returns the path."""
     path = manifest_path(directory)
-    temp_path = temporary_path(path)
-    try:
-        with tf.io.gfile.GFile(temp_path, "w") as file:
-            file.write(manifest.to_json())
-        tf.io.gfile.rename(temp_path, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(temp_path):
-            tf.io.gfile.remove(temp_path)
-        raise
+    with records.written_atomically(path) as temp_path, tf.io.gfile.GFile(temp_path, "w") as file:
+        file.write(manifest.to_json())
     return path
 
 

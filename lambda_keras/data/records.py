@@ -20,10 +20,11 @@ pipeline can name the byte offset at which a damaged file stops being readable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import tensorflow as tf
 
@@ -142,22 +143,29 @@ def parse_example(
     return features[image_key], features[label_key]
 
 
+@contextlib.contextmanager
+def written_atomically(path: str) -> Iterator[str]:
+    """A temporary path beside `path` to write; renamed over `path` when the block ends
+    without an error, removed when it raises, so `path` is never half-written."""
+    temp_path = temporary_path(path)
+    try:
+        yield temp_path
+        tf.io.gfile.rename(temp_path, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(temp_path):
+            tf.io.gfile.remove(temp_path)
+        raise
+
+
 def write_records_atomically(path: str, records: Iterable[bytes]) -> int:
     """Writes serialized records to `path` via a temporary file and a rename.
 
     The file under `path` appears only once all records are written; on any error the
     temporary file (`temporary_path`) is removed. Returns the number of records written.
     """
-    temp_path = temporary_path(path)
     count = 0
-    try:
-        with tf.io.TFRecordWriter(temp_path) as writer:
-            for record in records:
-                writer.write(record)
-                count += 1
-        tf.io.gfile.rename(temp_path, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(temp_path):
-            tf.io.gfile.remove(temp_path)
-        raise
+    with written_atomically(path) as temp_path, tf.io.TFRecordWriter(temp_path) as writer:
+        for record in records:
+            writer.write(record)
+            count += 1
     return count
