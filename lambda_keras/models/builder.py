@@ -91,7 +91,7 @@ def validate_model_config(model_config: Mapping[str, Any]) -> None:
 def _check_model_config(model_config: Mapping[str, Any]) -> None:
     _, positional, options = constructor_arguments(model_config)
     if positional:
-        lambda_resnet._check_stages(*positional)  # pylint: disable=protected-access
+        lambda_resnet.check_stages(*positional)
     options = dict(options)
     if "placement" in options:
         lambda_resnet.check_placement(options.pop("placement"))

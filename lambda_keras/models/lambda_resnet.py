@@ -68,7 +68,7 @@ LAMBDA_LAYER_OPTIONS = {
 }
 
 
-def _check_stages(blocks_per_stage, lambda_blocks) -> tuple[tuple[int, ...], tuple[frozenset, ...]]:
+def check_stages(blocks_per_stage, lambda_blocks) -> tuple[tuple[int, ...], tuple[frozenset, ...]]:
     """Validates the block layout; returns it as per-stage tuples."""
     blocks_per_stage = tuple(blocks_per_stage)
     if len(blocks_per_stage) != 4 or any(
@@ -262,7 +262,7 @@ def LambdaResNet(
         input_shape, default_size=224, min_size=32, require_flatten=include_top
     )
     validate_pooling(pooling)
-    blocks_per_stage, lambda_sets = _check_stages(blocks_per_stage, lambda_blocks)
+    blocks_per_stage, lambda_sets = check_stages(blocks_per_stage, lambda_blocks)
     options = check_options(
         base=base, se_ratio=se_ratio, dropout_rate=dropout_rate, stochastic_depth_rate=stochastic_depth_rate,
         key_dim=key_dim, num_heads=num_heads, intra_depth=intra_depth, scope_size=scope_size,
