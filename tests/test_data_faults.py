@@ -10,6 +10,7 @@ shards of 149 and 148 records, 8 training shards of 188 and 187) and a few gener
 JPEGs; a miniature ImageNet folder for the converter.
 """
 
+import dataclasses
 import io
 import os
 import shutil
@@ -291,6 +292,37 @@ def test_batch_mixing_valid_and_junk_images_keeps_the_valid_ones(tmp_path):
     labels, counter = read_validation(small_config(tmp_path, global_batch_size=9))
     np.testing.assert_array_equal(labels, [0, 1, 2, 3, 4])  # one batch, the junk dropped
     assert counter.count == 4
+
+
+def bogus_marker_in_scan(encoded: bytes) -> bytes:
+    """The JPEG with a DHT marker of a bad length in the middle of its scan data: the
+    header reads, and the decode fails once it reaches the marker."""
+    middle = (encoded.index(b"\xff\xda") + len(encoded)) // 2
+    return encoded[:middle] + b"\xff\xc4\x00\x03\x00" + encoded[middle:]
+
+
+def test_jpeg_failing_a_full_decode_is_named_by_verify_data(digits, capsys):
+    shard = digits / SHARD
+    serialized = [record.numpy() for record in tf.data.TFRecordDataset(str(shard))]
+    bad = bogus_marker_in_scan(jpeg(0, size=64))
+    assert tf.image.extract_jpeg_shape(bad).numpy().tolist() == [64, 64, 3]  # the header reads
+    serialized[5] = records.image_example(bad, 3, "digit_2", 64, 64, "broken.jpg").SerializeToString()
+    write_shard(shard, serialized)
+    manifest.write_manifest(str(digits), dataclasses.replace(
+        manifest.read_manifest(str(digits)),
+        splits={split: tuple(manifest.describe_shards([str(digits / s.name) for s in shards]))
+                for split, shards in manifest.read_manifest(str(digits)).splits.items()}))
+
+    from training import verify_data  # pylint: disable=import-outside-toplevel
+
+    assert verify_data.main([str(digits)]) == 0  # counts, sizes and checksums agree
+    assert verify_data.main([str(digits), "--decode_images"]) == 1
+    assert f"{shard}: record 5 (broken.jpg): its image does not decode (" in capsys.readouterr().out
+
+    # The pipeline's crop decoder conceals the damage, as libjpeg does for most damaged
+    # scans: every record is read, none counted as skipped.
+    labels, counter = read_validation(demo_config(digits))
+    assert len(labels) == SHARD_RECORDS + OTHER_SHARD_RECORDS and counter.count == 0
 
 
 # ---------------------------------------------------------------- 4. converter killed mid-way
