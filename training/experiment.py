@@ -10,12 +10,13 @@ answers the questions that differ (TPU, chief, worker index).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import time
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 import tensorflow as tf
@@ -92,7 +93,7 @@ def _run_experiment(
     callbacks = build_callbacks(config, strategy, stats)
 
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _naming_undecodable_images(config):
         # Keras warns that the input "ran out of data; interrupting training" whenever a
         # dataset of unknown length ends: here the validation set at the end of every
         # pass, which is how an evaluation ends, not an interruption (training repeats).
@@ -129,6 +130,27 @@ def _run_experiment(
             with tf.io.gfile.GFile(temp_path, "w") as file:
                 json.dump(results, file, indent=2)
     return model, results
+
+
+@contextlib.contextmanager
+def _naming_undecodable_images(config: ExperimentConfig) -> Iterator[None]:
+    """Turns TensorFlow's error for a JPEG that fails mid-decode into a DataIntegrityError
+    that says how to find the record.
+
+    The pipeline reads each JPEG's header before batching and drops the damaged ones; a
+    later scan can still be invalid (a progressive JPEG), and that decode fails inside the
+    map fused with the batch, where no single record can be dropped.
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        if "Invalid JPEG data" not in error.message:
+            raise
+        raise DataIntegrityError(
+            f"An image in {config.input.data_dir} does not decode (Invalid JPEG data); `python -m "
+            f"training.verify_data {config.input.data_dir} --decode_images` names its record. Rewrite that "
+            "shard (and its manifest entry); the rerun resumes from the backup."
+        ) from None
 
 
 # Keys that say where a run reads, writes or executes, not what it computes: a rerun
