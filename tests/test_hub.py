@@ -171,3 +171,39 @@ def test_save_to_preset_never_overwrites(tmp_path):
     model.backbone.save_to_preset(empty)
     assert {"config.json", "model.weights.h5", "metadata.json"} <= set(os.listdir(empty))
     assert type(keras_hub.models.Backbone.from_preset(str(empty))) is LambdaResNetBackbone
+
+
+def test_shapes_data_boxes_hold_their_shapes():
+    from lambda_keras.hub.shapes_data import make_shapes
+
+    images, targets = make_shapes(20, image_size=64, min_side=16, max_side=32, seed=5, class_colours=True)
+    again, _ = make_shapes(20, image_size=64, min_side=16, max_side=32, seed=5, class_colours=True)
+    np.testing.assert_array_equal(images, again)
+    valid = targets["labels"] >= 0
+    assert valid[:, 0].all() and set(np.unique(targets["labels"][valid])) <= {0, 1, 2}
+    boxes = targets["boxes"][valid]
+    sides = boxes[:, 2:] - boxes[:, :2]
+    assert (boxes >= 0).all() and (boxes <= 64).all() and (sides[:, 0] == sides[:, 1]).all()
+    assert ((sides >= 16) & (sides <= 32)).all()
+    # A square fills its box: its pixels are its class colour (red), not the dark background.
+    image, box, label = next((images[i], targets["boxes"][i, 0], targets["labels"][i, 0])
+                             for i in range(20) if targets["labels"][i, 0] == 0)
+    x0, y0, x1, y1 = box.astype(int)
+    assert image[y0:y1, x0:x1, 0].mean() > 150
+
+
+def test_coco_mean_average_precision_of_known_detections():
+    from lambda_keras.hub.coco_evaluation import coco_mean_average_precision
+    from lambda_keras.hub.shapes_data import make_shapes
+
+    _, truth = make_shapes(30, image_size=64, min_side=16, max_side=32, seed=6)
+    valid = truth["labels"] >= 0
+    perfect = {"boxes": truth["boxes"], "confidence": valid.astype("float32"), "labels": truth["labels"],
+               "num_detections": valid.sum(axis=1)}
+    assert coco_mean_average_precision(truth, perfect, (64, 64)) == {"mAP": 1.0, "mAP@0.5": 1.0}
+    # Shifted by 2 pixels: every box still overlaps its object by IoU >= 0.5, not >= 0.95.
+    shifted = dict(perfect, boxes=truth["boxes"] + 2)
+    result = coco_mean_average_precision(truth, shifted, (64, 64))
+    assert result["mAP@0.5"] == 1.0 and 0.2 < result["mAP"] < 0.8
+    wrong_class = dict(perfect, labels=(truth["labels"] + 1) % 3)
+    assert coco_mean_average_precision(truth, wrong_class, (64, 64)) == {"mAP": 0.0, "mAP@0.5": 0.0}
