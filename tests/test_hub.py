@@ -1,0 +1,209 @@
+"""Tests of lambda_keras.hub: the KerasHub backbone, classifier, preprocessing and presets.
+
+A 4-block LambdaResNet (one block per stage, lambda layers in c4 and c5, a 7x7 scope:
+the demo config's model) stands for every model of the family: the backbone is built by
+the same builder. The detector test trains a RetinaNet on it (tests marked slow).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+keras_hub = pytest.importorskip("keras_hub", reason='the hub extra: pip install "lambda-keras[hub]"')
+
+from lambda_keras.data import preprocessing  # noqa: E402
+from lambda_keras.hub import (  # noqa: E402
+    LambdaResNetBackbone,
+    LambdaResNetImageClassifier,
+    LambdaResNetImageClassifierPreprocessor,
+    LambdaResNetImageConverter,
+)
+from lambda_keras.models import build_model  # noqa: E402
+
+DEMO_CONFIG = {
+    "architecture": "LambdaResNet",
+    "blocks_per_stage": [1, 1, 1, 1],
+    "lambda_blocks": [[], [], [1], [1]],
+    "lambda_layer": {"scope_size": 7},
+}
+
+
+def demo_backbone(**kwargs):
+    return LambdaResNetBackbone(**DEMO_CONFIG, **kwargs)
+
+
+def randomize(model, seed=0):
+    """Random weights everywhere, so that zero-initialised BN gammas hide no branch."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        if "seed_generator" in weight.path:
+            continue
+        value = rng.normal(0.0, 0.1, weight.shape).astype("float32")
+        if "moving_variance" in weight.path:
+            value = np.abs(value) + 0.5
+        weight.assign(value)
+
+
+def test_import_lambda_keras_does_not_import_keras_hub():
+    code = "import sys, lambda_keras, lambda_keras.models; print('keras_hub' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_backbone_config_round_trip_and_same_numbers_as_the_builder():
+    backbone = demo_backbone()
+    config = backbone.get_config()
+    # JSON, as in a preset, and back: the same config and the same graph.
+    restored = LambdaResNetBackbone.from_config(json.loads(json.dumps(config)))
+    assert json.dumps(restored.get_config()) == json.dumps(config)
+    assert restored.count_params() == backbone.count_params() == 5_288_832
+    randomize(backbone)
+    restored.set_weights(backbone.get_weights())
+    reference = build_model(DEMO_CONFIG, input_shape=(None, None, 3), include_top=False)
+    reference.set_weights(backbone.get_weights())
+    x = np.random.default_rng(1).normal(size=(2, 64, 96, 3)).astype("float32")
+    expected = reference.predict(x, verbose=0)
+    np.testing.assert_array_equal(backbone.predict(x, verbose=0), expected)
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), expected)
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (96, 160)])
+def test_pyramid_outputs_levels_strides_and_values(height, width):
+    backbone = demo_backbone()
+    randomize(backbone)
+    assert list(backbone.pyramid_outputs) == ["P2", "P3", "P4", "P5"]
+    features = keras.Model(backbone.inputs, backbone.pyramid_outputs)
+    x = np.random.default_rng(2).normal(size=(1, height, width, 3)).astype("float32")
+    levels = features.predict(x, verbose=0)
+    for level, channels in zip(range(2, 6), (256, 512, 1024, 2048)):
+        assert levels[f"P{level}"].shape == (1, height // 2**level, width // 2**level, channels)
+    # P5 is the backbone's own output, the last block of c5.
+    np.testing.assert_array_equal(levels["P5"], backbone.predict(x, verbose=0))
+    np.testing.assert_array_equal(
+        levels["P4"], keras.Model(backbone.inputs, backbone.get_layer("c4_block1_out").output).predict(x, verbose=0)
+    )
+
+
+def test_backbone_rejects_an_invalid_config_naming_the_key():
+    with pytest.raises(ValueError, match="placement"):
+        LambdaResNetBackbone("LambdaResNet50", placement="CCLL")
+
+
+@pytest.mark.parametrize("shape", [(75, 90, 3), (64, 64, 3), (101, 80, 3), (300, 200, 3)])
+def test_converter_equals_the_export_preprocessing(shape):
+    """The classifier's preprocessing is the evaluation transform the SavedModel serves."""
+    image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    converter = LambdaResNetImageConverter(image_size=(64, 64), crop_padding=8)
+    expected = preprocessing.preprocess_decoded_for_eval(tf.constant(image), 64, 8).numpy()
+    np.testing.assert_array_equal(np.asarray(converter(image)), expected)
+    np.testing.assert_array_equal(np.asarray(converter(image[None]))[0], expected)
+    # In a tf.data graph with unknown image sizes, TensorFlow's own crop window.
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter([image]), output_signature=tf.TensorSpec([None, None, 3], tf.uint8)
+    )
+    np.testing.assert_array_equal(next(iter(dataset.map(converter))).numpy(), expected)
+
+
+def test_converter_defaults_are_the_imagenet_evaluation():
+    converter = LambdaResNetImageConverter()
+    assert (converter.image_size, converter.crop_padding) == ((224, 224), 32)
+    image = np.full((256, 256, 3), 128, np.uint8)
+    expected = (128 - np.array(preprocessing.MEAN_RGB)) / np.array(preprocessing.STDDEV_RGB)
+    np.testing.assert_allclose(np.asarray(converter(image))[0, 0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="square"):
+        LambdaResNetImageConverter(image_size=(224, 192))
+
+
+def classifier():
+    backbone = demo_backbone()
+    randomize(backbone)
+    preprocessor = LambdaResNetImageClassifierPreprocessor(
+        image_converter=LambdaResNetImageConverter(image_size=(64, 64), crop_padding=8)
+    )
+    return LambdaResNetImageClassifier(backbone=backbone, num_classes=5, preprocessor=preprocessor)
+
+
+def test_classifier_preset_round_trip_gives_identical_predictions(tmp_path):
+    model = classifier()
+    images = np.random.default_rng(4).integers(0, 256, (3, 80, 70, 3), dtype=np.uint8)
+    expected = model.predict(images, verbose=0)
+    # The predictions are the backbone's on the export preprocessing's pixels.
+    pixels = tf.stack([preprocessing.preprocess_decoded_for_eval(tf.constant(i), 64, 8) for i in images])
+    np.testing.assert_allclose(expected, model(pixels), atol=1e-6)
+    preset = tmp_path / "preset"
+    model.save_to_preset(preset)
+    assert sorted(os.listdir(tmp_path)) == ["preset"]  # the staging directory is gone
+
+    loaded = keras_hub.models.ImageClassifier.from_preset(str(preset))
+    assert type(loaded) is LambdaResNetImageClassifier
+    assert type(loaded.preprocessor) is LambdaResNetImageClassifierPreprocessor
+    converter = loaded.preprocessor.image_converter
+    assert (type(converter), converter.image_size, converter.crop_padding) == (
+        LambdaResNetImageConverter, (64, 64), 8)
+    assert loaded.backbone.get_config() == model.backbone.get_config()
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+
+    backbone = keras_hub.models.Backbone.from_preset(str(preset))
+    assert type(backbone) is LambdaResNetBackbone
+    for saved, restored in zip(model.backbone.weights, backbone.weights):
+        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
+    assert type(keras_hub.models.ImageClassifierPreprocessor.from_preset(str(preset))) is (
+        LambdaResNetImageClassifierPreprocessor)
+
+
+def test_save_to_preset_never_overwrites(tmp_path):
+    model = classifier()
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    (preset / "notes.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match="not empty"):
+        model.save_to_preset(preset)
+    assert os.listdir(preset) == ["notes.txt"] and sorted(os.listdir(tmp_path)) == ["preset"]
+    # A backbone alone is a preset too, and an empty directory may receive it.
+    empty = tmp_path / "backbone"
+    empty.mkdir()
+    model.backbone.save_to_preset(empty)
+    assert {"config.json", "model.weights.h5", "metadata.json"} <= set(os.listdir(empty))
+    assert type(keras_hub.models.Backbone.from_preset(str(empty))) is LambdaResNetBackbone
+
+
+def test_shapes_data_boxes_hold_their_shapes():
+    from lambda_keras.hub.shapes_data import make_shapes
+
+    images, targets = make_shapes(20, image_size=64, min_side=16, max_side=32, seed=5, class_colours=True)
+    again, _ = make_shapes(20, image_size=64, min_side=16, max_side=32, seed=5, class_colours=True)
+    np.testing.assert_array_equal(images, again)
+    valid = targets["labels"] >= 0
+    assert valid[:, 0].all() and set(np.unique(targets["labels"][valid])) <= {0, 1, 2}
+    boxes = targets["boxes"][valid]
+    sides = boxes[:, 2:] - boxes[:, :2]
+    assert (boxes >= 0).all() and (boxes <= 64).all() and (sides[:, 0] == sides[:, 1]).all()
+    assert ((sides >= 16) & (sides <= 32)).all()
+    # A square fills its box: its pixels are its class colour (red), not the dark background.
+    image, box, label = next((images[i], targets["boxes"][i, 0], targets["labels"][i, 0])
+                             for i in range(20) if targets["labels"][i, 0] == 0)
+    x0, y0, x1, y1 = box.astype(int)
+    assert image[y0:y1, x0:x1, 0].mean() > 150
+
+
+def test_coco_mean_average_precision_of_known_detections():
+    from lambda_keras.hub.coco_evaluation import coco_mean_average_precision
+    from lambda_keras.hub.shapes_data import make_shapes
+
+    _, truth = make_shapes(30, image_size=64, min_side=16, max_side=32, seed=6)
+    valid = truth["labels"] >= 0
+    perfect = {"boxes": truth["boxes"], "confidence": valid.astype("float32"), "labels": truth["labels"],
+               "num_detections": valid.sum(axis=1)}
+    assert coco_mean_average_precision(truth, perfect, (64, 64)) == {"mAP": 1.0, "mAP@0.5": 1.0}
+    # Shifted by 2 pixels: every box still overlaps its object by IoU >= 0.5, not >= 0.95.
+    shifted = dict(perfect, boxes=truth["boxes"] + 2)
+    result = coco_mean_average_precision(truth, shifted, (64, 64))
+    assert result["mAP@0.5"] == 1.0 and 0.2 < result["mAP"] < 0.8
+    wrong_class = dict(perfect, labels=(truth["labels"] + 1) % 3)
+    assert coco_mean_average_precision(truth, wrong_class, (64, 64)) == {"mAP": 0.0, "mAP@0.5": 0.0}
