@@ -159,9 +159,10 @@ NOT_JAX = keras.backend.backend() != "jax"
         # Eager under TensorFlow, where tracing a 200-layer train step costs more than
         # running it; compiled under JAX, which runs one op at a time slower still.
         pytest.param(lambda: LambdaResNet50(input_shape=(64, 64, 3), classes=10, dropout_rate=0.2,
-                                            stochastic_depth_rate=0.2), 64, NOT_JAX, id="LambdaResNet50"),
+                                            stochastic_depth_rate=0.2), 64, NOT_JAX, id="LambdaResNet50",
+                     marks=pytest.mark.slow),
         pytest.param(lambda: HybridResNet50(placement="LLLL", input_shape=(64, 64, 3), classes=10),
-                     64, NOT_JAX, id="HybridResNet50-LLLL"),
+                     64, NOT_JAX, id="HybridResNet50-LLLL", marks=pytest.mark.slow),
         # Graph mode (tf.function), with stochastic depth and dropout in the graph.
         pytest.param(lambda: tiny(stochastic_depth_rate=0.2, dropout_rate=0.2), 32, False, id="tiny-graph"),
     ],

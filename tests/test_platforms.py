@@ -2,8 +2,11 @@
 oneDNN forced on and off, and Keras's JAX and PyTorch backends.
 
 Each run is a pytest of its own in a fresh process, since both settings are fixed
-when TensorFlow (or Keras) is imported. ``python -m pytest`` thereby proves every
-platform in one command; a failure shows the inner run's report.
+when TensorFlow (or Keras) is imported. The JAX and PyTorch runs leave out the tests
+marked slow (the full-size ResNet-50 train steps, 30 s each under JAX); the demo
+training under JAX (tests/test_train_jax.py) compiles a LambdaResNet's train step there.
+``python -m pytest`` thereby proves every platform in one command; a failure shows the
+inner run's report.
 """
 
 import os
@@ -28,8 +31,9 @@ pytestmark = [
 ]
 
 
-def run_pytest(environment: dict, test_files: list[str]) -> None:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(str(TESTS / f) for f in test_files)]
+def run_pytest(environment: dict, test_files: list[str], *options: str) -> None:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options,
+               *(str(TESTS / f) for f in test_files)]
     result = subprocess.run(
         command, cwd=TESTS.parent, capture_output=True, text=True, timeout=1200,
         env={**os.environ, **environment, "LAMBDA_KERAS_INNER_RUN": "1"},
@@ -52,4 +56,4 @@ def test_layer_and_models_with_onednn(onednn):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_layer_and_models_under_backend(backend):
     """NumPy-reference, gradient, pooling, model build/predict/step and fit tests."""
-    run_pytest({"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}, LAYER_AND_MODEL_TESTS)
+    run_pytest({"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}, LAYER_AND_MODEL_TESTS, "-m", "not slow")
