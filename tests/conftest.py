@@ -5,6 +5,7 @@ The layer and model tests also run under ``KERAS_BACKEND=jax`` and ``torch``
 """
 
 import os
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -31,6 +32,27 @@ def digits_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("digits")
     demo_data.write_demo_data(str(path))
     return str(path)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """Mounts a tmpfs of a given size (`small_disk("32k")`) under tmp_path and returns its
+    path: a disk that fills. tmpfs gives each file whole 4 KiB pages."""
+    mounted = []
+
+    def mount(size: str):
+        mount_point = tmp_path / f"disk_{len(mounted)}"
+        mount_point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                                capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(mount_point)
+        return mount_point
+
+    yield mount
+    for mount_point in mounted:
+        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 @pytest.fixture(autouse=True)

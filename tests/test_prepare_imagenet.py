@@ -7,7 +7,6 @@ reference's awkward cases (a PNG and a CMYK JPEG named .JPEG) and an unreadable 
 
 import io
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -239,22 +238,9 @@ def test_a_second_conversion_into_the_same_folder_is_refused(imagenet_dir, tmp_p
                                   "--validation_shards", "1"]) == 0
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 32 KiB tmpfs: a disk that fills during the conversion (tmpfs gives each file 4 KiB pages)."""
-    mount_point = tmp_path / "small_disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
-
-
 def test_full_disk_fails_in_one_line_and_leaves_only_complete_shards(imagenet_dir, small_disk, capsys):
     input_dir, _ = imagenet_dir
-    output = small_disk / "out"
+    output = small_disk("32k") / "out"
     arguments = ["--input", input_dir, "--output", str(output), "--train_shards", "8",
                  "--validation_shards", "1", "--num_workers", "1"]
     assert prepare_imagenet.main(arguments) == 2

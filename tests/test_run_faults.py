@@ -110,6 +110,20 @@ def test_a_second_run_into_a_model_dir_in_use_is_refused(digits_dir, tmp_path, c
     assert [path.name for path in tmp_path.iterdir()] == [".lock"]  # the holder's run is untouched
 
 
+def test_a_disk_too_full_for_the_next_backup_ends_the_run_in_one_line(digits_dir, small_disk, capsys):
+    model_dir = small_disk("256k") / "model"
+    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(model_dir),
+             "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
+             "--set", "train.warmup_epochs=0"]
+    assert train.main(flags) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"python -m training.train: error: {model_dir} has "), error
+    assert "MiB free; the next backup and checkpoints need about" in error[0]
+    # Stopped before writing any state: no backup or checkpoint, half-written or whole.
+    assert sorted(path.name for path in model_dir.iterdir()) == [".lock", "backup", "config.yaml"]
+    assert not any((model_dir / "backup").iterdir())
+
+
 def test_orphaned_temporary_checkpoints_are_removed_when_training_starts(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()

@@ -9,13 +9,17 @@ import time
 import uuid
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from training.errors import StorageError
 from training.input_pipeline import SkippedRecordCounter
 
 
 TEMPORARY_PREFIX = ".tmp-"
+# Room for the CSV log, TensorBoard events and file-system overhead beside the state.
+_FREE_SPACE_MARGIN_BYTES = 4 * 2**20
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -63,6 +67,51 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 return
             self.best = float(value)
         save_atomically(self.model, self.filepath)
+
+
+class FreeSpaceCheck(keras.callbacks.Callback):
+    """Ends the run with a StorageError before a backup or checkpoint could fill the disk.
+
+    A write that fills the disk leaves a half-written file, and h5py may crash the
+    process on it; checking first keeps every file whole, so the same command resumes
+    once space is freed. Checked when training starts and at every batch and epoch end
+    (a `statvfs`, microseconds). One epoch end writes the backup, its previous copy and
+    two `.keras` checkpoints, hence four times the state. Place it first in the list.
+
+    Args:
+      folder: model_dir; an object-store URL is not checked.
+    """
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+        self.needed_bytes = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        variables = list(self.model.weights) + list(getattr(self.model.optimizer, "variables", []))
+        state_bytes = sum(
+            int(np.prod(variable.shape)) * np.dtype(variable.dtype).itemsize for variable in variables
+        )
+        self.needed_bytes = 4 * state_bytes + _FREE_SPACE_MARGIN_BYTES
+        self._check()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._check()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if "://" in self.folder:
+            return
+        status = os.statvfs(self.folder)
+        free_bytes = status.f_bavail * status.f_frsize
+        if free_bytes < self.needed_bytes:
+            raise StorageError(
+                f"{self.folder} has {free_bytes / 2**20:.1f} MiB free; the next backup and checkpoints need about "
+                f"{self.needed_bytes / 2**20:.1f} MiB. Free some space and rerun the same command: it resumes "
+                "from the last backup."
+            )
 
 
 def save_atomically(model: keras.Model, filepath: str) -> None:

@@ -15,6 +15,10 @@ class DataIntegrityError(ValueError):
     or of another size), or the manifest is unreadable; the message names the files."""
 
 
+class StorageError(OSError):
+    """model_dir has too little free space for the next backup and checkpoints."""
+
+
 class StrategyError(RuntimeError):
     """The requested strategy or devices cannot be had here; the message says why."""
 

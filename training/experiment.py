@@ -357,7 +357,7 @@ def build_callbacks(
     # calls os.makedirs, which fails when another worker creating backup/worker_<i>
     # made backup/ in between (seen in a two-worker CI run).
     tf.io.gfile.makedirs(backup_dir)
-    callbacks: list[keras.callbacks.Callback] = [stats]
+    callbacks: list[keras.callbacks.Callback] = [callbacks_lib.FreeSpaceCheck(model_dir), stats]
     if chief:
         callbacks.append(callbacks_lib.EpochLog(csv_path))
     callbacks.append(
