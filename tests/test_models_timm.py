@@ -12,10 +12,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from lambda_keras import convert_timm
+from lambda_keras import convert_timm, imagenet_utils
+from lambda_keras.data import preprocessing
 from lambda_keras.models import CONSTRUCTORS
 from lambda_keras.models.variants import TIMM_VARIANTS
 from peers import peer_python
@@ -98,3 +101,50 @@ def test_imagenet_weights_say_how_to_get_them(model):
     assert f"hf download {variant.timm.pretrained} model.safetensors --local-dir {model}" in message
     assert (f"python -m lambda_keras.convert_timm {model}/model.safetensors --model {model} "
             f"--output {model}.weights.h5") in message
+
+
+def _photo_like_image() -> np.ndarray:
+    """A 333x500 uint8 RGB image: smooth colour fields, a sharp-edged patch and noise."""
+    rows, columns = np.mgrid[0:333, 0:500] / 50.0
+    image = np.stack([128 + 90 * np.sin(columns + 0.3 * c) * np.cos(0.7 * rows - c) for c in range(3)], axis=-1)
+    image[100:200, 150:320] = (200, 40, 60)
+    image += np.random.default_rng(0).normal(0, 12, size=image.shape)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def test_eval_transform_matches_timms(tmp_path):
+    """Our resize and crop of each model equal timm's eval transform (PIL bicubic) to one
+    level in 255 per pixel; 0.2 levels on average (docs/design.md, "timm's weights")."""
+    image = _photo_like_image()
+    np.save(tmp_path / "image.npy", image)
+    subprocess.run(
+        [peer_python(), str(TIMM_WORKER), "transform", str(tmp_path / "image.npy"), str(tmp_path / "timm.npz"),
+         *MODELS], check=True, capture_output=True, timeout=600,
+    )
+    timm_inputs = np.load(tmp_path / "timm.npz")
+    level = 1.0 / np.array(preprocessing.STDDEV_RGB)  # one level of [0, 255] after normalisation
+    for model in MODELS:
+        ours = imagenet_utils.preprocess_image(image, model)
+        difference = np.abs(ours - timm_inputs[model].transpose(1, 2, 0)) / level
+        assert difference.max() <= 1.0 + 1e-3, model
+        assert difference.mean() <= 0.25, model
+
+
+@pytest.mark.slow
+def test_export_serves_with_timms_transform(tmp_path):
+    """A model named like timm's is exported with its weights' eval transform."""
+    from export import saved_model
+
+    classifier = keras.Sequential(
+        [keras.Input((256, 256, 3)), keras.layers.Conv2D(4, 8, strides=8), keras.layers.Flatten(),
+         keras.layers.Dense(10, activation="softmax")],
+        name="lambda_resnet50ts",
+    )
+    path = saved_model.export_model(classifier, tmp_path / "lambda_resnet50ts", warmup=False)
+    image = _photo_like_image()
+    served = tf.saved_model.load(str(path)).signatures["serve_images"](images=tf.constant(image[None]))
+    expected = classifier(imagenet_utils.preprocess_image(image, "lambda_resnet50ts")[None])
+    np.testing.assert_allclose(served["probabilities"].numpy(), np.asarray(expected), atol=1e-6)
+    # ... which the paper recipe's transform would not give.
+    recipe = classifier(preprocessing.preprocess_decoded_for_eval(image, 256)[None])
+    assert np.abs(np.asarray(recipe) - np.asarray(expected)).max() > 1e-3

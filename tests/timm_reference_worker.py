@@ -6,11 +6,15 @@ here, under the peer venv's python (tests/peers.py), and compare in the test pro
 
     python tests/timm_reference_worker.py layer OUTPUT.npz SCOPE_SIZE|none
     python tests/timm_reference_worker.py models OUTPUT_DIR MODEL [MODEL ...]
+    python tests/timm_reference_worker.py transform IMAGE.npy OUTPUT.npz MODEL [MODEL ...]
 
 ``layer``: one timm LambdaLayer with random weights; its state dict, inputs and
 outputs in one npz. ``models``: for each timm model name, ``OUTPUT_DIR/MODEL/``
 gets ``model.safetensors`` (random weights, BN statistics of a random batch) and
 ``logits.npz`` (``images`` ``[2, 3, 256, 256]`` and timm's eval-mode ``logits``).
+``transform``: timm's evaluation transform of each model (its pretrained config) applied
+to the uint8 ``[height, width, 3]`` RGB image as a PIL image; the normalised
+``[3, size, size]`` result per model in one npz.
 """
 
 import sys
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from timm.layers.lambda_layer import LambdaLayer
 
@@ -92,6 +97,20 @@ def run_models(output_dir: str, names: list[str]) -> None:
         print(f"{name}: {time.perf_counter() - start:.1f} s")
 
 
+def run_transform(image_path: str, output_path: str, *names: str) -> None:
+    image = Image.fromarray(np.load(image_path))
+    outputs = {}
+    for name in names:
+        config = timm.data.resolve_data_config(model=timm.create_model(name, pretrained=False))
+        outputs[name] = timm.data.create_transform(**config)(image).numpy()
+    np.savez(output_path, **outputs)
+
+
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
-    {"layer": run_layer, "models": lambda output_dir, *names: run_models(output_dir, list(names))}[command](*arguments)
+    commands = {
+        "layer": run_layer,
+        "models": lambda output_dir, *names: run_models(output_dir, list(names)),
+        "transform": run_transform,
+    }
+    commands[command](*arguments)

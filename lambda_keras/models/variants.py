@@ -157,8 +157,16 @@ VARIANTS: tuple[Variant, ...] = (
         crop_pct=0.95)),
 )
 VARIANTS_BY_NAME: dict[str, Variant] = {variant.name: variant for variant in VARIANTS}
-# timm's model name -> our row, for the converter.
+# timm's model name -> our row, for the converter; also the rows' default model names.
 TIMM_VARIANTS: dict[str, Variant] = {variant.timm.model: variant for variant in VARIANTS if variant.timm}
+
+
+def published_eval_transform(model_name: str) -> EvalTransform | None:
+    """The evaluation transform of the published weights of a model named
+    ``model_name`` (a timm row's constructor names its model after timm's); None for
+    any other name."""
+    variant = TIMM_VARIANTS.get(model_name)
+    return variant.eval_transform if variant else None
 
 # The constructors that are not rows: the generic factory and the Section 5.1 study.
 FACTORIES = ("LambdaResNet", "HybridResNet50")
