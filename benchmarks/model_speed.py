@@ -238,8 +238,10 @@ def keras_step(model_name: str, checkpoint: str, image_size: int, batch: int, re
     import tensorflow as tf
 
     from lambda_keras import convert_timm
+    from lambda_keras.models import CONSTRUCTORS
 
-    model = convert_timm.build_converted_model(convert_timm.read_state_dict(checkpoint), model_name)
+    model = CONSTRUCTORS[TIMM_MODELS[model_name]](input_shape=(image_size, image_size, 3), classifier_activation=None)
+    convert_timm.load_timm_weights(model, convert_timm.read_state_dict(checkpoint), model_name)
     images = tf.random.uniform((batch, image_size, image_size, 3), seed=0)
     labels = np.arange(batch) % 1000
     forward = tf.function(lambda x: model(x, training=False))
