@@ -112,7 +112,7 @@ def _photo_like_image() -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def test_eval_transform_matches_timms(tmp_path):
+def test_eval_transform_matches_timm(tmp_path):
     """Our resize and crop of each model equal timm's eval transform (PIL bicubic) to one
     level in 255 per pixel; 0.2 levels on average (docs/design.md, "timm's weights")."""
     image = _photo_like_image()
@@ -131,7 +131,7 @@ def test_eval_transform_matches_timms(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_serves_with_timms_transform(tmp_path):
+def test_export_serves_with_the_timm_transform(tmp_path):
     """A model named like timm's is exported with its weights' eval transform."""
     from export import saved_model
 
