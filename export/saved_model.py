@@ -32,8 +32,9 @@ Signatures (batch size free, every output row for one image):
                    top_k_labels:  tf.string [batch, k], class names
 
 Both run `lambda_keras.data.preprocessing`'s evaluation transform (centre crop, bilinear
-resize, ImageNet normalisation) in the graph, the function itself, imported, so that
-serving sees the pixels the model was validated on. The graph is plain TensorFlow:
+resize, ImageNet normalisation; for timm's models, named after timm's, timm's own:
+shorter side resized bicubic, then the centre crop) in the graph, the function itself,
+imported, so that serving sees the pixels the model was validated on. The graph is plain TensorFlow:
 `tf.saved_model.load` runs it without lambda_keras, Keras or this repository.
 
 Exit status 2 with a one-line message for a taken version or an unusable model path.
@@ -54,6 +55,7 @@ import keras
 import tensorflow as tf
 
 from lambda_keras.data import preprocessing
+from lambda_keras.models.variants import EvalTransform, published_eval_transform
 
 SERVING_DEFAULT = "serving_default"
 SERVE_IMAGES = "serve_images"
@@ -97,6 +99,10 @@ class ServingSpec:
       warmup: write assets.extra/tf_serving_warmup_requests.
       max_pixels: the largest image (height x width, read from the file's header
         before decoding) that serving_default decodes; larger ones are refused.
+      interpolation: the evaluation resize, one of `preprocessing.INTERPOLATIONS`.
+      resize_first: the evaluation transform resizes the shorter side, then crops
+        (timm's order; `preprocessing.resize_then_center_crop`), rather than crop,
+        then resize.
 
     Raises:
       ExportError: a value out of range or class names that do not fit the classes.
@@ -110,6 +116,8 @@ class ServingSpec:
     top_k: int
     warmup: bool
     max_pixels: int = DEFAULT_MAX_PIXELS
+    interpolation: str = "bilinear"
+    resize_first: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -123,6 +131,9 @@ class ServingSpec:
             raise ExportError(f"top_k must be in [1, {self.classes}], not {self.top_k}.")
         if self.max_pixels < 1:
             raise ExportError(f"max_pixels must be an integer >= 1, not {self.max_pixels}.")
+        if self.interpolation not in preprocessing.INTERPOLATIONS:
+            raise ExportError(f"interpolation must be one of {preprocessing.INTERPOLATIONS}, "
+                              f"not {self.interpolation!r}.")
 
 
 def export_model(
@@ -136,6 +147,7 @@ def export_model(
     checkpoint: str = "last",
     warmup: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    eval_transform: EvalTransform | None = None,
 ) -> Path:
     """Writes `export_dir/<version>/`, a SavedModel for TF Serving (see the module doc).
 
@@ -158,6 +170,11 @@ def export_model(
       checkpoint: for a model_dir, which of checkpoints/{last,best}.keras to export.
       warmup: write assets.extra/tf_serving_warmup_requests.
       max_pixels: the largest image serving_default decodes (see `ServingSpec`).
+      eval_transform: the evaluation transform of the model's weights (resize
+        interpolation and order, and defaults for image_size and crop_padding).
+        Default: the published weights' transform for a model named after one of
+        timm's (`variants.published_eval_transform`, e.g. "lambda_resnet50ts": 256,
+        bicubic, crop_pct 0.95), else bilinear crop-then-resize.
 
     Returns:
       The version directory that was written (a ``Path``; a ``str`` for a URL).
@@ -169,11 +186,16 @@ def export_model(
     run_config: dict[str, Any] = {}
     if not isinstance(model, keras.Model):
         model, run_config = load_model(model, checkpoint)
-    image_size = image_size or run_config.get("image_size") or model.input_shape[1]
+    if eval_transform is None and "eval_interpolation" in run_config:  # a training model_dir's
+        eval_transform = EvalTransform(run_config["image_size"], run_config["eval_crop_padding"],
+                                       run_config["eval_interpolation"], run_config["eval_resize_first"])
+    eval_transform = eval_transform or published_eval_transform(model.name)
+    image_size = (image_size or run_config.get("image_size") or (eval_transform and eval_transform.image_size)
+                  or model.input_shape[1])
     if not image_size:
         raise ExportError("The model's input size is not fixed: pass image_size.")
     if crop_padding is None:
-        crop_padding = run_config.get("eval_crop_padding", 32)
+        crop_padding = run_config.get("eval_crop_padding", eval_transform.crop_padding if eval_transform else 32)
     url = _is_url(export_dir)
     export_dir = str(export_dir).rstrip("/") if url else Path(export_dir)
     # The class count does not depend on the input size: bad arguments are refused before the copy is built.
@@ -183,6 +205,8 @@ def export_model(
         image_size=image_size, crop_padding=crop_padding, classes=classes,
         class_names=class_names if class_names is not None else default_class_names(classes),
         top_k=top_k, warmup=warmup, max_pixels=max_pixels,
+        interpolation=eval_transform.interpolation if eval_transform else "bilinear",
+        resize_first=eval_transform.resize_first if eval_transform else False,
     )
     serving_model = float32_copy(model, image_size)
 
@@ -322,6 +346,7 @@ def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportA
     to [batch, classes] probabilities (softmax classifier) or logits (no activation).
     """
     image_size, crop_padding, top_k = spec.image_size, spec.crop_padding, spec.top_k
+    transform = {"interpolation": spec.interpolation, "resize_first": spec.resize_first}
     activation = getattr(model.layers[-1], "activation", None)
     activation_name = getattr(activation, "__name__", None)
     if activation_name not in ("softmax", "linear"):
@@ -362,9 +387,9 @@ def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportA
         with tf.control_dependencies([size_check]):
             return tf.cond(
                 is_jpeg,
-                lambda: preprocessing.preprocess_for_eval(image_bytes, image_size, crop_padding),
+                lambda: preprocessing.preprocess_for_eval(image_bytes, image_size, crop_padding, **transform),
                 lambda: preprocessing.preprocess_decoded_for_eval(
-                    tf.io.decode_png(image_bytes, channels=3), image_size, crop_padding
+                    tf.io.decode_png(image_bytes, channels=3), image_size, crop_padding, **transform
                 ),
             )
 
@@ -386,7 +411,7 @@ def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportA
 
     def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         preprocessed = tf.map_fn(
-            lambda image: preprocessing.preprocess_decoded_for_eval(image, image_size, crop_padding),
+            lambda image: preprocessing.preprocess_decoded_for_eval(image, image_size, crop_padding, **transform),
             images,
             fn_output_signature=image_spec,
         )

@@ -30,6 +30,9 @@ def preprocess_input(x, data_format: str | None = None):
     the standard deviation ``(0.229, 0.224, 0.225) * 255``, which is
     ``keras.applications.imagenet_utils.preprocess_input(..., mode="torch")``.
     (keras.applications' ResNet50 uses ``mode="caffe"`` instead: BGR, means only.)
+    timm's lambda ResNets (``LambdaResNet26T`` etc.) were trained with the same
+    statistics, so this is their scaling too; their resize and crop differ, see
+    :func:`preprocess_image`.
 
     Args:
       x: float or int array or tensor ``[..., height, width, 3]`` (or
@@ -42,6 +45,37 @@ def preprocess_input(x, data_format: str | None = None):
       The normalised images, float32, same shape.
     """
     return keras.applications.imagenet_utils.preprocess_input(x, data_format=data_format, mode="torch")
+
+
+def preprocess_image(image, model_name: str, image_size: int | None = None) -> np.ndarray:
+    """One RGB image of any size -> the evaluation input of the model named ``model_name``.
+
+    The transform the SavedModel export runs (``lambda_keras.data.preprocessing``,
+    TensorFlow): for a model named after one of timm's (the default names of
+    ``LambdaResNet26T``, ``LambdaResNet26RPT256``, ``LambdaResNet50TS``) the
+    evaluation transform of its published weights (``variants.published_eval_transform``:
+    shorter side bicubic to ``floor(256 / crop_pct)``, centre 256 crop), else the
+    paper recipe's (centre crop of ``image_size / (image_size + 32)``, bilinear
+    resize); then :func:`preprocess_input`'s normalisation.
+
+    Args:
+      image: ``[height, width, 3]`` RGB in ``[0, 255]`` (uint8 or float).
+      model_name: the model's ``name``.
+      image_size: output side; default the published weights' (256) or 224.
+
+    Returns:
+      float32 ``[image_size, image_size, 3]``.
+    """
+    from lambda_keras.data import preprocessing  # TensorFlow, only where asked for
+    from lambda_keras.models.variants import published_eval_transform
+
+    transform = published_eval_transform(model_name)
+    if transform is None:
+        return preprocessing.preprocess_decoded_for_eval(image, image_size or 224).numpy()
+    return preprocessing.preprocess_decoded_for_eval(
+        image, image_size or transform.image_size, transform.crop_padding,
+        interpolation=transform.interpolation, resize_first=transform.resize_first,
+    ).numpy()
 
 
 @functools.cache

@@ -294,14 +294,15 @@ def test_padding_mask_excludes_padded_positions(causal, key_normalization):
     )
 
 
+@pytest.mark.parametrize("pool_size", [3, 2])  # 3: the paper's; 2: timm's
 @pytest.mark.parametrize("shape", [(2, 9, 8), (2, 10, 8), (2, 5, 7, 8), (2, 6, 8, 8)])
-def test_strides_two_average_pools_after_the_layer(shape):
-    """Odd and even sizes: the 3x3/2 'same' pool averages only real positions."""
-    strided = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, strides=2)
+def test_strides_two_average_pools_after_the_layer(shape, pool_size):
+    """Odd and even sizes: the 'same' pool with stride 2 averages only real positions."""
+    strided = LambdaLayer(key_dim=4, num_heads=2, scope_size=3, strides=2, pool_size=pool_size)
     weights = randomize(strided, shape)
     inputs = random_inputs(shape)
     outputs = to_numpy(strided(inputs))
-    expected = reference.average_pool_same(run_reference(strided, inputs, weights))
+    expected = reference.average_pool_same(run_reference(strided, inputs, weights), pool_size=pool_size)
     assert outputs.shape == expected.shape == strided.compute_output_shape(shape)
     np.testing.assert_allclose(outputs, expected, atol=ATOL, rtol=0)
 
@@ -529,6 +530,7 @@ def test_paper_defaults_at_30x30_match_reference(implementation, training):
         ({"intra_depth": 0}, "intra_depth"),
         ({"key_dim": 0}, "key_dim"),
         ({"strides": 3}, "strides"),
+        ({"strides": 2, "pool_size": 4}, "pool_size"),
         ({"implementation": "fft"}, "implementation"),
         ({"key_normalization": "l1"}, "key_normalization"),
         ({"use_content": False, "use_position": False}, "use_content"),

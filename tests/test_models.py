@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lambda_keras import LambdaLayer, StochasticDepth
-from lambda_keras.layers import kernel_support
+from lambda_keras.layers import SymmetricMaxPooling2D, kernel_support
 from lambda_keras.models import (
     CONSTRUCTORS,
     HybridResNet50,
@@ -386,6 +386,31 @@ def test_keras_save_and_load_gives_identical_outputs(tmp_path):
     model.save_weights(weights_path)
     from_weights = tiny(stochastic_depth_rate=0.1, dropout_rate=0.2, weights=weights_path)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_weights(x)), expected)
+
+
+def test_timm_options_round_trip_through_a_keras_file(tmp_path):
+    """The tiered stem, SiLU, the 2x2 lambda pool and the position bias (timm's options) save and load."""
+    model = tiny(base="tiered", activation="silu", lambda_pool_size=2, lambda_position_bias=True, scope_size=3)
+    randomize(model)
+    assert model.get_layer("c3_block1_lambda").pool_size == 2
+    assert model.get_layer("c3_block1_lambda").use_position_bias
+    x = images()
+    expected = keras.ops.convert_to_numpy(model(x))
+    path = os.fspath(tmp_path / "tiered.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), expected, atol=1e-6, rtol=0)
+
+
+def test_stem_max_pool_pads_minus_infinity_on_both_sides_like_pytorch():
+    """MaxPool2d(3, 2, padding=1): windows start at -1; padding never wins, even over negative inputs (SiLU)."""
+    x = -1.0 - np.random.default_rng(0).random((1, 6, 7, 2)).astype("float32")
+    outputs = keras.ops.convert_to_numpy(SymmetricMaxPooling2D(3, strides=2, padding=1)(x))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    expected = np.array([[padded[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(0, 1)) for j in range(4)]
+                         for i in range(3)])
+    assert outputs.shape == (1, 3, 4, 2) == SymmetricMaxPooling2D(3, 2, 1).compute_output_shape((1, 6, 7, 2))
+    np.testing.assert_array_equal(outputs[0], expected)
 
 
 # --- imagenet_utils ----------------------------------------------------------------

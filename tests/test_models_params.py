@@ -37,6 +37,14 @@ TABLE_18 = {
     420: ((4, 44, 87, 4), (10, 20, 30, 40, 50, 60, 70, 80)),
 }
 SLOW_DEPTHS = (200, 270, 350, 420)
+# timm's lambda ResNets (timm/models/byoanet.py, read there, not from variants.py): blocks per
+# stage, 1-based lambda blocks per stage (timm's interleave_blocks), and the parameter count
+# that timm 1.0.31 reports (sum of timm.create_model(name).parameters()).
+TIMM_MODELS = {
+    "LambdaResNet26T": ((2, 2, 2, 2), {"c4": [2], "c5": [1, 2]}, 10_958_272),
+    "LambdaResNet26RPT256": ((2, 2, 2, 2), {"c4": [2], "c5": [1, 2]}, 10_988_688),
+    "LambdaResNet50TS": ((3, 4, 6, 3), {"c3": [4], "c4": [2, 4, 6], "c5": [2]}, 21_536_832),
+}
 # Their block layouts are LambdaResNet270's and 350's, checked here; the paper prints no count for them.
 NOT_BUILT = ("LambdaResNet270C4", "LambdaResNet350C4", "ResNetRS270", "ResNetRS350")
 
@@ -71,8 +79,9 @@ def trainable_parameters(model: keras.Model) -> int:
 
 
 def depth_of(constructor: str) -> int | None:
-    """50 for "LambdaResNet50", "ResNetRS50" and "LambdaResNet50C4"; None for HybridResNet50."""
-    if constructor == "HybridResNet50":
+    """50 for "LambdaResNet50", "ResNetRS50" and "LambdaResNet50C4"; None for HybridResNet50
+    and timm's models."""
+    if constructor == "HybridResNet50" or constructor in TIMM_MODELS:
         return None
     return int(constructor.split("ResNet")[-1].removeprefix("RS").removesuffix("C4"))
 
@@ -139,7 +148,8 @@ def built(request) -> dict:
 def test_constructor(case_id, built):
     constructor, options, exact, printed = CASES[case_id]
     model = built[case_id]
-    assert model["input_shape"] == (None, 224, 224, 3) and model["output_shape"] == (None, 1000)
+    size = 256 if constructor in TIMM_MODELS else 224
+    assert model["input_shape"] == (None, size, size, 3) and model["output_shape"] == (None, 1000)
 
     count = model["count"]
     if printed is not None:
@@ -149,7 +159,12 @@ def test_constructor(case_id, built):
 
     se_stages, positions = model["se_stages"], model["lambda_positions"]
     depth = depth_of(constructor)
-    if constructor.startswith("LambdaResNet"):
+    if constructor in TIMM_MODELS:
+        blocks, lambda_blocks, timm_count = TIMM_MODELS[constructor]
+        assert count == timm_count
+        assert model["blocks"] == blocks and positions == lambda_blocks
+        assert se_stages == set()
+    elif constructor.startswith("LambdaResNet"):
         blocks, c4_lambdas = TABLE_18[depth]
         assert model["blocks"] == blocks
         c4 = list(range(1, blocks[2] + 1)) if constructor.endswith("C4") else list(c4_lambdas)

@@ -65,6 +65,11 @@ class InputConfig:
         Inception crop (fraction of the image area, width / height).
       eval_crop_padding: evaluation crops a centred square of side
         image_size / (image_size + eval_crop_padding) * min(height, width).
+      eval_interpolation: the evaluation resize, "bilinear" or "bicubic".
+      eval_resize_first: evaluation resizes the shorter side to image_size +
+        eval_crop_padding, then crops the centre (timm's order); False: crop, then
+        resize. timm's weights (LambdaResNet50TS etc.) evaluate with image_size 256,
+        bicubic, resize first and padding 16 (crop_pct 0.94) or 13 (0.95).
       random_flip: random left-right flip in training.
       use_randaugment / randaugment_num_layers / randaugment_magnitude:
         tf-models-official RandAugment in training.
@@ -111,6 +116,8 @@ class InputConfig:
     crop_aspect_ratio_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     crop_max_attempts: int = 10
     eval_crop_padding: int = 32
+    eval_interpolation: str = "bilinear"
+    eval_resize_first: bool = False
     random_flip: bool = True
     use_randaugment: bool = False
     randaugment_num_layers: int = 2
@@ -182,6 +189,10 @@ class InputConfig:
         for name in ("minival_num_shards", "eval_crop_padding"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail_field(name, "must be a non-negative integer")
+        if self.eval_interpolation not in ("bilinear", "bicubic"):
+            fail_field("eval_interpolation", 'must be "bilinear" or "bicubic"')
+        if not isinstance(self.eval_resize_first, bool):
+            fail_field("eval_resize_first", "must be true or false")
         if self.label_offset is not None and not isinstance(self.label_offset, int):
             fail_field("label_offset", "must be an integer or None")
         low, high = self._pair("crop_area_range")

@@ -661,7 +661,8 @@ def _image_preprocessor(config: InputConfig, training: bool, dtype):
     """The per-image function: JPEG bytes -> [image_size, image_size, 3] of `dtype`."""
     if not training:
         return lambda image_bytes: preprocessing.preprocess_for_eval(
-            image_bytes, config.image_size, config.eval_crop_padding, dtype
+            image_bytes, config.image_size, config.eval_crop_padding, dtype,
+            interpolation=config.eval_interpolation, resize_first=config.eval_resize_first,
         )
     augment_fn = augmentation.build_randaugment(config)
     return lambda image_bytes: preprocessing.preprocess_for_train(

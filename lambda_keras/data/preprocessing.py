@@ -37,6 +37,9 @@ _EOI_SEARCH_BYTES = 64
 
 ImageFn = Callable[[tf.Tensor], tf.Tensor]
 
+# Evaluation resizes: bilinear (the TPU ResNet recipe's) or bicubic (timm's).
+INTERPOLATIONS = ("bilinear", "bicubic")
+
 
 def is_complete_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
     """Cheap structural check of an encoded image, without decoding it.
@@ -162,10 +165,51 @@ def decode_and_crop(
     )
 
 
-def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Bilinear resize (half-pixel centres, no antialiasing) to float32 [size, size, 3]."""
-    resized = tf.image.resize(image, [image_size, image_size], method="bilinear")
+def resize(image: tf.Tensor, image_size: int, interpolation: str = "bilinear") -> tf.Tensor:
+    """Resize (half-pixel centres, no antialiasing) to float32 [size, size, 3];
+    ``interpolation`` is one of INTERPOLATIONS."""
+    resized = tf.image.resize(image, [image_size, image_size], method=interpolation)
     return tf.ensure_shape(resized, [image_size, image_size, 3])
+
+
+def resize_then_center_crop(
+    image: tf.Tensor, image_size: int, crop_padding: int, interpolation: str = "bicubic"
+) -> tf.Tensor:
+    """timm's evaluation transform: torchvision ``Resize(image_size + crop_padding)``
+    then ``CenterCrop(image_size)`` on a PIL image.
+
+    The shorter side is resized to ``image_size + crop_padding`` and the longer one to
+    ``int(that * longer / shorter)``, antialiased when shrinking and rounded to whole
+    levels in [0, 255] as PIL's 8-bit images are; the crop's offsets round half to even,
+    like Python's ``round`` in torchvision. TensorFlow's antialiased bicubic kernel is
+    PIL's (Keys, a = -0.5); what differs is measured in docs/design.md.
+
+    Args:
+      image: uint8 or float [height, width, 3] RGB image in [0, 255].
+      image_size: output side.
+      crop_padding: timm's ``floor(image_size / crop_pct) - image_size``.
+      interpolation: one of INTERPOLATIONS.
+
+    Returns:
+      float32 [image_size, image_size, 3], whole levels in [0, 255].
+    """
+    scale_size = image_size + crop_padding
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    shorter, longer = tf.minimum(height, width), tf.maximum(height, width)
+    new_longer = tf.cast(
+        tf.math.floordiv(tf.cast(scale_size, tf.int64) * tf.cast(longer, tf.int64), tf.cast(shorter, tf.int64)),
+        tf.int32,
+    )
+    new_height = tf.where(height <= width, scale_size, new_longer)
+    new_width = tf.where(height <= width, new_longer, scale_size)
+    resized = tf.image.resize(tf.cast(image, tf.float32), [new_height, new_width], method=interpolation,
+                              antialias=True)
+    resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+    top = tf.cast(tf.round(tf.cast(new_height - image_size, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_width - image_size, tf.float32) / 2.0), tf.int32)
+    cropped = resized[top : top + image_size, left : left + image_size]
+    return tf.ensure_shape(cropped, [image_size, image_size, 3])
 
 
 def normalize_image(image: tf.Tensor) -> tf.Tensor:
@@ -193,6 +237,8 @@ def preprocess_for_eval(
     image_size: int,
     crop_padding: int = 32,
     dtype: tf.DType | str = tf.float32,
+    interpolation: str = "bilinear",
+    resize_first: bool = False,
 ) -> tf.Tensor:
     """Evaluation (and serving) preprocessing of one encoded JPEG.
 
@@ -205,14 +251,21 @@ def preprocess_for_eval(
       image_size: output height and width.
       crop_padding: see `center_crop_window`.
       dtype: output dtype (the Keras compute dtype, e.g. bfloat16 on TPU).
+      interpolation: one of INTERPOLATIONS.
+      resize_first: timm's order, `resize_then_center_crop` of the whole decoded
+        image, rather than crop (decoding only the crop), then resize.
 
     Returns:
       [image_size, image_size, 3] tensor of `dtype`.
     """
+    if resize_first:
+        image = tf.io.decode_jpeg(image_bytes, channels=3, dct_method=EVAL_DCT_METHOD)
+        image = resize_then_center_crop(image, image_size, crop_padding, interpolation)
+        return tf.cast(normalize_image(image), dtype)
     crop_window = center_crop_window(
         tf.image.extract_jpeg_shape(image_bytes), image_size, crop_padding
     )
-    image = resize(decode_and_crop(image_bytes, crop_window), image_size)
+    image = resize(decode_and_crop(image_bytes, crop_window), image_size, interpolation)
     return tf.cast(normalize_image(image), dtype)
 
 
@@ -221,19 +274,26 @@ def preprocess_decoded_for_eval(
     image_size: int,
     crop_padding: int = 32,
     dtype: tf.DType | str = tf.float32,
+    interpolation: str = "bilinear",
+    resize_first: bool = False,
 ) -> tf.Tensor:
     """`preprocess_for_eval` for an already decoded image.
 
     Args:
       image: uint8 or float [height, width, 3] RGB image in [0, 255].
+      image_size, crop_padding, dtype, interpolation, resize_first: see
+        `preprocess_for_eval`.
 
     Returns:
       [image_size, image_size, 3] tensor of `dtype`; for the decoded pixels of a JPEG
       it equals `preprocess_for_eval` of the JPEG.
     """
+    if resize_first:
+        image = resize_then_center_crop(image, image_size, crop_padding, interpolation)
+        return tf.cast(normalize_image(image), dtype)
     window = center_crop_window(tf.shape(image), image_size, crop_padding)
     cropped = image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
-    return tf.cast(normalize_image(resize(cropped, image_size)), dtype)
+    return tf.cast(normalize_image(resize(cropped, image_size, interpolation)), dtype)
 
 
 def preprocess_for_train(

@@ -1,6 +1,6 @@
 """Keras layers of lambda-keras."""
 
 from lambda_keras.layers.lambda_layer import LambdaLayer
-from lambda_keras.layers.pooling import AveragePooling2D
+from lambda_keras.layers.pooling import AveragePooling2D, SymmetricMaxPooling2D
 
-__all__ = ["AveragePooling2D", "LambdaLayer"]
+__all__ = ["AveragePooling2D", "LambdaLayer", "SymmetricMaxPooling2D"]

@@ -122,8 +122,11 @@ class LambdaLayer(keras.layers.Layer):
       causal: sequences only; query ``t`` sees context positions ``<= t`` in both
         lambdas (Appendix B.2). The content lambda is then a running, numerically
         stable softmax-weighted cumulative sum.
-      strides: 1, or 2 for a 3x3 (3-long) average pool with stride 2 and ``"same"``
-        padding after the layer, the paper's downsampling (Appendix E.1).
+      strides: 1, or 2 for a ``pool_size`` average pool with stride 2 and
+        ``"same"`` padding after the layer, the paper's downsampling (Appendix E.1).
+      pool_size: side of that average pool: 3, the paper's (Appendix E.1), or 2,
+        timm's (a 2x2 pool with stride 2, whose windows on an even-sized input
+        tile it without padding).
       implementation: ``"einsum"`` gathers the embeddings into an ``[n, m, k, u]``
         table masked outside the scope (Figure 3) and contracts it with the queries
         first when that is cheaper (``h (k + v) < k v``); ``"conv"`` computes the position
@@ -174,6 +177,7 @@ class LambdaLayer(keras.layers.Layer):
         use_position: bool = True,
         causal: bool = False,
         strides: int = 1,
+        pool_size: int = 3,
         implementation: str = "auto",
         use_position_bias: bool = False,
         norm_momentum: float = 0.99,
@@ -214,6 +218,8 @@ class LambdaLayer(keras.layers.Layer):
             )
         if strides not in (1, 2):
             raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
+        if pool_size not in (2, 3):
+            raise ValueError(f"`pool_size` must be 2 or 3. Received: pool_size={pool_size!r}")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"`implementation` must be one of {IMPLEMENTATIONS}. "
@@ -241,6 +247,7 @@ class LambdaLayer(keras.layers.Layer):
         self.use_position = use_position
         self.causal = causal
         self.strides = strides
+        self.pool_size = pool_size
         self.implementation = implementation
         self.use_position_bias = use_position_bias
         self.norm_momentum = norm_momentum
@@ -590,7 +597,7 @@ class LambdaLayer(keras.layers.Layer):
         outputs = ops.reshape(outputs, (batch,) + spatial_shape + (heads * value_dim,))
         outputs = ops.cast(outputs, self.compute_dtype)
         if self.strides == 2:
-            outputs = average_pool_same(outputs, pool_size=3, strides=2)
+            outputs = average_pool_same(outputs, pool_size=self.pool_size, strides=2)
         if self.data_format == "channels_first":
             outputs = ops.moveaxis(outputs, -1, 1)
         return outputs
@@ -598,7 +605,7 @@ class LambdaLayer(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         if mask is None or self.strides == 1:
             return mask
-        # The pooled output position i is centred on input position 2 * i.
+        # The pooled output position i is centred on (3x3) or starts at (2x2) input position 2 * i.
         return mask[:, ::2] if len(mask.shape) == 2 else mask[:, ::2, ::2]
 
     def compute_output_shape(self, input_shape):
@@ -624,6 +631,7 @@ class LambdaLayer(keras.layers.Layer):
                 "use_position": self.use_position,
                 "causal": self.causal,
                 "strides": self.strides,
+                "pool_size": self.pool_size,
                 "implementation": self.implementation,
                 "use_position_bias": self.use_position_bias,
                 "norm_momentum": self.norm_momentum,

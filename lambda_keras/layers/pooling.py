@@ -68,3 +68,55 @@ class AveragePooling2D(keras.layers.AveragePooling2D):
         if self.padding != "same" or self.pool_size[0] != self.pool_size[1] or self.strides[0] != self.strides[1]:
             return super().call(inputs)
         return average_pool_same(inputs, self.pool_size[0], self.strides[0], self.data_format)
+
+
+@keras.saving.register_keras_serializable(package="lambda_keras")
+class SymmetricMaxPooling2D(keras.layers.Layer):
+    """Max pooling after ``padding`` positions of ``-inf`` on every side, PyTorch's
+    ``MaxPool2d(pool_size, strides, padding)``.
+
+    TensorFlow's ``"same"`` pads a 3x3 stride-2 window over an even size at the end
+    only, which shifts every window by one position against PyTorch's; zero padding
+    is right only after a ReLU (the inputs are then never negative), not after SiLU.
+
+    Input ``[batch, height, width, channels]`` (or channels-first), output
+    ``[batch, (height + 2 padding - pool_size) // strides + 1, ..., channels]``.
+
+    Args:
+      pool_size: window side.
+      strides: stride along both spatial axes.
+      padding: positions of ``-inf`` added before and after each spatial axis.
+      data_format: ``"channels_last"`` or ``"channels_first"``; defaults to
+        ``keras.config.image_data_format()``.
+      **kwargs: standard layer arguments.
+    """
+
+    def __init__(self, pool_size: int = 3, strides: int = 2, padding: int = 1, data_format: str | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = pool_size
+        self.strides = strides
+        self.padding = padding
+        self.data_format = data_format or keras.config.image_data_format()
+
+    def call(self, inputs):
+        spatial_axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        paddings = [(self.padding, self.padding) if axis in spatial_axes else (0, 0) for axis in range(4)]
+        padded = ops.pad(inputs, paddings, constant_values=float("-inf"))
+        return ops.max_pool(padded, self.pool_size, self.strides, padding="valid", data_format=self.data_format)
+
+    def compute_output_shape(self, input_shape):
+        spatial_axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        return tuple(
+            (size + 2 * self.padding - self.pool_size) // self.strides + 1
+            if axis in spatial_axes and size is not None else size
+            for axis, size in enumerate(input_shape)
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"pool_size": self.pool_size, "strides": self.strides, "padding": self.padding,
+             "data_format": self.data_format}
+        )
+        return config

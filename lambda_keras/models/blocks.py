@@ -12,7 +12,9 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from lambda_keras.layers import AveragePooling2D, LambdaLayer
+from lambda_keras.layers import AveragePooling2D, LambdaLayer, SymmetricMaxPooling2D
+
+ACTIVATIONS = ("relu", "silu")
 
 # [RS] conv and SE kernels use TF1's ``variance_scaling_initializer()``: scale 1,
 # fan-in, truncated normal, which is Keras' VarianceScaling default.
@@ -78,6 +80,13 @@ def batch_norm(x, name: str, norm_options: dict, zero_gamma: bool = False):
     )(x)
 
 
+def activation_layer(x, activation: str, name: str):
+    """``activation`` ("relu" or "silu", one of ACTIVATIONS) as a layer named ``name``."""
+    if activation == "relu":
+        return layers.ReLU(name=name)(x)
+    return layers.Activation(activation, name=name)(x)
+
+
 def conv2d(x, filters: int, kernel_size: int, strides: int, name: str):
     """Bias-free convolution; strided ones pad ``(k - 1) // 2`` on both sides first.
 
@@ -126,6 +135,21 @@ def vanilla_stem(x, norm_options: dict):
     return layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
 
 
+def tiered_stem(x, norm_options: dict, activation: str):
+    """timm's "tiered" ResNet-T stem, ``[b, H, W, 3] -> [b, H/4, W/4, 64]``.
+
+    Three 3x3 convolutions with 24, 32 and 64 channels (the first strided), each
+    followed by BN and ``activation``, then a 3x3 stride-2 max pool over one position
+    of ``-inf`` padding on every side, as PyTorch pads it (the stem of timm's
+    ``lambda_resnet26t``, ``lambda_resnet26rpt_256`` and ``lambda_resnet50ts``).
+    """
+    for index, (filters, strides) in enumerate(((24, 2), (32, 1), (64, 1)), start=1):
+        x = conv2d(x, filters, 3, strides, name=f"stem_{index}_conv")
+        x = batch_norm(x, f"stem_{index}_bn", norm_options)
+        x = activation_layer(x, activation, f"stem_{index}_{activation}")
+    return SymmetricMaxPooling2D(3, strides=2, padding=1, name="stem_pool")(x)
+
+
 def squeeze_excitation(x, se_ratio: float, name: str):
     """Squeeze-and-excitation gate, ``[b, h, w, c] -> [b, h, w, c]``.
 
@@ -160,15 +184,17 @@ def bottleneck_block(
     se_ratio: float,
     stochastic_depth_rate: float,
     norm_options: dict,
+    activation: str = "relu",
 ):
     """ResNet-v1 bottleneck, ``[b, H, W, c] -> [b, H/s, W/s, 4 * filters]``.
 
-    1x1 conv (``filters``) -> BN -> ReLU -> spatial layer -> BN -> ReLU -> 1x1 conv
+    1x1 conv (``filters``) -> BN -> act -> spatial layer -> BN -> act -> 1x1 conv
     (``4 * filters``) -> BN (gamma 0) -> SE -> stochastic depth -> add shortcut ->
-    ReLU. The spatial layer is a 3x3 conv with stride ``s``, or, when
-    ``lambda_options`` is given, a ``LambdaLayer(filters, **lambda_options)`` whose
-    ``strides=2`` applies the paper's 3x3 stride-2 average pool after it ("in place
-    of the strided convolution", Appendix E.1). Blocks with a lambda layer never
+    act, where act is ``activation`` (ReLU by default). The spatial layer is a 3x3
+    conv with stride ``s``, or, when ``lambda_options`` is given, a
+    ``LambdaLayer(filters, **lambda_options)`` whose ``strides=2`` applies an average
+    pool with stride 2 after it, the paper's 3x3 ("in place of the strided
+    convolution", Appendix E.1) unless ``lambda_options`` sets ``pool_size=2``. Blocks with a lambda layer never
     get SE (Appendix E.1: "We do not use squeeze-and-excitation in the bottleneck
     blocks that employ a lambda layer").
 
@@ -185,6 +211,7 @@ def bottleneck_block(
       stochastic_depth_rate: drop rate of the residual branch; 0 for none.
       norm_options: ``momentum``, ``epsilon`` and ``synchronized`` of every batch
         norm, the lambda layer's included.
+      activation: "relu" (the paper's) or "silu" (timm's ``lambda_resnet50ts``).
     """
     shortcut = x
     if projection:
@@ -199,7 +226,7 @@ def bottleneck_block(
 
     x = conv2d(x, filters, 1, 1, name=f"{name}_1_conv")
     x = batch_norm(x, f"{name}_1_bn", norm_options)
-    x = layers.ReLU(name=f"{name}_1_relu")(x)
+    x = activation_layer(x, activation, f"{name}_1_{activation}")
 
     if lambda_options is None:
         x = conv2d(x, filters, 3, strides, name=f"{name}_2_conv")
@@ -216,7 +243,7 @@ def bottleneck_block(
     # Appendix E.1: the lambda layer replaces the 3x3 conv
     # only; the BN and ReLU that followed the conv stay.
     x = batch_norm(x, f"{name}_2_bn", norm_options)
-    x = layers.ReLU(name=f"{name}_2_relu")(x)
+    x = activation_layer(x, activation, f"{name}_2_{activation}")
 
     x = conv2d(x, 4 * filters, 1, 1, name=f"{name}_3_conv")
     x = batch_norm(x, f"{name}_3_bn", norm_options, zero_gamma=True)
@@ -225,4 +252,4 @@ def bottleneck_block(
     if stochastic_depth_rate > 0:
         x = StochasticDepth(stochastic_depth_rate, name=f"{name}_drop")(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
-    return layers.ReLU(name=f"{name}_out")(x)
+    return activation_layer(x, activation, f"{name}_out")

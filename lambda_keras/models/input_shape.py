@@ -21,7 +21,8 @@ IMAGENET_WEIGHTS_MESSAGE = (
     "`weights='imagenet'` cannot be honoured. Use `weights=None` (random "
     "initialisation) and train the model (e.g. with the package's training recipe), "
     "or pass the path to a `.weights.h5` or `.keras` file that you trained or "
-    "converted yourself."
+    "converted yourself. (timm's lambda ResNets, LambdaResNet26T, LambdaResNet26RPT256 "
+    "and LambdaResNet50TS, take converted ImageNet weights: see their weights='imagenet'.)"
 )
 
 WEIGHT_FILE_SUFFIXES = (".weights.h5", ".keras")

@@ -40,6 +40,7 @@ from lambda_keras.models.variants import (
     LAMBDA,
     LAMBDA_C4,
     MODEL_SPECS,
+    TIMM,
     VARIANTS,
     VARIANTS_BY_NAME,
     Variant,
@@ -47,7 +48,7 @@ from lambda_keras.models.variants import (
 
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 STAGE_WIDTHS = (64, 128, 256, 512)
-BASES = ("resnet_rs", "vanilla")
+BASES = ("resnet_rs", "vanilla", "tiered")
 
 # SE sits in the c2/c3 conv blocks only: the published sizes match only without SE
 # in c4/c5 (docs/design.md, "SE only in c2 and c3").
@@ -65,6 +66,8 @@ LAMBDA_LAYER_OPTIONS = {
     "query_softmax": "query_softmax",
     "lambda_batch_norm": "use_batch_norm",
     "lambda_implementation": "implementation",
+    "lambda_pool_size": "pool_size",
+    "lambda_position_bias": "use_position_bias",
 }
 
 
@@ -115,6 +118,10 @@ def check_options(**options: Any) -> dict[str, Any]:
     options = dict(options)
     if "base" in options and options["base"] not in BASES:
         raise ValueError(f"`base` must be one of {BASES}. Received: base={options['base']!r}")
+    if "activation" in options and options["activation"] not in blocks.ACTIVATIONS:
+        raise ValueError(
+            f"`activation` must be one of {blocks.ACTIVATIONS}. Received: activation={options['activation']!r}"
+        )
     if "se_ratio" in options:
         se_ratio = options["se_ratio"]
         if isinstance(se_ratio, (int, float)):
@@ -177,6 +184,9 @@ def LambdaResNet(
     query_softmax: bool = False,
     lambda_batch_norm: bool = True,
     lambda_implementation: str = "auto",
+    lambda_pool_size: int = 3,
+    lambda_position_bias: bool = False,
+    activation: str = "relu",
     norm_momentum: float = 0.9,
     norm_epsilon: float = 1e-5,
     synchronized_batch_norm: bool = False,
@@ -193,8 +203,9 @@ def LambdaResNet(
     Every bottleneck is ResNet-v1 (1x1, 3x3, 1x1 convs; last BN gamma initialised
     to 0, Appendix A). In the blocks named by ``lambda_blocks`` the 3x3 conv is a
     ``LambdaLayer`` (a 3x3 stride-2 average pool follows it in the first block of
-    c3-c5, Appendix E.1) and SE is left out. The first block of c3, c4 and c5
-    downsamples.
+    c3-c5, Appendix E.1; 2x2 with ``lambda_pool_size=2``), followed by the BN and
+    activation that followed the conv, and SE is left out. The first block of c3, c4
+    and c5 downsamples.
 
     Args:
       blocks_per_stage: number of bottlenecks in c2, c3, c4, c5, e.g.
@@ -218,7 +229,9 @@ def LambdaResNet(
       base: ``"resnet_rs"``: the ResNet-RS base of the LambdaResNets (ResNet-D stem
         whose max pool is a strided 3x3 conv, ResNet-D average-pool shortcut;
         Appendix E.1); ``"vanilla"``: ResNet-v1 with the 7x7 stem and strided 1x1
-        projection shortcuts (the 90-epoch ResNet-50 of Section 5.1).
+        projection shortcuts (the 90-epoch ResNet-50 of Section 5.1);
+        ``"tiered"``: timm's ResNet-T, the tiered stem (3x3 convs with 24, 32, 64
+        channels, then a 3x3 stride-2 max pool) and strided 1x1 projection shortcuts.
       se_ratio: squeeze-and-excitation ratio of the conv blocks, one number or one
         per stage; 0 disables SE. Lambda blocks never have SE.
       dropout_rate: dropout before the classifier (Table 20 uses 0.2-0.3).
@@ -238,6 +251,12 @@ def LambdaResNet(
       query_softmax: also softmax the queries over the key depth (Table 12).
       lambda_batch_norm: batch norm on the lambda layers' queries and values; False
         is Table 12's last row.
+      lambda_pool_size: side of the average pool after a strided lambda layer, 3
+        (the paper's) or 2 (timm's).
+      lambda_position_bias: a bias on the position lambdas (timm's ``Conv3d`` bias;
+        for its weights).
+      activation: "relu" (the paper's) or "silu", after every BN but the last of a
+        residual branch.
       lambda_implementation: ``LambdaLayer`` implementation, "auto", "einsum",
         "conv" or "banded" (same numbers; speed differs).
       norm_momentum: momentum of every batch norm, the lambda layers' included
@@ -268,8 +287,9 @@ def LambdaResNet(
         key_dim=key_dim, num_heads=num_heads, intra_depth=intra_depth, scope_size=scope_size,
         use_content=use_content, use_position=use_position, key_normalization=key_normalization,
         query_softmax=query_softmax, lambda_batch_norm=lambda_batch_norm,
-        lambda_implementation=lambda_implementation, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
-        synchronized_batch_norm=synchronized_batch_norm,
+        lambda_implementation=lambda_implementation, lambda_pool_size=lambda_pool_size,
+        lambda_position_bias=lambda_position_bias, activation=activation, norm_momentum=norm_momentum,
+        norm_epsilon=norm_epsilon, synchronized_batch_norm=synchronized_batch_norm,
     )
     se_ratios = options["se_ratio"]
     lambda_options = lambda_layer_arguments(options)
@@ -284,6 +304,8 @@ def LambdaResNet(
 
     if base == "resnet_rs":
         x = blocks.resnet_d_stem(image, norm_options)
+    elif base == "tiered":
+        x = blocks.tiered_stem(image, norm_options, activation)
     else:
         x = blocks.vanilla_stem(image, norm_options)
 
@@ -303,6 +325,7 @@ def LambdaResNet(
                 se_ratio=stage_se,
                 stochastic_depth_rate=stochastic_depth_rate * stage_number / 5,
                 norm_options=norm_options,
+                activation=activation,
             )
 
     if include_top:
@@ -332,8 +355,17 @@ def LambdaResNet(
 def _named_constructor(function):
     """Registers a named constructor of :data:`VARIANTS` and writes its docstring."""
     variant = VARIANTS_BY_NAME[function.__name__]
-    spec = MODEL_SPECS[variant.depth]
-    if variant.family == LAMBDA:
+    spec = MODEL_SPECS.get(variant.depth)
+    if variant.family == TIMM:
+        timm = variant.timm
+        position = f"r={timm.scope_size}" if timm.scope_size else "global relative position embeddings, fixed 256x256"
+        summary = (
+            f"timm's ``{timm.model}``: tiered stem, blocks {list(timm.blocks)}, lambda layers ({position}) in "
+            f"blocks {_blocks_text(timm.lambda_blocks)}, {'ReLU' if timm.activation == 'relu' else 'SiLU'}; takes the "
+            f"converted ImageNet weights of ``{timm.pretrained}`` (top-1 {timm.top1} at 256, "
+            "README 'Pretrained weights')."
+        )
+    elif variant.family == LAMBDA:
         summary = (
             f"LambdaResNet-{variant.depth} (Table 18): ResNet-RS base, blocks {list(spec['blocks'])}, lambda "
             f"layers in c4 blocks {list(spec['c4_lambda_blocks'])} (1-based) and every c5 block, SE 0.25 in c2/c3."
@@ -349,6 +381,7 @@ def _named_constructor(function):
             "in every stage by default, ``se_ratio=0`` for the 'wo/ SE' rows."
         )
     parameters = f"{variant.parameters / 1e6:.1f} M parameters"
+    size = variant.timm.image_size if variant.timm else 224
     if variant.paper is not None:
         parameters += f" ({variant.paper[1]}: {variant.paper[0]} M)"
     function.__doc__ = f"""{summary} {parameters}.
@@ -362,16 +395,60 @@ def _named_constructor(function):
         norm options, ``head_dtype``).
 
     Returns:
-      A ``keras.Model``: ``[batch, 224, 224, 3] -> [batch, classes]`` by default.
+      A ``keras.Model``: ``[batch, {size}, {size}, 3] -> [batch, classes]`` by default.
     """
     CONSTRUCTORS[variant.name] = function
     return function
+
+
+def _blocks_text(lambda_blocks) -> str:
+    """``((), (4,), (2, 4, 6), (2,))`` -> "c3: 4, c4: 2, 4, 6, c5: 2" (1-based)."""
+    return "; ".join(
+        f"{stage}: {', '.join(map(str, indices))}" for stage, indices in zip(STAGE_NAMES, lambda_blocks) if indices
+    )
+
+
+def _timm_weights_message(variant: Variant) -> str:
+    """What ``weights="imagenet"`` says for a timm-family row: the commands that get
+    and convert timm's weights (nothing is downloaded at run time)."""
+    timm = variant.timm
+    return (
+        f"`weights='imagenet'` is not downloaded by lambda_keras. {variant.name} is timm's {timm.model}; "
+        "where the internet is reachable, get and convert its ImageNet weights with: "
+        "pip install huggingface_hub; "
+        f"hf download {timm.pretrained} model.safetensors --local-dir {timm.model}; "
+        f"python -m lambda_keras.convert_timm {timm.model}/model.safetensors --model {timm.model} "
+        f"--output {timm.model}.weights.h5 "
+        f"-- then pass weights='{timm.model}.weights.h5'. Received: weights='imagenet'"
+    )
+
+
+def _build_timm_variant(variant: Variant, arguments: dict[str, Any], options: dict[str, Any]) -> keras.Model:
+    """A timm-family row: timm's configuration as the factory's options."""
+    timm = variant.timm
+    if isinstance(arguments["weights"], str) and arguments["weights"] == "imagenet":
+        raise ValueError(_timm_weights_message(variant))
+    if arguments["input_shape"] is None and arguments["input_tensor"] is None and (
+        arguments["include_top"] or timm.scope_size is None
+    ):
+        channels_first = keras.config.image_data_format() == "channels_first"
+        size = timm.image_size
+        arguments["input_shape"] = (3, size, size) if channels_first else (size, size, 3)
+    timm_options = {
+        "base": "tiered", "activation": timm.activation, "scope_size": timm.scope_size,
+        # timm's layer: |k| = 16, |h| = 4, |u| = 1, a bias on the local position lambdas, 2x2 pool.
+        "key_dim": 16, "num_heads": 4, "intra_depth": 1, "lambda_pool_size": 2,
+        "lambda_position_bias": timm.scope_size is not None, "se_ratio": 0.0,
+    }
+    return LambdaResNet(timm.blocks, timm.lambda_blocks, **arguments, **{**timm_options, **options})
 
 
 def _build_variant(variant_name: str, arguments: dict[str, Any]) -> keras.Model:
     """Builds a row of :data:`VARIANTS` from its constructor's ``locals()``."""
     variant: Variant = VARIANTS_BY_NAME[variant_name]
     options = arguments.pop("options")
+    if variant.family == TIMM:
+        return _build_timm_variant(variant, arguments, options)
     spec = MODEL_SPECS[variant.depth]
     if variant.family == LAMBDA:
         lambda_blocks = ((), (), spec["c4_lambda_blocks"], range(1, spec["blocks"][3] + 1))
@@ -510,6 +587,25 @@ def ResNetRS350(include_top=True, weights=None, input_tensor=None, input_shape=N
 def ResNetRS420(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                 classes=1000, classifier_activation="softmax", name="resnet_rs420", **options: Any):
     return _build_variant("ResNetRS420", locals())
+
+
+@_named_constructor
+def LambdaResNet26T(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                    classes=1000, classifier_activation="softmax", name="lambda_resnet26t", **options: Any):
+    return _build_variant("LambdaResNet26T", locals())
+
+
+@_named_constructor
+def LambdaResNet26RPT256(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                         classes=1000, classifier_activation="softmax", name="lambda_resnet26rpt_256",
+                         **options: Any):
+    return _build_variant("LambdaResNet26RPT256", locals())
+
+
+@_named_constructor
+def LambdaResNet50TS(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                     classes=1000, classifier_activation="softmax", name="lambda_resnet50ts", **options: Any):
+    return _build_variant("LambdaResNet50TS", locals())
 
 
 # Vanilla ResNet-50 stage sizes (He et al. 2016), the network of Tables 3, 9-13.

@@ -11,6 +11,7 @@ Pure data: importing this module does not import Keras.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 # Table 18: blocks per stage c2-c5 and the (1-based) c4 blocks with a lambda layer;
 # every c5 block has one too. The block counts are ResNet-RS's (``model_params`` in
@@ -29,7 +30,64 @@ MODEL_SPECS: dict[int, dict[str, tuple[int, ...]]] = {
 LAMBDA = "lambda"  # Table 18: lambda layers in the listed c4 blocks and all of c5
 LAMBDA_C4 = "lambda_c4"  # Table 14's "-C4": lambda layers in every c4 and c5 block
 RESNET_RS = "resnet_rs"  # the conv-only ResNet-RS baselines, SE 0.25 everywhere
-FAMILIES = (LAMBDA, LAMBDA_C4, RESNET_RS)
+TIMM = "timm"  # timm's lambda ResNets (timm/models/byoanet.py), for its ImageNet weights
+FAMILIES = (LAMBDA, LAMBDA_C4, RESNET_RS, TIMM)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """How evaluation images are made from RGB images of any size, before the
+    ImageNet mean/std normalisation that every model shares.
+
+    image_size: the model's input height and width.
+    crop_padding: the centre crop keeps ``image_size / (image_size + crop_padding)``
+      of the shorter side.
+    interpolation: "bilinear" (the paper's recipe) or "bicubic" (timm's).
+    resize_first: False: crop, then resize the crop to ``image_size`` (the TPU ResNet
+      recipe); True: resize the shorter side to ``image_size + crop_padding``
+      (antialiased), then crop ``image_size`` from the centre (timm's, torchvision's
+      ``Resize`` then ``CenterCrop``).
+    """
+
+    image_size: int
+    crop_padding: int
+    interpolation: str = "bilinear"
+    resize_first: bool = False
+
+
+def timm_eval_transform(image_size: int, crop_pct: float) -> EvalTransform:
+    """timm's evaluation transform: shorter side to ``floor(image_size / crop_pct)``,
+    bicubic, then the centre ``image_size`` square."""
+    return EvalTransform(image_size, math.floor(image_size / crop_pct) - image_size, "bicubic", resize_first=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmSpec:
+    """What a timm-family row builds and where its weights come from.
+
+    model: timm's model name (``timm.create_model``), also the checkpoint layout the
+      converter reads.
+    pretrained: the Hugging Face hub repository of the ImageNet weights (``timm/<tag>``).
+    top1: the ImageNet-1k top-1 timm reports for them, at 256.
+    blocks: blocks per stage c2-c5.
+    lambda_blocks: per stage, the 1-based blocks with a lambda layer (timm's
+      ``interleave_blocks``: every second block from the second, or only the last
+      when ``every`` exceeds the depth).
+    activation: "relu" or "silu".
+    scope_size: the lambda layers' local scope ``r``, or None for global relative
+      position embeddings (a fixed input size).
+    crop_pct: timm's evaluation crop fraction (``pretrained_cfg["crop_pct"]``).
+    """
+
+    model: str
+    pretrained: str
+    top1: str
+    blocks: tuple[int, ...]
+    lambda_blocks: tuple[tuple[int, ...], ...]
+    activation: str
+    scope_size: int | None
+    crop_pct: float
+    image_size: int = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +96,13 @@ class Variant:
 
     name: the constructor's name (``lambda_keras.models.<name>``).
     family: one of FAMILIES.
-    depth: a key of MODEL_SPECS.
+    depth: the layer count; a key of MODEL_SPECS except in the timm family.
     parameters: trainable parameters with the default options and 1000 classes
-      (BN scale and offset counted, moving statistics not: what the paper counts).
+      (BN scale and offset counted, moving statistics not: what the paper counts;
+      for the timm family, the count of ``timm.create_model``'s parameters).
     paper: the count the paper prints, in millions as printed, and where
       (``("36.9", "Table 14")``); None where it prints none.
+    timm: the timm family's architecture and weights; None for the paper's models.
     """
 
     name: str
@@ -50,6 +110,15 @@ class Variant:
     depth: int
     parameters: int
     paper: tuple[str, str] | None = None
+    timm: TimmSpec | None = None
+
+    @property
+    def eval_transform(self) -> EvalTransform | None:
+        """The evaluation transform of the model's published weights; None for the
+        paper's models (none published: the training config's transform applies)."""
+        if self.timm is None:
+            return None
+        return timm_eval_transform(self.timm.image_size, self.timm.crop_pct)
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -73,8 +142,31 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("ResNetRS270", RESNET_RS, 270, 129_861_448),
     Variant("ResNetRS350", RESNET_RS, 350, 163_956_168),
     Variant("ResNetRS420", RESNET_RS, 420, 191_891_656),
+    # timm 1.0.31 (byoanet.py); the counts are timm's, measured with timm.create_model.
+    Variant("LambdaResNet26T", TIMM, 26, 10_958_272, timm=TimmSpec(
+        "lambda_resnet26t", "timm/lambda_resnet26t.c1_in1k", "79.13",
+        blocks=(2, 2, 2, 2), lambda_blocks=((), (), (2,), (1, 2)), activation="relu", scope_size=9,
+        crop_pct=0.94)),
+    Variant("LambdaResNet26RPT256", TIMM, 26, 10_988_688, timm=TimmSpec(
+        "lambda_resnet26rpt_256", "timm/lambda_resnet26rpt_256.c1_in1k", "78.96",
+        blocks=(2, 2, 2, 2), lambda_blocks=((), (), (2,), (1, 2)), activation="relu", scope_size=None,
+        crop_pct=0.94)),
+    Variant("LambdaResNet50TS", TIMM, 50, 21_536_832, timm=TimmSpec(
+        "lambda_resnet50ts", "timm/lambda_resnet50ts.a1h_in1k", "81.18",
+        blocks=(3, 4, 6, 3), lambda_blocks=((), (4,), (2, 4, 6), (2,)), activation="silu", scope_size=9,
+        crop_pct=0.95)),
 )
 VARIANTS_BY_NAME: dict[str, Variant] = {variant.name: variant for variant in VARIANTS}
+# timm's model name -> our row, for the converter; also the rows' default model names.
+TIMM_VARIANTS: dict[str, Variant] = {variant.timm.model: variant for variant in VARIANTS if variant.timm}
+
+
+def published_eval_transform(model_name: str) -> EvalTransform | None:
+    """The evaluation transform of the published weights of a model named
+    ``model_name`` (a timm row's constructor names its model after timm's); None for
+    any other name."""
+    variant = TIMM_VARIANTS.get(model_name)
+    return variant.eval_transform if variant else None
 
 # The constructors that are not rows: the generic factory and the Section 5.1 study.
 FACTORIES = ("LambdaResNet", "HybridResNet50")
