@@ -1,0 +1,87 @@
+"""A KerasHub RetinaNet on a ``LambdaResNetBackbone``: the paper's use as a detection backbone.
+
+``keras_hub.models.RetinaNetObjectDetector`` reads the backbone's ``pyramid_outputs``
+from ``min_level`` to ``max_level`` through an FPN (256 channels per level) into a box
+and a class head shared by the levels, trains with focal loss on the anchors the label
+encoder matches, and decodes with non-maximum suppression. The defaults here suit small
+objects on small canvases (docs/design.md, "Detection with KerasHub's RetinaNet").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras_hub
+
+# Not exported by KerasHub 0.29; its detector builds one from these same arguments.
+from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabelEncoder
+from lambda_keras.hub.lambda_resnet_backbone import LambdaResNetBackbone
+from lambda_keras.hub.lambda_resnet_image_converter import EVAL_OFFSET, EVAL_SCALE
+
+BOX_FORMAT = "xyxy"
+
+
+def lambda_resnet_retinanet(
+    backbone: LambdaResNetBackbone,
+    num_classes: int,
+    *,
+    min_level: int = 3,
+    max_level: int = 5,
+    anchor_size: float = 2.0,
+    num_scales: int = 2,
+    aspect_ratios: Sequence[float] = (1.0,),
+    positive_threshold: float = 0.5,
+    negative_threshold: float = 0.4,
+    pre_logits_num_conv_layers: int = 1,
+    confidence_threshold: float = 0.05,
+    max_detections: int = 20,
+) -> keras_hub.models.RetinaNetObjectDetector:
+    """A RetinaNet detector on ``backbone``'s pyramid levels ``min_level``..``max_level``.
+
+    The detector takes RGB images ``[batch, height, width, 3]`` in [0, 255] (its
+    preprocessor normalises them as the backbone was trained, without resizing) and
+    boxes in pixels, ``[x_min, y_min, x_max, y_max]``. ``predict`` returns ``{"boxes":
+    [batch, max_detections, 4], "confidence": [batch, max_detections], "labels": ...,
+    "num_detections": [batch]}``.
+
+    Args:
+      backbone: its ``image_shape`` is the detector's input shape.
+      num_classes: object classes (no background class).
+      min_level, max_level: pyramid levels with anchors and heads; level ``l`` has
+        stride ``2**l``; levels above P5 are made by the FPN from P5.
+      anchor_size, num_scales, aspect_ratios: the anchors at level ``l`` have sides
+        ``2**l * anchor_size * 2**(s / num_scales)`` for ``s < num_scales``, at each
+        aspect ratio.
+      pre_logits_num_conv_layers: 3x3 convolutions (256 channels) in each head before
+        its output convolution (4 in the RetinaNet paper).
+      confidence_threshold: the lowest score kept by the non-maximum suppression (low,
+        so that mAP sees the whole precision-recall curve).
+      max_detections: boxes kept per image.
+    """
+    retinanet_backbone = keras_hub.models.RetinaNetBackbone(
+        image_encoder=backbone, min_level=min_level, max_level=max_level, use_p5=False,
+        image_shape=backbone.image_shape,
+    )
+    anchor_generator = keras_hub.layers.AnchorGenerator(
+        BOX_FORMAT, min_level=min_level, max_level=max_level, num_scales=num_scales,
+        aspect_ratios=list(aspect_ratios), anchor_size=anchor_size,
+    )
+    label_encoder = RetinaNetLabelEncoder(
+        anchor_generator, bounding_box_format=BOX_FORMAT, encoding_format="center_xywh",
+        positive_threshold=positive_threshold, negative_threshold=negative_threshold,
+    )
+    preprocessor = keras_hub.models.RetinaNetObjectDetectorPreprocessor(
+        image_converter=keras_hub.layers.RetinaNetImageConverter(
+            scale=list(EVAL_SCALE), offset=list(EVAL_OFFSET), bounding_box_format=BOX_FORMAT,
+        )
+    )
+    decoder = keras_hub.layers.NonMaxSuppression(
+        bounding_box_format=BOX_FORMAT, from_logits=True, confidence_threshold=confidence_threshold,
+        max_detections=max_detections,
+    )
+    return keras_hub.models.RetinaNetObjectDetector(
+        backbone=retinanet_backbone, num_classes=num_classes, bounding_box_format=BOX_FORMAT,
+        anchor_generator=anchor_generator, label_encoder=label_encoder,
+        pre_logits_num_conv_layers=pre_logits_num_conv_layers, preprocessor=preprocessor,
+        prediction_decoder=decoder,
+    )
