@@ -10,6 +10,7 @@ shards of 149 and 148 records, 8 training shards of 188 and 187) and a few gener
 JPEGs; a miniature ImageNet folder for the converter.
 """
 
+import dataclasses
 import io
 import os
 import shutil
@@ -291,6 +292,46 @@ def test_batch_mixing_valid_and_junk_images_keeps_the_valid_ones(tmp_path):
     labels, counter = read_validation(small_config(tmp_path, global_batch_size=9))
     np.testing.assert_array_equal(labels, [0, 1, 2, 3, 4])  # one batch, the junk dropped
     assert counter.count == 4
+
+
+def corrupt_later_scan(seed: int, size: int = 64) -> bytes:
+    """A progressive JPEG whose third scan header claims 9 components: the frame header
+    reads, and the decode fails when it reaches that scan."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, progressive=True)
+    encoded = buffer.getvalue()
+    third_scan = [i for i in range(len(encoded) - 1) if encoded[i : i + 2] == b"\xff\xda"][2]
+    return encoded[: third_scan + 4] + b"\x09" + encoded[third_scan + 5 :]
+
+
+def test_jpeg_failing_mid_decode_is_named_by_verify_data_and_ends_the_run_in_one_line(digits, tmp_path, capsys):
+    shard = digits / SHARD
+    serialized = [record.numpy() for record in tf.data.TFRecordDataset(str(shard))]
+    bad = corrupt_later_scan(0)
+    assert tf.image.extract_jpeg_shape(bad).numpy().tolist() == [64, 64, 3]  # the header reads
+    serialized[5] = records.image_example(bad, 3, "digit_2", 64, 64, "broken.jpg").SerializeToString()
+    write_shard(shard, serialized)
+    written = manifest.read_manifest(str(digits))
+    manifest.write_manifest(str(digits), dataclasses.replace(written, splits={
+        split: tuple(manifest.describe_shards([str(digits / info.name) for info in shards]))
+        for split, shards in written.splits.items()}))
+
+    from training import train, verify_data  # pylint: disable=import-outside-toplevel
+
+    assert verify_data.main([str(digits)]) == 0  # counts, sizes and checksums agree
+    assert verify_data.main([str(digits), "--decode_images"]) == 1
+    assert f"{shard}: record 5 (broken.jpg): its image does not decode (" in capsys.readouterr().out
+
+    status = train.main([
+        "--config", "demo", "--data_dir", str(digits), "--model_dir", str(tmp_path / "model"),
+        "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
+        "--set", "train.steps_per_epoch=1", "--set", "train.warmup_epochs=0", "--set", "input.cache=false",
+    ])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and error[-1].startswith(
+        f"python -m training.train: error: An image in {digits} does not decode (Invalid JPEG data)"), error
+    assert f"python -m training.verify_data {digits} --decode_images` names its record" in error[-1]
 
 
 # ---------------------------------------------------------------- 4. converter killed mid-way

@@ -7,6 +7,7 @@ reference's awkward cases (a PNG and a CMYK JPEG named .JPEG) and an unreadable 
 
 import io
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ import tensorflow as tf
 from PIL import Image
 
 from lambda_keras.data import manifest
+from lambda_keras.data.records import ShardSetError
 from training import prepare_imagenet
+from training.folder_lock import held_exclusively
 from training.demo_data import digit_images
 from training.input_config import InputConfig
 from training.input_pipeline import build_dataset
@@ -79,7 +82,8 @@ def test_round_trip(imagenet_dir, tmp_path):
         "--validation_shards", "2", "--num_workers", "2",
     ]) == 0
     names = sorted(os.listdir(output))
-    assert names == ["manifest.json", "synsets.txt"] + [f"train-0000{i}-of-00004" for i in range(4)] + [
+    assert names == [".lock", "conversion_plan.json", "manifest.json", "synsets.txt"] + [
+        f"train-0000{i}-of-00004" for i in range(4)] + [
         "validation-00000-of-00002", "validation-00001-of-00002"]
     assert open(os.path.join(output, "synsets.txt")).read().split() == SYNSETS
     written = manifest.read_manifest(output)
@@ -178,7 +182,7 @@ def test_interrupted_shard_leaves_no_file(imagenet_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_imagenet, "image_example", failing_example)
     with pytest.raises(KeyboardInterrupt):
         prepare_imagenet.convert(input_dir, str(output), 1, 1, num_workers=1)
-    assert sorted(p.name for p in output.iterdir()) == ["synsets.txt"]
+    assert sorted(p.name for p in output.iterdir()) == [".lock", "conversion_plan.json", "synsets.txt"]
 
 
 def test_missing_input_folders_are_named(tmp_path):
@@ -200,3 +204,66 @@ def test_shard_counts_below_one_are_refused(imagenet_dir, tmp_path, capsys, flag
     assert not output.exists()  # nothing written
     with pytest.raises(ValueError, match="train_shards"):
         prepare_imagenet.convert(str(imagenet_dir), str(output), train_shards=0)
+
+
+def test_resuming_with_another_seed_or_input_is_refused(imagenet_dir, tmp_path, capsys):
+    input_dir, _ = imagenet_dir
+    output = tmp_path / "out"
+    prepare_imagenet.convert(input_dir, str(output), 4, 2, num_workers=2)
+    (output / "train-00002-of-00004").unlink()  # as if killed before that shard was written
+    contents = {p.name: p.read_bytes() for p in output.iterdir()}
+
+    # Another seed puts other images into the missing shard: some would be read twice.
+    assert prepare_imagenet.main(["--input", input_dir, "--output", str(output), "--train_shards", "4",
+                                  "--validation_shards", "2", "--seed", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "holds shards of another conversion" in error and "train_order_sha256" in error
+    assert "validation_order_sha256" not in error
+    # So does an input folder that gained an image since.
+    save(np.zeros((48, 48, 3), np.uint8), os.path.join(input_dir, "train", SYNSETS[0], "new.JPEG"))
+    with pytest.raises(ShardSetError, match="train_images, train_order_sha256"):
+        prepare_imagenet.convert(input_dir, str(output), 4, 2, num_workers=2)
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == contents  # nothing touched
+
+
+def test_a_second_conversion_into_the_same_folder_is_refused(imagenet_dir, tmp_path, capsys):
+    input_dir, _ = imagenet_dir
+    output = tmp_path / "out"
+    with held_exclusively(str(output), "conversion"):
+        assert prepare_imagenet.main(["--input", input_dir, "--output", str(output), "--train_shards", "2",
+                                      "--validation_shards", "1"]) == 2
+    assert f"{output} is in use by a conversion (pid {os.getpid()})" in capsys.readouterr().err
+    assert [p.name for p in output.iterdir()] == [".lock"]
+    # Released: the next conversion runs.
+    assert prepare_imagenet.main(["--input", input_dir, "--output", str(output), "--train_shards", "2",
+                                  "--validation_shards", "1"]) == 0
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 32 KiB tmpfs: a disk that fills during the conversion (tmpfs gives each file 4 KiB pages)."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_full_disk_fails_in_one_line_and_leaves_only_complete_shards(imagenet_dir, small_disk, capsys):
+    input_dir, _ = imagenet_dir
+    output = small_disk / "out"
+    arguments = ["--input", input_dir, "--output", str(output), "--train_shards", "8",
+                 "--validation_shards", "1", "--num_workers", "1"]
+    assert prepare_imagenet.main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("python -m training.prepare_imagenet: error:") and "No space left on device" in error
+    assert len(error.splitlines()) == 1
+    names = sorted(p.name for p in output.iterdir())
+    assert "manifest.json" not in names and not [n for n in names if ".tmp-" in n]
+    shards = [n for n in names if n.startswith("train-")]
+    assert 0 < len(shards) < 8
+    for name in shards:  # every shard left is complete: each of its records reads
+        assert sum(1 for _ in tf.data.TFRecordDataset(str(output / name))) >= 2

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import experiment, train
+from training import experiment, folder_lock, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,9 +97,17 @@ def test_a_changed_config_is_refused_before_anything_is_written(digits_dir, tmp_
     error = capsys.readouterr().err
     assert "holds a run with another config" in error
     assert "model.lambda_layer.scope_size: 7 -> 5" in error and "train.epochs: 3 -> 4" in error
-    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # nothing written
+    # Nothing written but the (empty) lock file the run held the folder with.
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == {**before, ".lock": b""}
     # Where a run reads and executes may change: the same run resumes.
     experiment.check_same_run(_short_run(digits_dir, tmp_path, "runtime.strategy=auto"))
+
+
+def test_a_second_run_into_a_model_dir_in_use_is_refused(digits_dir, tmp_path, capsys):
+    with folder_lock.held_exclusively(str(tmp_path), "training run"):
+        assert train.main(["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(tmp_path)]) == 2
+    assert f"{tmp_path} is in use by a training run (pid {os.getpid()})" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == [".lock"]  # the holder's run is untouched
 
 
 def test_orphaned_temporary_checkpoints_are_removed_when_training_starts(tmp_path):

@@ -10,12 +10,13 @@ answers the questions that differ (TPU, chief, worker index).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import time
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 import tensorflow as tf
@@ -25,7 +26,7 @@ from lambda_keras import models, recipe
 from lambda_keras.data import manifest, records
 from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import input_pipeline, optimization, strategies
+from training import folder_lock, input_pipeline, optimization, strategies
 from training.config import ConfigError, ExperimentConfig
 from training.errors import DataIntegrityError
 
@@ -40,13 +41,28 @@ def run_experiment(
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Trains (resuming from model_dir/backup if present) and evaluates.
 
+    The chief holds model_dir's lock throughout (`training.folder_lock`), so a second
+    run into the same model_dir is refused instead of interleaving with this one.
+
     Returns:
       The model, holding the EMA weights (when train.ema_decay is set), and the
       results written to model_dir/eval_results.json: validation "top1", "top5",
       "loss", and "start_epoch", "start_step" (not 0 after a resume), "final_step",
       "train_seconds", "skipped_train_records", "skipped_eval_records" (per pass: the
       last), "skipped_train_files", "skipped_eval_files" (left out at the start).
+
+    Raises:
+      FolderBusyError: another run holds model_dir.
     """
+    if not strategies.is_chief(strategy):
+        return _run_experiment(config, strategy)
+    with folder_lock.held_exclusively(config.model_dir, "training run"):
+        return _run_experiment(config, strategy)
+
+
+def _run_experiment(
+    config: ExperimentConfig, strategy: strategies.Strategy
+) -> tuple[keras.Model, dict[str, Any]]:
     replicas = strategy.num_replicas_in_sync
     check_same_run(config)
     check_batch_sizes(config, replicas)
@@ -62,8 +78,9 @@ def run_experiment(
           f"learning rate {optimization.peak_learning_rate(config):g}", flush=True)
     if chief:
         tf.io.gfile.makedirs(config.model_dir)
-        with tf.io.gfile.GFile(os.path.join(config.model_dir, "config.yaml"), "w") as file:
-            file.write(config.to_yaml())
+        with records.written_atomically(os.path.join(config.model_dir, "config.yaml")) as temp_path:
+            with tf.io.gfile.GFile(temp_path, "w") as file:
+                file.write(config.to_yaml())
     if config.demo_data:
         _write_demo_data_if_missing(config)
     if config.train.seed is not None:
@@ -76,7 +93,7 @@ def run_experiment(
     callbacks = build_callbacks(config, strategy, stats)
 
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _naming_undecodable_images(config):
         # Keras warns that the input "ran out of data; interrupting training" whenever a
         # dataset of unknown length ends: here the validation set at the end of every
         # pass, which is how an evaluation ends, not an interruption (training repeats).
@@ -109,10 +126,31 @@ def run_experiment(
         "skipped_eval_files": sorted(skipped_eval.skipped_files),
     }
     if chief:
-        path = os.path.join(config.model_dir, "eval_results.json")
-        with tf.io.gfile.GFile(path, "w") as file:
-            json.dump(results, file, indent=2)
+        with records.written_atomically(os.path.join(config.model_dir, "eval_results.json")) as temp_path:
+            with tf.io.gfile.GFile(temp_path, "w") as file:
+                json.dump(results, file, indent=2)
     return model, results
+
+
+@contextlib.contextmanager
+def _naming_undecodable_images(config: ExperimentConfig) -> Iterator[None]:
+    """Turns TensorFlow's error for a JPEG that fails mid-decode into a DataIntegrityError
+    that says how to find the record.
+
+    The pipeline reads each JPEG's header before batching and drops the damaged ones; a
+    later scan can still be invalid (a progressive JPEG), and that decode fails inside the
+    map fused with the batch, where no single record can be dropped.
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        if "Invalid JPEG data" not in error.message:
+            raise
+        raise DataIntegrityError(
+            f"An image in {config.input.data_dir} does not decode (Invalid JPEG data); `python -m "
+            f"training.verify_data {config.input.data_dir} --decode_images` names its record. Rewrite that "
+            "shard (and its manifest entry); the rerun resumes from the backup."
+        ) from None
 
 
 # Keys that say where a run reads, writes or executes, not what it computes: a rerun
@@ -373,7 +411,8 @@ def _write_demo_data_if_missing(config: ExperimentConfig) -> None:
     from training import demo_data  # pylint: disable=import-outside-toplevel
 
     try:
-        written = demo_data.write_demo_data(config.input.data_dir, image_size=config.input.image_size)
+        with folder_lock.held_exclusively(config.input.data_dir, "demo data writer"):
+            written = demo_data.write_demo_data(config.input.data_dir, image_size=config.input.image_size)
     except records.ShardSetError as error:
         raise DataIntegrityError(str(error)) from None
     print(f"Wrote the digits demo data ({written}) to {config.input.data_dir}", flush=True)

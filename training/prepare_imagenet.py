@@ -30,9 +30,11 @@ files saved as .JPEG and CMYK or other non-RGB JPEGs are re-encoded as RGB JPEG
 summary. Each shard is written under a temporary name that no shard pattern matches
 (`.tmp-train-00004-of-01024-<id>`) and renamed when complete, so a shard file that
 exists is complete: a rerun skips it (resume) and deletes temporary files left by an
-interrupted run. A rerun with other shard counts is refused (two sets of shards would be
-read together); the manifest is removed at the start and written once all shards exist,
-so a folder has one only when its conversion finished. Shards are converted by parallel
+interrupted run. A rerun with other shard counts, or with another --seed or set of input
+images (OUT/conversion_plan.json records what decides the shard contents), is refused:
+two sets of shards would be read together. A second conversion into the same folder while
+one runs is refused (`training.folder_lock`). The manifest is removed at the start and
+written once all shards exist, so a folder has one only when its conversion finished. Shards are converted by parallel
 worker threads (PIL and the TFRecord writer release the GIL for the heavy work).
 """
 
@@ -41,11 +43,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
+import json
 import os
 import random
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import tensorflow as tf
 import tqdm
@@ -56,14 +60,18 @@ from lambda_keras.data.records import (
     ShardSetError,
     check_no_other_shard_set,
     image_example,
+    parse_shard_name,
     remove_temporary_files,
     shard_name,
     write_records_atomically,
+    written_atomically,
 )
+from training.folder_lock import FolderBusyError, held_exclusively
 
 TRAIN_SHARDS = 1024
 VALIDATION_SHARDS = 128
 SYNSETS_FILE = "synsets.txt"
+PLAN_FILE = "conversion_plan.json"
 _IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # Quality of re-encoded PNG/CMYK images: the reference's choice, near-lossless.
 _REENCODE_QUALITY = 100
@@ -283,23 +291,98 @@ def convert(
       {"train": SplitSummary, "validation": SplitSummary}.
 
     Raises:
-      ShardSetError (a ValueError): output_dir holds shards of another count.
+      ShardSetError (a ValueError): output_dir holds shards of another count, or of
+        another plan (`check_same_plan`).
+      FolderBusyError: another conversion is writing into output_dir.
     """
     for name, count in (("train_shards", train_shards), ("validation_shards", validation_shards),
                         ("num_workers", num_workers)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={count!r}")
-    check_no_other_shard_set(output_dir, "train", train_shards)
-    check_no_other_shard_set(output_dir, "validation", validation_shards)
     train_entries, synsets = find_train_images(input_dir)
     validation_entries = find_validation_images(input_dir, synsets, validation_labels)
     # A fixed seed keeps the shard contents identical across resumed runs.
     random.Random(seed).shuffle(train_entries)
     tf.io.gfile.makedirs(output_dir)
-    remove_temporary_files(output_dir)
-    manifest.remove_manifest(output_dir)
-    with tf.io.gfile.GFile(os.path.join(output_dir, SYNSETS_FILE), "w") as file:
-        file.write("".join(f"{synset}\n" for synset in synsets))
+    with held_exclusively(output_dir, "conversion"):
+        check_no_other_shard_set(output_dir, "train", train_shards)
+        check_no_other_shard_set(output_dir, "validation", validation_shards)
+        plan = conversion_plan(input_dir, train_entries, validation_entries, train_shards, validation_shards)
+        check_same_plan(output_dir, plan)
+        remove_temporary_files(output_dir)
+        manifest.remove_manifest(output_dir)
+        _write_text(os.path.join(output_dir, PLAN_FILE), json.dumps(plan, indent=2) + "\n")
+        _write_text(os.path.join(output_dir, SYNSETS_FILE), "".join(f"{synset}\n" for synset in synsets))
+        return _convert_splits(output_dir, train_entries, validation_entries, synsets, train_shards,
+                               validation_shards, num_workers)
+
+
+def conversion_plan(
+    input_dir: str,
+    train_entries: Sequence[ImageEntry],
+    validation_entries: Sequence[ImageEntry],
+    train_shards: int,
+    validation_shards: int,
+) -> dict[str, Any]:
+    """What decides which image lands in which shard: the shard counts and, per split, a
+    SHA-256 of the images in shard order (path relative to input_dir, and label)."""
+
+    def order_digest(entries: Sequence[ImageEntry]) -> str:
+        digest = hashlib.sha256()
+        for entry in entries:
+            digest.update(f"{os.path.relpath(entry.path, input_dir)}\t{entry.label}\n".encode())
+        return digest.hexdigest()
+
+    return {
+        "train_shards": train_shards,
+        "validation_shards": validation_shards,
+        "train_images": len(train_entries),
+        "validation_images": len(validation_entries),
+        "train_order_sha256": order_digest(train_entries),
+        "validation_order_sha256": order_digest(validation_entries),
+    }
+
+
+def check_same_plan(output_dir: str, plan: dict[str, Any]) -> None:
+    """Refuses to resume shards that another plan wrote (another --seed or input listing).
+
+    Their shards would hold another slice of the shuffled images than the ones this run
+    writes, so some images would be read twice and others never.
+
+    Raises:
+      ShardSetError: naming the keys that differ.
+    """
+    path = os.path.join(output_dir, PLAN_FILE)
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as file:
+        previous = json.load(file)
+    has_shards = any(
+        parse_shard_name(name) is not None for name in tf.io.gfile.listdir(output_dir)
+    )
+    differences = sorted(key for key in plan if previous.get(key) != plan[key])
+    if has_shards and differences:
+        raise ShardSetError(
+            f"{output_dir!r} holds shards of another conversion (its {PLAN_FILE} differs in "
+            f"{', '.join(differences)}: another --seed or another set of input images); resuming it "
+            "would mix the two. Rerun with the same input and --seed, or write into an empty folder."
+        )
+
+
+def _write_text(path: str, text: str) -> None:
+    with written_atomically(path) as temp_path, tf.io.gfile.GFile(temp_path, "w") as file:
+        file.write(text)
+
+
+def _convert_splits(
+    output_dir: str,
+    train_entries: Sequence[ImageEntry],
+    validation_entries: Sequence[ImageEntry],
+    synsets: Sequence[str],
+    train_shards: int,
+    validation_shards: int,
+    num_workers: int,
+) -> dict[str, SplitSummary]:
     summaries = {
         "train": convert_split(
             "train", train_entries, output_dir, train_shards, num_workers
@@ -352,8 +435,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.input, args.output, args.train_shards, args.validation_shards,
             args.num_workers, args.validation_labels, args.seed,
         )
-    except (FileNotFoundError, ShardSetError) as error:
+    except (FileNotFoundError, ShardSetError, FolderBusyError) as error:
         print(f"python -m training.prepare_imagenet: error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, tf.errors.OpError) as error:
+        # A full or read-only disk: the shards written so far are complete, a rerun resumes.
+        reason = error.message if isinstance(error, tf.errors.OpError) else error
+        print(f"python -m training.prepare_imagenet: error: writing {args.output} failed: {reason}; "
+              "the shards written so far are complete, and a rerun resumes.", file=sys.stderr)
         return 2
     print(format_summary(summaries))
     print(f"Wrote {manifest.manifest_path(args.output)}")

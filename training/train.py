@@ -52,6 +52,7 @@ from typing import Sequence
 
 from training import config as config_lib
 from training.errors import ConfigError, DataIntegrityError, StrategyError
+from training.folder_lock import FolderBusyError
 
 BACKENDS = ("tensorflow", "jax")
 
@@ -130,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.runtime.strategy, config.runtime.tpu, config.runtime.worker_start_timeout_seconds
         )
         model, results = experiment.run_experiment(config, strategy)
-    except (ConfigError, DataIntegrityError, StrategyError, BackendError, ExportUnavailableError) as error:
+    except (ConfigError, DataIntegrityError, FolderBusyError, StrategyError, BackendError,
+            ExportUnavailableError) as error:
         print(f"python -m training.train: error: {error}", file=sys.stderr)
         return 2
     if export_model is not None:

@@ -1,13 +1,15 @@
 """Checks a TFRecord folder completely against its manifest.json.
 
 Usage:
-  python -m training.verify_data DIR [--num_workers 8]
+  python -m training.verify_data DIR [--num_workers 8] [--decode_images]
 
 Reads every shard that `DIR/manifest.json` lists (written by `training.prepare_imagenet`
 and `training.demo_data`): each record's CRC, the record count, the size and the SHA-256
 of the file, and looks for files that a split's pattern matches but the manifest does not
 list. The trainer checks only names and sizes when it starts, since hashing all of
-ImageNet takes minutes (docs/design.md, "Checking the shards"). Prints one line per
+ImageNet takes minutes (docs/design.md, "Checking the shards"). --decode_images also
+decodes every image completely, naming each record whose JPEG fails to decode (the
+trainer reads only the headers before batching). Prints one line per
 problem, naming the file; exit status 0 when there are none, 1 when there are, 2 when
 DIR has no readable manifest.
 """
@@ -28,10 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("data_dir", help="The TFRecord folder (local or gs://).")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
                         help="Shards read in parallel.")
+    parser.add_argument("--decode_images", action="store_true",
+                        help="Also decode every image completely (about a core-hour for ImageNet).")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        problems = manifest.verify_shards(args.data_dir, args.num_workers)
+        problems = manifest.verify_shards(args.data_dir, args.num_workers, args.decode_images)
     except manifest.ManifestError as error:
         print(f"python -m training.verify_data: error: {error}", file=sys.stderr)
         return 2

@@ -180,8 +180,11 @@ def describe_shards(paths: Sequence[str], num_workers: int = 8) -> list[ShardInf
         return list(pool.map(describe_shard, paths))
 
 
-def verify_shards(directory: str, num_workers: int = 8) -> list[str]:
+def verify_shards(directory: str, num_workers: int = 8, decode_images: bool = False) -> list[str]:
     """Checks a TFRecord folder against its manifest by reading every shard.
+
+    With `decode_images`, also decodes every record's image completely
+    (`records.undecodable_images`): about a core-hour for ImageNet.
 
     Returns:
       One line per problem, naming the file: a shard missing, unreadable (truncated or
@@ -221,7 +224,7 @@ def verify_shards(directory: str, num_workers: int = 8) -> list[str]:
             f"{path}: {field} is {getattr(actual, field)}, {MANIFEST_NAME} says {getattr(expected, field)}"
             for field in ("num_records", "size_bytes", "sha256")
             if getattr(actual, field) != getattr(expected, field)
-        ]
+        ] + (records.undecodable_images(path) if decode_images else [])
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
         for shard_problems in pool.map(check, sorted(set(listed) & present)):

@@ -143,6 +143,41 @@ def parse_example(
     return features[image_key], features[label_key]
 
 
+def undecodable_images(path: str) -> list[str]:
+    """One line per record of the shard at `path` whose image does not decode completely,
+    naming the record's index and image/filename.
+
+    The input pipeline reads only JPEG headers before batching; a JPEG whose header is
+    sound but whose scan data holds a bogus marker fails only when it is decoded. Most
+    other damage to scan data decodes, to wrong pixels, here as in any JPEG decoder.
+    """
+    spec = {**parse_spec(), FILENAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
+    serialized = tf.data.TFRecordDataset(path)
+
+    def decodes(index, record):
+        image = tf.io.decode_image(tf.io.parse_single_example(record, spec)[IMAGE_KEY], channels=3,
+                                   expand_animations=False)
+        return index, tf.shape(image)  # the shape keeps the decode from being pruned
+
+    # The decodes run in the graph, in parallel; the few records that fail are redone
+    # eagerly to report TensorFlow's reason.
+    decoded = serialized.enumerate().map(decodes, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    decoded_indices = tf.constant(sorted(int(index) for index, _ in decoded.as_numpy_iterator()), tf.int64)
+    failed = serialized.enumerate().filter(
+        lambda index, record: tf.logical_not(tf.reduce_any(tf.equal(decoded_indices, index))))
+    problems = []
+    for index, record in failed:
+        features = tf.io.parse_single_example(record, spec)
+        try:
+            tf.io.decode_image(features[IMAGE_KEY], channels=3, expand_animations=False)
+            reason = "it failed in the graph only"
+        except tf.errors.InvalidArgumentError as error:
+            reason = error.message.splitlines()[0]
+        name = features[FILENAME_KEY].numpy().decode(errors="replace") or "no image/filename"
+        problems.append(f"{path}: record {int(index)} ({name}): its image does not decode ({reason})")
+    return problems
+
+
 @contextlib.contextmanager
 def written_atomically(path: str) -> Iterator[str]:
     """A temporary path beside `path` to write; renamed over `path` when the block ends
