@@ -9,9 +9,11 @@ objects on small canvases (docs/design.md, "Detection with KerasHub's RetinaNet"
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras_hub
+import numpy as np
 
 # Not exported by KerasHub 0.29; its detector builds one from these same arguments.
 from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabelEncoder
@@ -35,6 +37,7 @@ def lambda_resnet_retinanet(
     pre_logits_num_conv_layers: int = 1,
     confidence_threshold: float = 0.05,
     max_detections: int = 20,
+    prior_probability: float = 0.01,
 ) -> keras_hub.models.RetinaNetObjectDetector:
     """A RetinaNet detector on ``backbone``'s pyramid levels ``min_level``..``max_level``.
 
@@ -79,9 +82,33 @@ def lambda_resnet_retinanet(
         bounding_box_format=BOX_FORMAT, from_logits=True, confidence_threshold=confidence_threshold,
         max_detections=max_detections,
     )
-    return keras_hub.models.RetinaNetObjectDetector(
+    detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=retinanet_backbone, num_classes=num_classes, bounding_box_format=BOX_FORMAT,
         anchor_generator=anchor_generator, label_encoder=label_encoder,
         pre_logits_num_conv_layers=pre_logits_num_conv_layers, preprocessor=preprocessor,
-        prediction_decoder=decoder,
+        prediction_decoder=decoder, classification_head_prior_probability=prior_probability,
     )
+    initialize_heads(detector, prior_probability)
+    return detector
+
+
+def initialize_heads(
+    detector: keras_hub.models.RetinaNetObjectDetector, prior_probability: float, seed: int | None = None
+) -> None:
+    """Initialises the box and class heads as the RetinaNet paper does (Lin et al. 2017, Sec. 4.1).
+
+    Kernels are drawn from N(0, 0.01^2); biases are zero except the class head's output
+    bias ``-log((1 - p) / p)``, so that every anchor starts with foreground probability
+    ``p`` and decodes to itself. KerasHub 0.29's ``RetinaNetObjectDetector`` draws the
+    kernels from N(0, 0.05^2) and gives the prior bias to the box head, not the class
+    head: every box starts 4.6 anchor sides up and left of its anchor with 1% of its
+    size, which the training does not fully undo.
+    """
+    rng = np.random.default_rng(seed)
+    prior_bias = -math.log((1.0 - prior_probability) / prior_probability)
+    for head in (detector.box_head, detector.classification_head):
+        for conv in [*head.conv_layers, head.prediction_layer]:
+            conv.kernel.assign(rng.normal(0.0, 0.01, conv.kernel.shape).astype(np.float32))
+            if conv.use_bias:
+                is_class_output = head is detector.classification_head and conv is head.prediction_layer
+                conv.bias.assign(np.full(conv.bias.shape, prior_bias if is_class_output else 0.0, np.float32))
