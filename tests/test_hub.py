@@ -254,3 +254,19 @@ def test_retinanet_heads_start_at_the_anchors_with_the_prior_probability():
     np.testing.assert_allclose(np.asarray(detector.classification_head.prediction_layer.bias), np.log(0.01 / 0.99),
                                rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(detector.box_head.prediction_layer.bias), 0.0)
+
+
+@pytest.mark.slow
+def test_detection_demo_lambda_and_conv_backbones_reach_the_same_map():
+    """examples/detection_demo.py's training, both backbones: mAP@0.5 >= 0.5 on held-out canvases."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "detection_demo", os.path.join(os.path.dirname(__file__), os.pardir, "examples", "detection_demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    results = {backbone: demo.run_detection_demo(backbone, steps=300, canvas_size=64, seed=0)
+               for backbone in ("lambda", "conv")}
+    for result in results.values():
+        assert result["mAP@0.5"] >= 0.5 and result["mAP"] > 0.2, results
+    assert abs(results["lambda"]["mAP@0.5"] - results["conv"]["mAP@0.5"]) <= 0.2, results

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import keras
 import keras_hub
 import numpy as np
+import tensorflow as tf
 
 # Not exported by KerasHub 0.29; its detector builds one from these same arguments.
 from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabelEncoder
@@ -38,6 +40,7 @@ def lambda_resnet_retinanet(
     confidence_threshold: float = 0.05,
     max_detections: int = 20,
     prior_probability: float = 0.01,
+    seed: int | None = None,
 ) -> keras_hub.models.RetinaNetObjectDetector:
     """A RetinaNet detector on ``backbone``'s pyramid levels ``min_level``..``max_level``.
 
@@ -60,6 +63,8 @@ def lambda_resnet_retinanet(
       confidence_threshold: the lowest score kept by the non-maximum suppression (low,
         so that mAP sees the whole precision-recall curve).
       max_detections: boxes kept per image.
+      prior_probability: every anchor's foreground probability before training.
+      seed: of the heads' initial kernels.
     """
     retinanet_backbone = keras_hub.models.RetinaNetBackbone(
         image_encoder=backbone, min_level=min_level, max_level=max_level, use_p5=False,
@@ -88,7 +93,7 @@ def lambda_resnet_retinanet(
         pre_logits_num_conv_layers=pre_logits_num_conv_layers, preprocessor=preprocessor,
         prediction_decoder=decoder, classification_head_prior_probability=prior_probability,
     )
-    initialize_heads(detector, prior_probability)
+    initialize_heads(detector, prior_probability, seed)
     return detector
 
 
@@ -112,3 +117,44 @@ def initialize_heads(
             if conv.use_bias:
                 is_class_output = head is detector.classification_head and conv is head.prediction_layer
                 conv.bias.assign(np.full(conv.bias.shape, prior_bias if is_class_output else 0.0, np.float32))
+
+
+def train_retinanet(
+    detector: keras_hub.models.RetinaNetObjectDetector,
+    images: np.ndarray,
+    targets: dict[str, np.ndarray],
+    *,
+    steps: int,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    smooth_l1_beta: float = 0.11,
+    seed: int = 0,
+) -> None:
+    """Trains ``detector`` for ``steps`` steps of Adam on ``images`` and their boxes.
+
+    The learning rate warms up linearly over the first tenth of the steps from a tenth
+    of ``learning_rate`` and then follows a cosine decay to zero. The box loss is the
+    RetinaNet paper's smooth L1 (Huber with ``delta = beta``, divided by beta), the class
+    loss KerasHub's focal loss, both summed over the anchors and divided by the positive
+    anchors of the batch.
+
+    Args:
+      images: uint8 ``[num_images, height, width, 3]``, the detector's input size.
+      targets: ``{"boxes": float32 [num_images, max_objects, 4] (xyxy pixels),
+        "labels": int32 [num_images, max_objects]}``, padding rows -1.
+      steps: optimizer steps; the images are reshuffled every pass.
+    """
+    warmup_steps = max(1, steps // 10)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate / 10, steps - warmup_steps, warmup_target=learning_rate, warmup_steps=warmup_steps
+    )
+    detector.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        box_loss=keras.losses.Huber(delta=smooth_l1_beta, reduction="sum"),
+        loss_weights={"bbox_regression": 1.0 / smooth_l1_beta, "cls_logits": 1.0},
+    )
+    batches = (
+        tf.data.Dataset.from_tensor_slices((images, targets))
+        .shuffle(len(images), seed=seed).repeat().batch(batch_size, drop_remainder=True)
+    )
+    detector.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
