@@ -4,7 +4,7 @@ The data are made on the fly (``lambda_keras.hub.shapes_data``): squares, discs 
 triangles of 12-28 pixels, each class near its own colour, on noisy square canvases.
 The detector is evaluated on held-out canvases with COCO's mAP (pycocotools)::
 
-    python examples/detection_demo.py --backbone lambda --steps 300 --canvas_size 64 --seed 0
+    python examples/detection_demo.py --backbone lambda --steps 120 --canvas_size 64 --seed 0
 
 ``--backbone lambda`` has lambda layers (7x7 local scope) in the c4 and c5 blocks;
 ``--backbone conv`` is the same factory's model with bottleneck convolutions only.
@@ -48,7 +48,7 @@ def run_detection_demo(backbone: str, steps: int, canvas_size: int, seed: int) -
                                             class_colours=True)
     detector = lambda_resnet_retinanet(
         LambdaResNetBackbone(**BACKBONE_CONFIGS[backbone], image_shape=(canvas_size, canvas_size, 3)),
-        num_classes=3, positive_threshold=0.4, negative_threshold=0.3, seed=seed,
+        num_classes=3, seed=seed,
     )
     start = time.perf_counter()
     train_retinanet(detector, train_images, train_targets, steps=steps, seed=seed)
@@ -62,7 +62,7 @@ def run_detection_demo(backbone: str, steps: int, canvas_size: int, seed: int) -
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", choices=sorted(BACKBONE_CONFIGS), default="lambda")
-    parser.add_argument("--steps", type=int, default=300, help="training steps of 16 images")
+    parser.add_argument("--steps", type=int, default=120, help="training steps of 16 images")
     parser.add_argument("--canvas_size", type=int, default=64, help="image side in pixels (a multiple of 32)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -34,8 +34,8 @@ def lambda_resnet_retinanet(
     anchor_size: float = 2.0,
     num_scales: int = 2,
     aspect_ratios: Sequence[float] = (1.0,),
-    positive_threshold: float = 0.5,
-    negative_threshold: float = 0.4,
+    positive_threshold: float = 0.4,
+    negative_threshold: float = 0.3,
     pre_logits_num_conv_layers: int = 1,
     confidence_threshold: float = 0.05,
     max_detections: int = 20,
@@ -58,6 +58,10 @@ def lambda_resnet_retinanet(
       anchor_size, num_scales, aspect_ratios: the anchors at level ``l`` have sides
         ``2**l * anchor_size * 2**(s / num_scales)`` for ``s < num_scales``, at each
         aspect ratio.
+      positive_threshold, negative_threshold: an anchor overlapping a box by IoU at
+        least the first is trained on it, one under the second is background, the
+        others are ignored (0.5 and 0.4 in the paper; lower, so that the smallest
+        objects match an anchor).
       pre_logits_num_conv_layers: 3x3 convolutions (256 channels) in each head before
         its output convolution (4 in the RetinaNet paper).
       confidence_threshold: the lowest score kept by the non-maximum suppression (low,
@@ -157,4 +161,4 @@ def train_retinanet(
         tf.data.Dataset.from_tensor_slices((images, targets))
         .shuffle(len(images), seed=seed).repeat().batch(batch_size, drop_remainder=True)
     )
-    detector.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
+    detector.fit(batches, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
