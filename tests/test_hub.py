@@ -207,3 +207,66 @@ def test_coco_mean_average_precision_of_known_detections():
     assert result["mAP@0.5"] == 1.0 and 0.2 < result["mAP"] < 0.8
     wrong_class = dict(perfect, labels=(truth["labels"] + 1) % 3)
     assert coco_mean_average_precision(truth, wrong_class, (64, 64)) == {"mAP": 0.0, "mAP@0.5": 0.0}
+
+
+def retinanet(**kwargs):
+    from lambda_keras.hub.lambda_resnet_retinanet import lambda_resnet_retinanet
+
+    return lambda_resnet_retinanet(demo_backbone(image_shape=(64, 64, 3)), num_classes=3, **kwargs)
+
+
+def test_retinanet_label_encoding_decodes_back_to_the_ground_truth_boxes():
+    """Encode ground truth with the detector's label encoder, decode with its decoding path."""
+    detector = retinanet()
+    # Boxes of 12-28 px (the demo's sides) that each overlap some anchor by IoU >= 0.5.
+    boxes = np.array([[[8, 9, 24, 25], [30, 28, 58, 56], [-1, -1, -1, -1]],
+                      [[38, 6, 58, 26], [13, 35, 35, 57], [1, 2, 15, 16]]], np.float32)
+    labels = np.array([[2, 0, -1], [1, 1, 0]], np.float32)
+    images = np.zeros((2, 64, 64, 3), np.float32)
+    deltas, classes = (np.asarray(t) for t in detector.label_encoder(images=images, gt_boxes=boxes, gt_classes=labels))
+    assert deltas.shape == (2, 168, 4) and set(np.unique(classes)) <= {-2, -1, 0, 1, 2}
+    # Perfect class logits: +10 for each positive anchor's class, -10 elsewhere.
+    logits = np.where(np.arange(3) == classes[..., None], 10.0, -10.0).astype(np.float32)
+    decoded = detector.decode_predictions({"bbox_regression": deltas, "cls_logits": logits}, images)
+    for image in range(2):
+        count = int(decoded["num_detections"][image])
+        found = sorted(zip(np.asarray(decoded["labels"][image])[:count].tolist(),
+                           np.asarray(decoded["boxes"][image])[:count].tolist()))
+        valid = labels[image] >= 0
+        expected = sorted(zip(labels[image][valid].astype(int).tolist(), boxes[image][valid].tolist()))
+        assert [label for label, _ in found] == [label for label, _ in expected]
+        np.testing.assert_allclose([box for _, box in found], [box for _, box in expected], atol=1e-3)
+
+
+def test_retinanet_heads_start_at_the_anchors_with_the_prior_probability():
+    """Box deltas start near 0 (boxes at their anchors), class probabilities near 0.01.
+
+    KerasHub 0.29 alone starts the box deltas at -log(99) = -4.6 and the class logits
+    at 0 (its prior bias sits on the box head).
+    """
+    detector = retinanet(prior_probability=0.01)
+    images = np.random.default_rng(7).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    outputs = detector(detector.preprocessor(images))
+    deltas = np.asarray(outputs["bbox_regression"])
+    probabilities = 1 / (1 + np.exp(-np.asarray(outputs["cls_logits"])))
+    assert np.abs(deltas).max() < 0.1
+    np.testing.assert_allclose(probabilities.mean(), 0.01, rtol=0.1)
+    np.testing.assert_allclose(np.asarray(detector.classification_head.prediction_layer.bias), np.log(0.01 / 0.99),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(detector.box_head.prediction_layer.bias), 0.0)
+
+
+@pytest.mark.slow
+def test_detection_demo_lambda_and_conv_backbones_reach_the_same_map():
+    """examples/detection_demo.py's training, both backbones: mAP@0.5 >= 0.5 on held-out canvases."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "detection_demo", os.path.join(os.path.dirname(__file__), os.pardir, "examples", "detection_demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    results = {backbone: demo.run_detection_demo(backbone, steps=120, canvas_size=64, seed=0)
+               for backbone in ("lambda", "conv")}
+    for result in results.values():
+        assert result["mAP@0.5"] >= 0.5 and result["mAP"] > 0.2, results
+    assert abs(results["lambda"]["mAP@0.5"] - results["conv"]["mAP@0.5"]) <= 0.2, results
