@@ -26,6 +26,10 @@ from lambda_keras.models import (
     variants,
 )
 
+# The model's structure or argument checks: the same under every backend, so the JAX
+# and PyTorch platform runs leave them out (tests/test_platforms.py).
+structural = pytest.mark.structural
+
 # A 4-block network (one block per stage) with lambda layers in the first, strided
 # block of c3 and c5 and a conv block in c4: every code path, built in about a second.
 TINY_BLOCKS = (1, 1, 1, 1)
@@ -64,6 +68,7 @@ def lambda_resnet50():
 # --- architecture, read from the built model -------------------------------------
 
 
+@structural
 def test_lambda_resnet50_layer_names_and_placement(lambda_resnet50):
     lambda_layers = {layer.name: layer for layer in lambda_resnet50.layers if isinstance(layer, LambdaLayer)}
     # Table 18: c4 block 3 (1-based) and every c5 block.
@@ -80,6 +85,7 @@ def test_lambda_resnet50_layer_names_and_placement(lambda_resnet50):
     assert {"c4_block3_2_bn", "c4_block3_2_relu"} <= names
 
 
+@structural
 def test_lambda_resnet50_se_resnet_d_and_initialisers(lambda_resnet50):
     model = lambda_resnet50
     se_blocks = sorted({layer.name.rsplit("_se_", 1)[0] for layer in model.layers if "_se_" in layer.name})
@@ -101,6 +107,7 @@ def test_lambda_resnet50_se_resnet_d_and_initialisers(lambda_resnet50):
     assert not any(isinstance(layer, (keras.layers.Dropout, StochasticDepth)) for layer in model.layers)
 
 
+@structural
 def test_hybrid_resnet50_is_vanilla():
     model = HybridResNet50(placement="CCLL", input_shape=(32, 32, 3), include_top=False)
     names = {layer.name for layer in model.layers}
@@ -113,6 +120,7 @@ def test_hybrid_resnet50_is_vanilla():
     assert model.name == "hybrid_resnet50_ccll"
 
 
+@structural
 def test_table_12_options_reach_every_lambda_layer():
     model = HybridResNet50(placement="CCCL", input_shape=(32, 32, 3), include_top=False,
                            key_normalization="l2", query_softmax=True, lambda_batch_norm=False)
@@ -199,6 +207,7 @@ def test_include_top_false_pooling(pooling, shape):
     assert keras.ops.convert_to_numpy(model(images(size=64))).shape == shape
 
 
+@structural
 def test_default_input_shape_and_custom_classes():
     model = tiny(input_shape=None, classes=7, classifier_activation=None)
     assert model.input_shape == (None, 224, 224, 3)
@@ -237,12 +246,14 @@ def test_input_tensor():
         ({"classes": 0, "input_shape": (8, 8, 3)}, "`classes`"),
     ],
 )
+@structural
 def test_validation_errors(kwargs, message):
     kwargs = {"blocks_per_stage": TINY_BLOCKS, "lambda_blocks": TINY_LAMBDAS, "input_shape": (32, 32, 3), **kwargs}
     with pytest.raises(ValueError, match=message):
         LambdaResNet(**kwargs)
 
 
+@structural
 def test_imagenet_weights_error_says_what_to_do():
     with pytest.raises(ValueError) as error:
         LambdaResNet50(weights="imagenet")
@@ -304,11 +315,13 @@ def test_build_model_is_the_constructor_with_serving_and_training_options():
         ({"architecture": "ResNetRS50", "se_ratio": 2.0}, "`se_ratio` must be"),
     ],
 )
+@structural
 def test_model_config_errors_name_the_key(model_config, message):
     with pytest.raises(ValueError, match=message):
         validate_model_config(model_config)
 
 
+@structural
 def test_every_variant_has_a_constructor_and_its_docstring():
     assert set(CONSTRUCTORS) == set(variants.ARCHITECTURES)
     for variant in variants.VARIANTS:
@@ -358,6 +371,7 @@ def test_channels_first_input_shape_is_validated(channels_first):
         tiny(input_shape=(4, 32, 32), include_top=False)
 
 
+@structural
 def test_unusual_channel_count_warns():
     with pytest.warns(UserWarning, match="1 or 3 input channels"):
         tiny(input_shape=(32, 32, 4), include_top=False)
@@ -416,6 +430,7 @@ def test_stem_max_pool_pads_minus_infinity_on_both_sides_like_pytorch():
 # --- imagenet_utils ----------------------------------------------------------------
 
 
+@structural
 def test_decode_predictions_offline():
     import importlib.util
     from pathlib import Path
@@ -446,6 +461,7 @@ def test_preprocess_input_is_imagenet_mean_and_std():
     np.testing.assert_allclose(out[1, 1, 1], (1 - mean) / std, rtol=1e-5)
 
 
+@structural
 def test_scope_pairs_count_in_scope_offsets():
     for length, scope, causal in [(7, 3, False), (5, 23, False), (9, None, False), (8, 5, True)]:
         half = length if scope is None else scope // 2
@@ -456,6 +472,7 @@ def test_scope_pairs_count_in_scope_offsets():
         assert complexity.scope_pairs(length, scope, causal) == brute
 
 
+@structural
 def test_multiply_adds_counts_convs_dense_and_lambda_layers():
     inputs = keras.Input((6, 5, 8))
     x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)  # 3x3 out, 9 taps, 8 -> 4
@@ -471,6 +488,7 @@ def test_multiply_adds_counts_convs_dense_and_lambda_layers():
     assert multiply_adds(model) == expected
 
 
+@structural
 def test_multiply_adds_of_resnet50_is_the_quoted_4_1_g():
     # ResNet-50 "has 4.1 GFLOPs" (multiply-adds; 4.09 G for the torchvision layout).
     assert multiply_adds(HybridResNet50(placement="CCCC")) / 1e9 == pytest.approx(4.09, abs=0.01)
@@ -517,6 +535,7 @@ def test_feature_extractor_gives_p2_to_p5_at_any_input_size(size):
     np.testing.assert_allclose(outputs["P5"], model.predict(batch, verbose=0), rtol=1e-5, atol=1e-5)
 
 
+@structural
 def test_pyramid_layer_names_of_the_named_models(lambda_resnet50):
     assert features.pyramid_layer_names(lambda_resnet50) == {
         "P2": "c2_block3_out", "P3": "c3_block4_out", "P4": "c4_block6_out", "P5": "c5_block3_out"}

@@ -3,8 +3,9 @@ oneDNN forced on and off, and Keras's JAX and PyTorch backends.
 
 Each run is a pytest of its own in a fresh process, since both settings are fixed
 when TensorFlow (or Keras) is imported. The JAX and PyTorch runs leave out the tests
-marked slow (the full-size ResNet-50 train steps, 30 s each under JAX); the demo
-training under JAX (tests/test_train_jax.py) compiles a LambdaResNet's train step there.
+marked slow (the full-size ResNet-50 train steps, 30 s each under JAX; the demo
+training under JAX, tests/test_train_jax.py, compiles a LambdaResNet's train step there)
+and those marked structural (layer names, argument checks: backend-independent).
 ``python -m pytest`` thereby proves every platform in one command; a failure shows the
 inner run's report.
 """
@@ -56,4 +57,5 @@ def test_layer_and_models_with_onednn(onednn):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_layer_and_models_under_backend(backend):
     """NumPy-reference, gradient, pooling, model build/predict/step and fit tests."""
-    run_pytest({"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}, LAYER_AND_MODEL_TESTS, "-m", "not slow")
+    run_pytest({"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}, LAYER_AND_MODEL_TESTS,
+               "-m", "not slow and not structural")

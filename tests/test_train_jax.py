@@ -79,9 +79,11 @@ def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp
     model_dir = str(tmp_path / "model")
     command = [
         sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
-        "--data_dir", digits_dir, "--model_dir", model_dir, "--set", f"train.backup_every_steps={BACKUP_EVERY}",
+        "--data_dir", digits_dir, "--model_dir", model_dir,
     ]
-    killed_at = kill_at_mid_epoch_backup(command, _jax_env(), model_dir, epoch=1)
+    # Backups every 5 steps until the kill; the rerun backs up at epoch ends.
+    killed_at = kill_at_mid_epoch_backup(command + ["--set", f"train.backup_every_steps={BACKUP_EVERY}"],
+                                         _jax_env(), model_dir, epoch=1)
     steps_per_epoch = 1500 // 64
     steps_at_backup = steps_per_epoch + killed_at["batch"] + 1
     with open(os.path.join(model_dir, "train_log.csv")) as file:

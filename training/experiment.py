@@ -153,10 +153,11 @@ def _naming_undecodable_images(config: ExperimentConfig) -> Iterator[None]:
         ) from None
 
 
-# Keys that say where a run reads, writes or executes, not what it computes: a rerun
-# may change them and still resume.
+# Keys that say where a run reads, writes or executes, or how often it backs up, not
+# what it computes: a rerun may change them and still resume.
 LOCATION_KEYS = frozenset({
     "model_dir", "input.data_dir", "input.tfds_data_dir", "input.tfds_manual_dir", "runtime.strategy", "runtime.tpu",
+    "train.backup_every_steps",
 })
 
 
