@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         convert(args.checkpoint, args.model, args.output)
     except CheckpointError as error:
-        print(f"convert_timm: {error}", file=sys.stderr)
+        print(f"python -m lambda_keras.convert_timm: error: {error}", file=sys.stderr)
         return 2
     print(f"Wrote {args.output} ({TIMM_VARIANTS[args.model].name}(weights={args.output!r}) loads it).")
     return 0

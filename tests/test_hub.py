@@ -17,6 +17,8 @@ import tensorflow as tf
 
 keras_hub = pytest.importorskip("keras_hub", reason='the hub extra: pip install "lambda-keras[hub]"')
 
+from random_weights import randomize  # noqa: E402
+
 from lambda_keras.data import preprocessing  # noqa: E402
 from lambda_keras.hub import (  # noqa: E402
     LambdaResNetBackbone,
@@ -38,18 +40,6 @@ def demo_backbone(**kwargs):
     return LambdaResNetBackbone(**DEMO_CONFIG, **kwargs)
 
 
-def randomize(model, seed=0):
-    """Random weights everywhere, so that zero-initialised BN gammas hide no branch."""
-    rng = np.random.default_rng(seed)
-    for weight in model.weights:
-        if "seed_generator" in weight.path:
-            continue
-        value = rng.normal(0.0, 0.1, weight.shape).astype("float32")
-        if "moving_variance" in weight.path:
-            value = np.abs(value) + 0.5
-        weight.assign(value)
-
-
 def test_import_lambda_keras_does_not_import_keras_hub():
     code = "import sys, lambda_keras, lambda_keras.models; print('keras_hub' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -63,7 +53,7 @@ def test_backbone_config_round_trip_and_same_numbers_as_the_builder():
     restored = LambdaResNetBackbone.from_config(json.loads(json.dumps(config)))
     assert json.dumps(restored.get_config()) == json.dumps(config)
     assert restored.count_params() == backbone.count_params() == 5_288_832
-    randomize(backbone)
+    randomize(backbone, scale=0.1)
     restored.set_weights(backbone.get_weights())
     reference = build_model(DEMO_CONFIG, input_shape=(None, None, 3), include_top=False)
     reference.set_weights(backbone.get_weights())
@@ -76,7 +66,7 @@ def test_backbone_config_round_trip_and_same_numbers_as_the_builder():
 @pytest.mark.parametrize("height, width", [(64, 64), (96, 160)])
 def test_pyramid_outputs_levels_strides_and_values(height, width):
     backbone = demo_backbone()
-    randomize(backbone)
+    randomize(backbone, scale=0.1)
     assert list(backbone.pyramid_outputs) == ["P2", "P3", "P4", "P5"]
     features = keras.Model(backbone.inputs, backbone.pyramid_outputs)
     x = np.random.default_rng(2).normal(size=(1, height, width, 3)).astype("float32")
@@ -122,7 +112,7 @@ def test_converter_defaults_are_the_imagenet_evaluation():
 
 def classifier():
     backbone = demo_backbone()
-    randomize(backbone)
+    randomize(backbone, scale=0.1)
     preprocessor = LambdaResNetImageClassifierPreprocessor(
         image_converter=LambdaResNetImageConverter(image_size=(64, 64), crop_padding=8)
     )

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 
+from random_weights import randomize
+
 from lambda_keras import LambdaLayer, StochasticDepth
 from lambda_keras.layers import SymmetricMaxPooling2D, kernel_support
 from lambda_keras.models import (
@@ -40,19 +42,6 @@ def tiny(**kwargs):
     kwargs.setdefault("input_shape", (32, 32, 3))
     kwargs.setdefault("classes", 10)
     return LambdaResNet(TINY_BLOCKS, TINY_LAMBDAS, **kwargs)
-
-
-def randomize(model, seed=0):
-    """Gives every weight a random value, so that zero-initialised BN gammas no
-    longer hide the residual branches (and the lambda layers in them)."""
-    rng = np.random.default_rng(seed)
-    for weight in model.weights:
-        if "seed_generator" in weight.path:
-            continue
-        value = rng.normal(0.0, 0.2, weight.shape).astype("float32")
-        if "moving_variance" in weight.path:
-            value = np.abs(value) + 0.5
-        weight.assign(value)
 
 
 def images(batch=2, size=32, seed=1):

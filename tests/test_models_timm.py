@@ -78,8 +78,8 @@ def test_checkpoint_of_another_architecture_is_refused(timm_models, tmp_path, ca
     assert status == 2
     # lambda_resnet50ts has three c2 blocks, lambda_resnet26t two.
     assert error.strip() == (
-        "convert_timm: The checkpoint lacks tensor 'stages.0.2.conv1_1x1.conv.weight', which lambda_resnet50ts "
-        "needs: is it a lambda_resnet50ts checkpoint?"
+        "python -m lambda_keras.convert_timm: error: The checkpoint lacks tensor "
+        "'stages.0.2.conv1_1x1.conv.weight', which lambda_resnet50ts needs: is it a lambda_resnet50ts checkpoint?"
     )
     assert output.read_bytes() == b"earlier weights" and os.listdir(tmp_path) == ["out.weights.h5"]
 
@@ -88,7 +88,8 @@ def test_cli_refuses_an_output_keras_cannot_load(tmp_path, capsys):
     status, error = _convert(tmp_path / "model.safetensors", "lambda_resnet26t", tmp_path / "weights.h5", capsys)
     assert status == 2
     output = tmp_path / "weights.h5"
-    assert error == f"convert_timm: --output must end in .weights.h5 (what Keras loads), not '{output}'.\n"
+    assert error == (f"python -m lambda_keras.convert_timm: error: --output must end in .weights.h5 "
+                     f"(what Keras loads), not '{output}'.\n")
 
 
 @pytest.mark.parametrize("model", MODELS)
