@@ -4,9 +4,11 @@ The backend is chosen by ``KERAS_BACKEND`` before Keras is imported, so each bac
 runs in a process of its own; tests/test_cross_backend.py compares their answers with
 the TensorFlow backend's.
 
-    python tests/backend_worker.py gradients CASE.npz OUT.npz
-    python tests/backend_worker.py save MODEL.keras IMAGES.npz OUT.npz
-    python tests/backend_worker.py predict MODEL.keras IMAGES.npz OUT.npz
+    python tests/backend_worker.py gradients CASE.npz OUT.npz [CASE.npz OUT.npz ...]
+    python tests/backend_worker.py exchange THEIRS.keras IMAGES.npz OURS.keras OUT.npz
+
+``exchange`` predicts with a ``.keras`` file saved under another backend, then builds the
+small model under this one and saves it, with its predictions, for the other to load.
 """
 
 from __future__ import annotations
@@ -54,22 +56,23 @@ def gradients(case_path: str, output_path: str) -> None:
     np.savez(output_path, outputs=outputs, **{f"gradient_{i}": g for i, g in enumerate(grads)})
 
 
-def predict(model: keras.Model, images_path: str, output_path: str) -> None:
+def exchange(theirs_path: str, images_path: str, ours_path: str, output_path: str) -> None:
     images = np.load(images_path)["images"]
-    np.savez(output_path, predictions=keras.ops.convert_to_numpy(model(images, training=False)))
+    theirs = keras.saving.load_model(theirs_path, safe_mode=True)
+    ours = small_model()
+    ours.save(ours_path)
+    np.savez(output_path, theirs=keras.ops.convert_to_numpy(theirs(images, training=False)),
+             ours=keras.ops.convert_to_numpy(ours(images, training=False)))
 
 
 def main(command: str, *paths: str) -> None:
     if command == "gradients":
-        gradients(*paths)
-    elif command == "save":
-        model = small_model()
-        model.save(paths[0])
-        predict(model, *paths[1:])
-    elif command == "predict":
-        predict(keras.saving.load_model(paths[0], safe_mode=True), *paths[1:])
+        for case_path, output_path in zip(paths[::2], paths[1::2], strict=True):
+            gradients(case_path, output_path)
+    elif command == "exchange":
+        exchange(*paths)
     else:
-        raise SystemExit(f"unknown command {command!r}: gradients, save or predict")
+        raise SystemExit(f"unknown command {command!r}: gradients or exchange")
     print(f"{keras.backend.backend()} {command} ok")
 
 

@@ -5,10 +5,25 @@ The layer and model tests also run under ``KERAS_BACKEND=jax`` and ``torch``
 """
 
 import os
+import shutil
 import subprocess
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# Keras's JAX backend compiles every operation it runs eagerly, anew in each process. One
+# compilation cache for the session's JAX processes (platform runs, workers, trainings)
+# compiles each once. The xdist workers and subprocesses inherit the variables. (No size
+# cap: with one, JAX scans the whole folder at every write.)
+_SESSION_JAX_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_JAX_CACHE = tempfile.mkdtemp(prefix="lambda-keras-jax-cache-")
+    os.environ.update({
+        "JAX_COMPILATION_CACHE_DIR": _SESSION_JAX_CACHE,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    })
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
@@ -22,6 +37,11 @@ if keras.backend.backend() == "tensorflow":
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
     )
+
+
+def pytest_unconfigure(config):
+    if _SESSION_JAX_CACHE is not None:
+        shutil.rmtree(_SESSION_JAX_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """The same layer and model under Keras's JAX and PyTorch backends as under TensorFlow.
 
-Each other backend runs in a process of its own (tests/backend_worker.py): outputs and
-gradients of a lambda layer with the same weights, and ``.keras`` files saved under one
-backend predicting the same under another.
+Each other backend runs in a process of its own (tests/backend_worker.py), one for all
+the layer cases: outputs and gradients of a lambda layer with the same weights, and
+``.keras`` files saved under one backend predicting the same under another.
 """
 
 import json
@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from backend_gradients import loss_gradients
+from backend_worker import small_model
+
 from lambda_keras import LambdaLayer
 
 WORKER = Path(__file__).with_name("backend_worker.py")
@@ -48,40 +50,80 @@ LAYER_CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def layer_cases(tmp_path_factory) -> dict:
+    """Case id -> (layer with random weights, inputs, its case file). A test's training
+    call moves the layer's batch-norm statistics: ``fresh_layer`` gives one as written."""
+    folder = tmp_path_factory.mktemp("layer_cases")
+    cases = {}
+    for case in LAYER_CASES:
+        config, shape = case.values
+        layer = LambdaLayer(**config)
+        layer.build(shape)
+        rng = np.random.default_rng(0)
+        for weight in layer.weights:
+            value = rng.normal(0.0, 0.3, weight.shape)
+            weight.assign((np.abs(value) + 0.5 if "variance" in weight.path else value).astype("float32"))
+        inputs = rng.normal(size=shape).astype("float32")
+        case_file = folder / f"{case.id}.npz"
+        np.savez(case_file, inputs=inputs, config=json.dumps(layer.get_config()),
+                 **{f"weight_{i}": w for i, w in enumerate(layer.get_weights())})
+        cases[case.id] = (layer, inputs, case_file)
+    return cases
+
+
+def fresh_layer(layer: LambdaLayer, input_shape: tuple) -> LambdaLayer:
+    """A copy of ``layer`` with its weights, built anew."""
+    copy = LambdaLayer.from_config(layer.get_config())
+    copy.build(input_shape)
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+@pytest.fixture(scope="module")
+def worker_gradients(layer_cases, tmp_path_factory):
+    """backend -> case id -> that backend's outputs and gradients; one worker process per backend."""
+    results: dict[str, dict] = {}
+
+    def of(backend: str) -> dict:
+        if backend not in results:
+            folder = tmp_path_factory.mktemp(f"gradients_{backend}")
+            outputs = {case_id: folder / f"{case_id}.npz" for case_id in layer_cases}
+            run_worker(backend, "gradients",
+                       *(path for case_id, (_, _, case_file) in layer_cases.items()
+                         for path in (case_file, outputs[case_id])))
+            results[backend] = {case_id: np.load(path) for case_id, path in outputs.items()}
+        return results[backend]
+
+    return of
+
+
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-@pytest.mark.parametrize("config, shape", LAYER_CASES)
-def test_layer_outputs_and_gradients_match_tensorflow(backend, config, shape, tmp_path):
-    layer = LambdaLayer(**config)
-    layer.build(shape)
-    rng = np.random.default_rng(0)
-    for weight in layer.weights:
-        value = rng.normal(0.0, 0.3, weight.shape)
-        weight.assign((np.abs(value) + 0.5 if "variance" in weight.path else value).astype("float32"))
-    inputs = rng.normal(size=shape).astype("float32")
-    case = tmp_path / "case.npz"
-    np.savez(case, inputs=inputs, config=json.dumps(layer.get_config()),
-             **{f"weight_{i}": w for i, w in enumerate(layer.get_weights())})
-    run_worker(backend, "gradients", case, tmp_path / "out.npz")
-    theirs = np.load(tmp_path / "out.npz")
+@pytest.mark.parametrize("case_id", [case.id for case in LAYER_CASES])
+def test_layer_outputs_and_gradients_match_tensorflow(backend, case_id, layer_cases, worker_gradients):
+    layer, inputs, _ = layer_cases[case_id]
+    layer = fresh_layer(layer, inputs.shape)
+    theirs = worker_gradients(backend)[case_id]
     np.testing.assert_allclose(theirs["outputs"], keras.ops.convert_to_numpy(layer(inputs)), atol=1e-5, rtol=1e-5)
     names = ["inputs"] + [w.path for w in layer.trainable_weights]
     for index, (name, ours) in enumerate(zip(names, loss_gradients(layer, inputs))):
         np.testing.assert_allclose(theirs[f"gradient_{index}"], ours, atol=1e-4, rtol=1e-4, err_msg=name)
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    path = tmp_path_factory.mktemp("images") / "images.npz"
-    np.savez(path, images=np.random.default_rng(1).uniform(-1, 1, (2, 40, 40, 3)).astype("float32"))
-    return path
-
-
-@pytest.mark.parametrize("saver, loader", [("tensorflow", "jax"), ("tensorflow", "torch"),
-                                           ("jax", "tensorflow"), ("torch", "tensorflow")])
-def test_keras_file_predicts_the_same_under_another_backend(saver, loader, images, tmp_path):
-    model_path = tmp_path / "small.keras"
-    run_worker(saver, "save", model_path, images, tmp_path / "saved.npz")
-    run_worker(loader, "predict", model_path, images, tmp_path / "loaded.npz")
-    saved, loaded = np.load(tmp_path / "saved.npz")["predictions"], np.load(tmp_path / "loaded.npz")["predictions"]
-    assert np.abs(saved).max() > 0.1  # logits of a random model, not all zeros
-    np.testing.assert_allclose(loaded, saved, atol=1e-4, rtol=1e-4)
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_keras_files_predict_the_same_under_tensorflow_and_another_backend(backend, tmp_path):
+    """A .keras file saved here (TensorFlow) predicts the same under ``backend``, and one
+    that ``backend`` saved predicts here what it predicted there."""
+    images = np.random.default_rng(1).uniform(-1, 1, (2, 40, 40, 3)).astype("float32")
+    np.savez(tmp_path / "images.npz", images=images)
+    ours = small_model()
+    ours.save(tmp_path / "tensorflow.keras")
+    run_worker(backend, "exchange", tmp_path / "tensorflow.keras", tmp_path / "images.npz",
+               tmp_path / f"{backend}.keras", tmp_path / "out.npz")
+    out = np.load(tmp_path / "out.npz")
+    expected = keras.ops.convert_to_numpy(ours(images, training=False))
+    assert np.abs(expected).max() > 0.1  # logits of a random model, not all zeros
+    np.testing.assert_allclose(out["theirs"], expected, atol=1e-4, rtol=1e-4)
+    theirs = keras.saving.load_model(tmp_path / f"{backend}.keras", safe_mode=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(theirs(images, training=False)), out["ours"],
+                               atol=1e-4, rtol=1e-4)

@@ -122,6 +122,7 @@ def test_table_12_options_reach_every_lambda_layer():
     assert default.count_params() - model.count_params() == 3 * 4 * (4 * 16 + 512 // 4)
 
 
+@structural
 def test_stochastic_depth_grows_per_stage():
     model = tiny(stochastic_depth_rate=0.2, dropout_rate=0.3)
     rates = {layer.name.split("_")[0]: layer.rate for layer in model.layers if isinstance(layer, StochasticDepth)}
@@ -353,6 +354,7 @@ def test_channels_first_gives_the_channels_last_numbers():
     np.testing.assert_allclose(outputs, expected, atol=1e-4, rtol=1e-4)
 
 
+@structural
 def test_channels_first_input_shape_is_validated(channels_first):
     with pytest.raises(ValueError, match="at least 32x32"):
         tiny(input_shape=(3, 16, 16))

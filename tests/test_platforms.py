@@ -2,10 +2,11 @@
 oneDNN forced on and off, and Keras's JAX and PyTorch backends.
 
 Each run is a pytest of its own in a fresh process, since both settings are fixed
-when TensorFlow (or Keras) is imported. The JAX and PyTorch runs leave out the tests
-marked slow (the full-size ResNet-50 train steps, 30 s each under JAX; the demo
-training under JAX, tests/test_train_jax.py, compiles a LambdaResNet's train step there)
-and those marked structural (layer names, argument checks: backend-independent).
+when TensorFlow (or Keras) is imported. Every run leaves out the tests marked structural
+(layer names, argument checks: the same on every platform); the JAX and PyTorch runs
+also leave out those marked slow (the full-size ResNet-50 train steps, 30 s each under
+JAX; the demo training under JAX, tests/test_train_jax.py, compiles a LambdaResNet's
+train step there).
 ``python -m pytest`` thereby proves every platform in one command; a failure shows the
 inner run's report.
 """
@@ -51,7 +52,8 @@ def test_layer_and_models_with_onednn(onednn):
     this_run = "1" if kernel_support.has_dilated_transposed_convolution() else "0"
     if onednn == this_run:
         pytest.skip(f"this run itself has oneDNN {'on' if onednn == '1' else 'off'}")
-    run_pytest({"TF_ENABLE_ONEDNN_OPTS": onednn, "KERAS_BACKEND": "tensorflow"}, LAYER_AND_MODEL_TESTS)
+    run_pytest({"TF_ENABLE_ONEDNN_OPTS": onednn, "KERAS_BACKEND": "tensorflow"}, LAYER_AND_MODEL_TESTS,
+               "-m", "not structural")
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
