@@ -234,12 +234,13 @@ def test_retinanet_heads_start_at_the_anchors_with_the_prior_probability():
     KerasHub 0.29 alone starts the box deltas at -log(99) = -4.6 and the class logits
     at 0 (its prior bias sits on the box head).
     """
-    detector = retinanet(prior_probability=0.01)
+    detector = retinanet(prior_probability=0.01, seed=0)
     images = np.random.default_rng(7).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     outputs = detector(detector.preprocessor(images))
     deltas = np.asarray(outputs["bbox_regression"])
     probabilities = 1 / (1 + np.exp(-np.asarray(outputs["cls_logits"])))
-    assert np.abs(deltas).max() < 0.1
+    # N(0, 0.01^2) kernels give deltas of about 0.02 standard deviation; KerasHub alone, -4.6.
+    assert np.abs(deltas).max() < 0.25, np.abs(deltas).max()
     np.testing.assert_allclose(probabilities.mean(), 0.01, rtol=0.1)
     np.testing.assert_allclose(np.asarray(detector.classification_head.prediction_layer.bias), np.log(0.01 / 0.99),
                                rtol=1e-6)
