@@ -256,7 +256,7 @@ def test_detection_demo_lambda_and_conv_backbones_reach_the_same_map():
         "detection_demo", os.path.join(os.path.dirname(__file__), os.pardir, "examples", "detection_demo.py"))
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    results = {backbone: demo.run_detection_demo(backbone, steps=80, canvas_size=64, seed=0)
+    results = {backbone: demo.run_detection_demo(backbone, steps=60, canvas_size=64, seed=0)
                for backbone in ("lambda", "conv")}
     for result in results.values():
         assert result["mAP@0.5"] >= 0.5 and result["mAP"] > 0.2, results
