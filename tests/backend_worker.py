@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backend_gradients import loss_gradients  # noqa: E402
+from random_weights import randomize  # noqa: E402
 
 from lambda_keras import LambdaLayer, LambdaResNet  # noqa: E402
 
@@ -37,12 +38,7 @@ def small_model() -> keras.Model:
     """The small LambdaResNet above with every weight random (BN statistics included)."""
     keras.utils.set_random_seed(0)
     model = LambdaResNet(**SMALL_MODEL)
-    rng = np.random.default_rng(0)
-    for weight in model.weights:
-        if "seed_generator" in weight.path:
-            continue
-        value = rng.normal(0.0, 0.2, weight.shape).astype("float32")
-        weight.assign(np.abs(value) + 0.5 if "moving_variance" in weight.path else value)
+    randomize(model, seed=0, scale=0.2)
     return model
 
 
