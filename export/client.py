@@ -15,7 +15,6 @@ DT_STRING tensor [batch] (tensorflow_serving/apis/predict.proto). gRPC needs
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import sys
@@ -23,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
+
+from lambda_keras import cli
 
 SIGNATURE = "serving_default"
 INPUT_KEY = "image_bytes"
@@ -133,8 +134,9 @@ def format_prediction(name: str, prediction: dict[str, Any]) -> str:
     return f"{name}: " + ", ".join(f"{label} ({float(score):.3f})" for label, score in pairs)
 
 
+@cli.entry_point("python -m export.client")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.client", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m export.client", description=__doc__.split("\n")[0])
     server = parser.add_mutually_exclusive_group(required=True)
     server.add_argument("--rest", help="REST server, e.g. http://localhost:8501")
     server.add_argument("--grpc", help="gRPC server, e.g. localhost:8500")

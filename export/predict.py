@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from lambda_keras import cli
 from export.saved_model import DECODE_ERROR, TOO_LARGE_ERROR, existing_versions
 
 
@@ -57,8 +58,9 @@ def _classifies(export: str | Path, image_path: str | Path) -> bool:
     return True
 
 
+@cli.entry_point("python -m export.predict")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.predict", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m export.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export", help="BASE/NAME or BASE/NAME/<version>")
     parser.add_argument("images", nargs="+", help="JPEG or PNG files")

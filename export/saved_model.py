@@ -54,6 +54,8 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
+from lambda_keras import cli
+from lambda_keras.cli import UserError
 from lambda_keras.data import preprocessing
 from lambda_keras.models.variants import EvalTransform, published_eval_transform
 
@@ -81,7 +83,7 @@ DIRECTORY_MODE = 0o755
 FILE_MODE = 0o644
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A taken version, an unusable model path or arguments that do not fit the model."""
 
 
@@ -495,7 +497,7 @@ def _integer_at_least(minimum: int):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m export.saved_model",
         description="Export a .keras model or a training model_dir for TF Serving.",
     )
@@ -513,6 +515,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.entry_point("python -m export.saved_model")
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     class_names = None
@@ -520,17 +523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             class_names = [line for line in Path(args.class_names).read_text("utf-8").splitlines() if line]
         except (OSError, UnicodeDecodeError) as error:
-            print(f"python -m export.saved_model: error: --class_names {args.class_names}: {error}", file=sys.stderr)
-            return 2
-    try:
-        path = export_model(
-            args.model, args.output, version=args.version, image_size=args.image_size,
-            top_k=args.top_k, class_names=class_names, crop_padding=args.crop_padding,
-            checkpoint=args.checkpoint, max_pixels=args.max_pixels,
-        )
-    except ExportError as error:
-        print(f"python -m export.saved_model: error: {error}", file=sys.stderr)
-        return 2
+            raise ExportError(f"--class_names {args.class_names}: {error}") from None
+    path = export_model(
+        args.model, args.output, version=args.version, image_size=args.image_size,
+        top_k=args.top_k, class_names=class_names, crop_padding=args.crop_padding,
+        checkpoint=args.checkpoint, max_pixels=args.max_pixels,
+    )
     print(f"Exported {path}")
     return 0
 

@@ -32,7 +32,6 @@ output is never half-written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -42,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from lambda_keras import cli
+from lambda_keras.cli import UserError
 from lambda_keras.models.variants import TIMM_VARIANTS
 
 # BatchNormalization variable -> PyTorch BatchNorm2d tensor.
@@ -55,7 +56,7 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read or does not fit the architecture."""
 
 
@@ -289,19 +290,16 @@ def convert(checkpoint: str | os.PathLike, model_name: str, output: str | os.Pat
     write_weights(build_converted_model(read_state_dict(checkpoint), model_name), output)
 
 
+@cli.entry_point("python -m lambda_keras.convert_timm")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m lambda_keras.convert_timm", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("checkpoint", help="timm's model.safetensors (or a .pth/.bin with torch installed)")
     parser.add_argument("--model", required=True, choices=sorted(TIMM_VARIANTS), help="timm's model name")
     parser.add_argument("--output", required=True, help="the Keras weights file to write, PATH.weights.h5")
     args = parser.parse_args(argv)
-    try:
-        convert(args.checkpoint, args.model, args.output)
-    except CheckpointError as error:
-        print(f"python -m lambda_keras.convert_timm: error: {error}", file=sys.stderr)
-        return 2
+    convert(args.checkpoint, args.model, args.output)
     print(f"Wrote {args.output} ({TIMM_VARIANTS[args.model].name}(weights={args.output!r}) loads it).")
     return 0
 

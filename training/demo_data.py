@@ -20,7 +20,6 @@ Rewriting into the same folder replaces the shards; other shard counts are refus
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
@@ -31,9 +30,9 @@ import tensorflow as tf
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from lambda_keras import cli
 from lambda_keras.data import manifest
 from lambda_keras.data.records import (
-    ShardSetError,
     check_no_other_shard_set,
     image_example,
     remove_temporary_files,
@@ -158,8 +157,9 @@ def demo_input_config(data_dir: str, **overrides: Any) -> InputConfig:
     return InputConfig.from_dict(values)
 
 
+@cli.entry_point("python -m training.demo_data")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m training.demo_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="Output folder (local or gs://).")
     parser.add_argument("--image_size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--train_shards", type=int, default=8)
@@ -167,14 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--first_label", type=int, default=1,
                         help="Label of digit 0 (1 like imagenet_to_gcs, 0 like TFDS).")
     args = parser.parse_args(argv)
-    try:
-        written = write_demo_data(
-            args.output, args.image_size, args.train_shards, args.validation_shards,
-            args.first_label,
-        )
-    except ShardSetError as error:
-        print(f"python -m training.demo_data: error: {error}", file=sys.stderr)
-        return 2
+    written = write_demo_data(
+        args.output, args.image_size, args.train_shards, args.validation_shards,
+        args.first_label,
+    )
     print(f"Wrote {written['train']} train and {written['validation']} validation "
           f"digits ({args.image_size}x{args.image_size} RGB JPEG) to {args.output}")
     return 0

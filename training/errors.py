@@ -5,21 +5,23 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from lambda_keras.cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file, key or value is invalid; the message names the dotted key."""
 
 
-class DataIntegrityError(ValueError):
+class DataIntegrityError(UserError, ValueError):
     """The input shards do not match their folder's manifest (a file missing, not listed,
     or of another size), or the manifest is unreadable; the message names the files."""
 
 
-class StorageError(OSError):
+class StorageError(UserError, OSError):
     """model_dir has too little free space for the next backup and checkpoints."""
 
 
-class StrategyError(RuntimeError):
+class StrategyError(UserError, RuntimeError):
     """The requested strategy or devices cannot be had here; the message says why."""
 
 

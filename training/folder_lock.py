@@ -14,10 +14,12 @@ import fcntl
 import os
 from typing import Iterator
 
+from lambda_keras.cli import UserError
+
 LOCK_NAME = ".lock"
 
 
-class FolderBusyError(RuntimeError):
+class FolderBusyError(UserError, RuntimeError):
     """Another process holds the folder's lock; the message names the folder and its holder."""
 
 

@@ -55,6 +55,8 @@ import tensorflow as tf
 import tqdm
 from PIL import Image
 
+from lambda_keras import cli
+from lambda_keras.cli import UserError
 from lambda_keras.data import manifest
 from lambda_keras.data.records import (
     ShardSetError,
@@ -66,7 +68,7 @@ from lambda_keras.data.records import (
     write_records_atomically,
     written_atomically,
 )
-from training.folder_lock import FolderBusyError, held_exclusively
+from training.folder_lock import held_exclusively
 
 TRAIN_SHARDS = 1024
 VALIDATION_SHARDS = 128
@@ -106,7 +108,7 @@ class SplitSummary:
         self.unreadable.extend(other.unreadable)
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(UserError, ValueError):
     """An input file that PIL cannot decode."""
 
 
@@ -418,8 +420,12 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+PROG = "python -m training.prepare_imagenet"
+
+
+@cli.entry_point(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="ImageNet folder (train/, val/).")
     parser.add_argument("--output", required=True, help="Output folder (local or gs://).")
     parser.add_argument("--train_shards", type=_positive_int, default=TRAIN_SHARDS)
@@ -435,15 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.input, args.output, args.train_shards, args.validation_shards,
             args.num_workers, args.validation_labels, args.seed,
         )
-    except (FileNotFoundError, ShardSetError, FolderBusyError) as error:
-        print(f"python -m training.prepare_imagenet: error: {error}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, UserError):
+        raise
     except (OSError, tf.errors.OpError) as error:
         # A full or read-only disk: the shards written so far are complete, a rerun resumes.
         reason = error.message if isinstance(error, tf.errors.OpError) else error
-        print(f"python -m training.prepare_imagenet: error: writing {args.output} failed: {reason}; "
-              "the shards written so far are complete, and a rerun resumes.", file=sys.stderr)
-        return 2
+        raise ShardSetError(f"writing {args.output} failed: {reason}; "
+                            "the shards written so far are complete, and a rerun resumes.") from None
     print(format_summary(summaries))
     print(f"Wrote {manifest.manifest_path(args.output)}")
     return 0

@@ -50,24 +50,26 @@ import sys
 import tempfile
 from typing import Sequence
 
+from lambda_keras import cli
+from lambda_keras.cli import UserError
 from training import config as config_lib
-from training.errors import ConfigError, DataIntegrityError, StorageError, StrategyError
-from training.folder_lock import FolderBusyError
+from training.errors import ConfigError
 
 BACKENDS = ("tensorflow", "jax")
+PROG = "python -m training.train"
 
 
-class ExportUnavailableError(RuntimeError):
+class ExportUnavailableError(UserError, RuntimeError):
     """--export_dir was given but the export's serving dependency is not installed."""
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """The requested Keras backend cannot be used in this process."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train",
+    parser = cli.ArgumentParser(
+        prog=PROG,
         description="Train and evaluate a LambdaResNet (see the module docstring).",
     )
     parser.add_argument("--config", required=True,
@@ -110,31 +112,27 @@ def select_backend(requested: str | None) -> str:
     return backend
 
 
+@cli.entry_point(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        select_backend(args.backend)
-        # Imported once the backend is chosen: these import Keras.
-        from training import experiment, strategies  # pylint: disable=import-outside-toplevel
+    select_backend(args.backend)
+    # Imported once the backend is chosen: these import Keras.
+    from training import experiment, strategies  # pylint: disable=import-outside-toplevel
 
-        config = config_lib.load_config(
-            args.config,
-            args.set,
-            **{"runtime.strategy": args.strategy, "runtime.tpu": args.tpu,
-               "input.data_dir": args.data_dir, "model_dir": args.model_dir},
-        )
-        if not config.model_dir:
-            raise ConfigError("model_dir is empty: pass --model_dir DIR or set model_dir.")
-        # Checked before training so that a long run cannot end in these errors.
-        export_model = _export_function(args.export_dir) if args.export_dir else None
-        strategy = strategies.create_strategy(
-            config.runtime.strategy, config.runtime.tpu, config.runtime.worker_start_timeout_seconds
-        )
-        model, results = experiment.run_experiment(config, strategy)
-    except (ConfigError, DataIntegrityError, FolderBusyError, StorageError, StrategyError, BackendError,
-            ExportUnavailableError) as error:
-        print(f"python -m training.train: error: {error}", file=sys.stderr)
-        return 2
+    config = config_lib.load_config(
+        args.config,
+        args.set,
+        **{"runtime.strategy": args.strategy, "runtime.tpu": args.tpu,
+           "input.data_dir": args.data_dir, "model_dir": args.model_dir},
+    )
+    if not config.model_dir:
+        raise ConfigError("model_dir is empty: pass --model_dir DIR or set model_dir.")
+    # Checked before training so that a long run cannot end in these errors.
+    export_model = _export_function(args.export_dir) if args.export_dir else None
+    strategy = strategies.create_strategy(
+        config.runtime.strategy, config.runtime.tpu, config.runtime.worker_start_timeout_seconds
+    )
+    model, results = experiment.run_experiment(config, strategy)
     if export_model is not None:
         from lambda_keras.models.variants import EvalTransform
 

@@ -16,17 +16,18 @@ DIR has no readable manifest.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from typing import Sequence
 
+from lambda_keras import cli
 from lambda_keras.data import manifest
 
 
+@cli.entry_point("python -m training.verify_data")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m training.verify_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("data_dir", help="The TFRecord folder (local or gs://).")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
                         help="Shards read in parallel.")
@@ -34,11 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Also decode every image completely (about a core-hour for ImageNet).")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
-        problems = manifest.verify_shards(args.data_dir, args.num_workers, args.decode_images)
-    except manifest.ManifestError as error:
-        print(f"python -m training.verify_data: error: {error}", file=sys.stderr)
-        return 2
+    problems = manifest.verify_shards(args.data_dir, args.num_workers, args.decode_images)
     for problem in problems:
         print(problem)
     seconds = time.perf_counter() - start

@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
+from lambda_keras.cli import UserError
 from lambda_keras.data import records
 from lambda_keras.data.records import TEMP_MARKER
 
@@ -42,7 +43,7 @@ SCHEMA_VERSION = 1
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest is unreadable, malformed or of another schema version; the message names it."""
 
 

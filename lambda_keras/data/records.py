@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 
 import tensorflow as tf
 
+from lambda_keras.cli import UserError
 IMAGE_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"
 SYNSET_KEY = "image/class/synset"
@@ -48,7 +49,7 @@ RECORD_FRAMING_BYTES = 16
 _SHARD_NAME = re.compile(r"(?P<split>.+)-(?P<index>\d{5})-of-(?P<num_shards>\d{5})")
 
 
-class ShardSetError(ValueError):
+class ShardSetError(UserError, ValueError):
     """A folder holds shards of a split from a set with another shard count."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import keras
 
+from lambda_keras.cli import UserError
 from lambda_keras.models import lambda_resnet
 from lambda_keras.models.variants import ARCHITECTURES
 
@@ -64,7 +65,7 @@ def constructor_arguments(model_config: Mapping[str, Any]) -> tuple[Callable[...
     return lambda_resnet.CONSTRUCTORS[architecture], positional, values
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError, ValueError):
     """An invalid model config; ``key`` is the section at fault ("lambda_layer") or None."""
 
     def __init__(self, message: str, key: str | None = None):

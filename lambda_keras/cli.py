@@ -1,0 +1,82 @@
+"""The one boundary of every command-line tool: a user's mistake is one line, exit 2.
+
+Every `python -m ...` tool of the package (`lambda_keras.convert_timm`, `training.*`,
+`export.*`) decorates its `main(argv)` with `entry_point(prog)` and parses its
+arguments with `ArgumentParser`. Then:
+
+  * an error the user can fix (a subclass of `UserError`, or an `OSError` such as a
+    missing file, a full disk or a denied permission) prints
+    `python -m X: error: <one line>` on stderr and returns 2;
+  * a bad command line does the same (argparse's usage block is left out; `--help`
+    still prints it);
+  * Ctrl-C returns 130 with one line;
+  * anything else is a bug in this package and keeps its traceback.
+
+Importing this module imports neither Keras nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Callable, NoReturn, Sequence
+
+USER_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130
+
+
+class UserError(Exception):
+    """An input, a file or a machine state the user can fix; the message says what to do."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (`prog: error: message`) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {_one_line(message)} (see --help)\n")
+
+
+def entry_point(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Wraps `main(argv) -> exit status` in the boundary described in the module doc."""
+
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def guarded(argv: Sequence[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return INTERRUPTED_EXIT
+            except Exception as error:  # pylint: disable=broad-except
+                message = user_message(error)
+                if message is None:
+                    raise
+                print(f"{prog}: error: {message}", file=sys.stderr)
+                return USER_ERROR_EXIT
+
+        return guarded
+
+    return decorate
+
+
+def user_message(error: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug."""
+    if isinstance(error, UserError):
+        return _one_line(str(error))
+    if isinstance(error, OSError):
+        if error.filename is not None and error.strerror:
+            return _one_line(f"{error.filename}: {error.strerror}")
+        return _one_line(str(error) or type(error).__name__)
+    tf_errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+    # TensorFlow's file system reports a missing or unreadable path (local or gs://) as
+    # these, not as OSError.
+    if tf_errors is not None and isinstance(
+        error, (tf_errors.NotFoundError, tf_errors.PermissionDeniedError, tf_errors.UnavailableError)
+    ):
+        return _one_line(error.message)
+    return None
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "(no message)"
