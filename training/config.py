@@ -15,10 +15,12 @@ mapping before validation; values are parsed as YAML (`0.1`, `true`, `null`, `[1
 
 Validation happens on load, in each section's constructor: an unknown key, a value of
 the wrong type or out of range raises `ConfigError` naming the dotted key
-(`train.warmup_epochs`). Importing this module imports neither TensorFlow nor Keras,
-so the CLI can parse its arguments before choosing the backend and TensorFlow's
-environment variables; loading a config imports Keras (the model rules are the
-library's).
+(`train.warmup_epochs`). Reading is strict where YAML is lax: a key given twice in one
+mapping is refused (PyYAML keeps the last silently), `1e-4` is a number as in YAML 1.2
+(PyYAML's YAML 1.1 reads it as a string), anchors and aliases are refused (`base:` shares
+settings), every number must be finite and every integer fit in 64 bits. Errors are
+`lambda_keras.cli.UserError`s, so importing this module imports the library, and with
+it Keras: `python -m training.train` applies --backend before its imports.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from typing import Any, Literal, Mapping, Sequence, Union
@@ -33,12 +36,14 @@ from typing import Any, Literal, Mapping, Sequence, Union
 import yaml
 
 from training.errors import ConfigError
+from training.errors import check_finite_numbers
 from training.errors import fail as _fail
-from training.input_config import InputConfig
+from training.input_config import MAX_SEED, InputConfig
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 STRATEGIES = ("auto", "tpu", "gpu", "multiworker", "cpu")
+_INT64_LIMIT = 2**63
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -123,7 +128,8 @@ class TrainConfig:
     keep_backup: keep the backup after training, so rerunning a finished job only
       evaluates (instead of training from scratch).
     tensorboard_update_freq: "epoch" or a number of steps between TensorBoard writes.
-    seed: seed of Keras' initializers and random layers; null for a random one.
+    seed: seed of Keras' initializers and random layers, in [0, 2**32 - 1]; null for a
+      random one.
     """
 
     epochs: int = 90
@@ -148,6 +154,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        check_finite_numbers("train", self)
         for name in ("epochs", "train_examples", "validation_freq",
                      "learning_rate_base_batch"):
             if getattr(self, name) < 1:
@@ -160,7 +167,7 @@ class TrainConfig:
             _fail("train.base_learning_rate", self.base_learning_rate, "must be > 0")
         if not 0 <= self.warmup_epochs < self.epochs:
             _fail("train.warmup_epochs", self.warmup_epochs,
-                  f"must be in [0, epochs={self.epochs})")
+                  f"must be in [0, train.epochs={self.epochs})")
         if not 0 <= self.momentum < 1:
             _fail("train.momentum", self.momentum, "must be in [0, 1)")
         if self.weight_decay < 0:
@@ -169,6 +176,8 @@ class TrainConfig:
             _fail("train.label_smoothing", self.label_smoothing, "must be in [0, 1)")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             _fail("train.ema_decay", self.ema_decay, "must be in [0, 1) or null")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            _fail("train.seed", self.seed, f"must be in [0, {MAX_SEED}] or null")
         if isinstance(self.tensorboard_update_freq, int) and self.tensorboard_update_freq < 1:
             _fail("train.tensorboard_update_freq", self.tensorboard_update_freq,
                   'must be "epoch" or a positive number of steps')
@@ -277,7 +286,11 @@ def load_config(
         key, separator, text = override.partition("=")
         if not separator or not key.strip():
             raise ConfigError(f"--set {override!r}: expected key=value, e.g. train.epochs=10")
-        _set_dotted(values, key.strip(), yaml.safe_load(text))
+        try:
+            value = load_yaml(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {override!r}: the value is not valid YAML: {error}") from None
+        _set_dotted(values, key.strip(), value)
     for key, value in flag_overrides.items():
         if value is not None:
             _set_dotted(values, key, value)
@@ -356,11 +369,15 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         _fail(key, value, "must be true or false")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if -_INT64_LIMIT <= value < _INT64_LIMIT:
+                return value
+            _fail(key, value, "must fit in 64 bits")
         _fail(key, value, "must be an integer")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            if abs(value) < _INT64_LIMIT and math.isfinite(value):
+                return float(value)
+            _fail(key, value, "must be a finite number")
         _fail(key, value, "must be a number")
     if hint is str:
         if isinstance(value, str):
@@ -388,7 +405,9 @@ def _read_with_bases(name_or_path: str, seen: tuple[str, ...]) -> dict[str, Any]
         raise ConfigError(f"Config {path} inherits from itself through `base:` ({seen}).")
     try:
         with open(path, encoding="utf-8") as file:
-            values = yaml.safe_load(file) or {}
+            values = load_yaml(file.read()) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"Config {path} is not UTF-8 text (byte {error.start}).") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"Config {path} is not valid YAML: {error}") from None
     if not isinstance(values, dict):
@@ -403,6 +422,51 @@ def _read_with_bases(name_or_path: str, seen: tuple[str, ...]) -> dict[str, Any]
     else:
         parent = os.path.join(os.path.dirname(path), base)
     return _merge(_read_with_bases(parent, seen + (path,)), values)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1's surprises (see the module doc)."""
+
+    def compose_node(self, parent, index):  # noqa: D102 (PyYAML's hook)
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"alias *{event.anchor} {event.start_mark}: anchors and aliases are not "
+                                 "supported in configs; use `base:` to share settings")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: D102 (PyYAML's hook)
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.YAMLError(f"key {key!r} is given twice in one mapping {key_node.start_mark}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2's floats: `1e-4` and `1E+3` as well as `1.0e-4`.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parses config YAML strictly (see the module doc).
+
+    Raises:
+      yaml.YAMLError: invalid YAML, a duplicate key, or an alias.
+    """
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _resolve_path(name_or_path: str) -> str:
@@ -429,6 +493,8 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {key}: a dotted key needs a name between every two dots, e.g. train.epochs.")
     node = values
     for part in parts[:-1]:
         child = node.setdefault(part, {})

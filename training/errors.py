@@ -1,7 +1,9 @@
-"""The errors the training CLI reports as one line (exit status 2), importable without Keras."""
+"""The errors the training tools report as one line (exit status 2), and the shared value checks."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -28,3 +30,13 @@ class StrategyError(UserError, RuntimeError):
 def fail(key: str, value: Any, requirement: str) -> typing.NoReturn:
     """Raises ``ConfigError("Invalid config <key>=<value>: <requirement>.")``."""
     raise ConfigError(f"Invalid config {key}={value!r}: {requirement}.")
+
+
+def check_finite_numbers(section: str, config: Any) -> None:
+    """Fails on the first float field (or float in a tuple field) of a config dataclass
+    that is NaN or infinite: no rate, size or range of a run may be."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+            fail(f"{section}.{field.name}", value, "must be finite")

@@ -12,9 +12,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from training.errors import ConfigError, fail
+from training.errors import ConfigError, check_finite_numbers, fail
 
 SOURCES = ("tfrecord", "tfds")
+# Bounds that catch a typo before any work: 4096 px is 16x the paper's largest input,
+# 2**20 images the largest batch in the large-batch literature; seeds reach NumPy's
+# 32-bit legacy generator.
+MAX_IMAGE_SIZE = 4096
+MAX_GLOBAL_BATCH_SIZE = 2**20
+MAX_SEED = 2**32 - 1
 SPLITS = ("train", "validation", "minival")
 
 # The label offset each source needs to map its stored labels onto 0..num_classes-1:
@@ -170,6 +176,8 @@ class InputConfig:
         def fail_field(name: str, requirement: str) -> None:
             fail(f"input.{name}", getattr(self, name), requirement)
 
+        check_finite_numbers("input", self)
+
         if self.source not in SOURCES:
             fail_field("source", f"must be one of {SOURCES}")
         if self.source == "tfrecord" and not self.data_dir:
@@ -189,6 +197,18 @@ class InputConfig:
         for name in ("minival_num_shards", "eval_crop_padding"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail_field(name, "must be a non-negative integer")
+        if self.image_size > MAX_IMAGE_SIZE:
+            fail_field("image_size", f"must be at most {MAX_IMAGE_SIZE} pixels")
+        # The evaluation crop keeps image_size / (image_size + padding) of the shorter
+        # side: at least half of it.
+        if self.eval_crop_padding > self.image_size:
+            fail_field("eval_crop_padding", f"must be at most input.image_size={self.image_size} (the centre crop keeps "
+                                            "image_size / (image_size + padding) of the shorter side)")
+        for name in ("global_batch_size", "eval_global_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) > MAX_GLOBAL_BATCH_SIZE:
+                fail_field(name, f"must be at most {MAX_GLOBAL_BATCH_SIZE}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
+            fail_field("seed", f"must be in [0, {MAX_SEED}] or null")
         if self.eval_interpolation not in ("bilinear", "bicubic"):
             fail_field("eval_interpolation", 'must be "bilinear" or "bicubic"')
         if not isinstance(self.eval_resize_first, bool):

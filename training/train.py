@@ -50,12 +50,23 @@ import sys
 import tempfile
 from typing import Sequence
 
-from lambda_keras import cli
-from lambda_keras.cli import UserError
-from training import config as config_lib
-from training.errors import ConfigError
-
 BACKENDS = ("tensorflow", "jax")
+
+if __name__ == "__main__":
+    # Keras and TensorFlow read KERAS_BACKEND and TF_ENABLE_ONEDNN_OPTS once, when first
+    # imported, and the imports below import them: --backend is applied first.
+    _early_parser = argparse.ArgumentParser(add_help=False)
+    _early_parser.add_argument("--backend")
+    _early_backend = _early_parser.parse_known_args()[0].backend
+    if _early_backend in BACKENDS:  # anything else is refused by parse_args
+        os.environ["KERAS_BACKEND"] = _early_backend
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+from lambda_keras import cli  # noqa: E402
+from lambda_keras.cli import UserError  # noqa: E402
+from training import config as config_lib  # noqa: E402
+from training.errors import ConfigError  # noqa: E402
+
 PROG = "python -m training.train"
 
 
