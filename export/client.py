@@ -15,8 +15,10 @@ DT_STRING tensor [batch] (tensorflow_serving/apis/predict.proto). gRPC needs
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
+import math
 import sys
 import urllib.error
 import urllib.request
@@ -27,6 +29,10 @@ from lambda_keras import cli
 
 SIGNATURE = "serving_default"
 INPUT_KEY = "image_bytes"
+
+
+class ServerError(cli.UserError, RuntimeError):
+    """The server refused the request or answered something that is not a prediction."""
 
 
 def rest_url(server: str, model: str, version: int | None = None) -> str:
@@ -57,13 +63,16 @@ def parse_rest_response(body: dict[str, Any]) -> list[dict[str, Any]]:
     ...}, ...]}; columnar ones {"outputs": {"probabilities": [[...], ...], ...}}.
 
     Raises:
-      RuntimeError: the server answered {"error": ...}.
+      ServerError (a RuntimeError): the server answered {"error": ...}, or something
+        that is neither form.
     """
-    if "error" in body:
-        raise RuntimeError(body["error"])
-    if "predictions" in body:
+    if isinstance(body, dict) and "error" in body:
+        raise ServerError(body["error"])
+    if isinstance(body, dict) and isinstance(body.get("predictions"), list):
         return list(body["predictions"])
-    outputs = body["outputs"]
+    outputs = body.get("outputs") if isinstance(body, dict) else None
+    if not isinstance(outputs, dict) or not outputs or not all(isinstance(value, list) for value in outputs.values()):
+        raise ServerError(f"the answer is not a TF Serving prediction: {json.dumps(body)[:200]}")
     count = len(next(iter(outputs.values())))
     return [{key: value[index] for key, value in outputs.items()} for index in range(count)]
 
@@ -75,11 +84,14 @@ def rest_predict(server: str, model: str, images: Sequence[bytes], version: int 
     request = urllib.request.Request(rest_url(server, model, version), data=data,
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return parse_rest_response(json.load(response))
-    except urllib.error.HTTPError as error:
-        # TF Serving puts the reason (e.g. "The image could not be decoded") in the body.
-        return parse_rest_response(json.load(error))
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return parse_rest_response(json.load(response))
+        except urllib.error.HTTPError as error:
+            # TF Serving puts the reason (e.g. "The image could not be decoded") in the body.
+            return parse_rest_response(json.load(error))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ServerError(f"{request.full_url} did not answer JSON: is it a TF Serving REST port?") from None
 
 
 def grpc_request(model: str, images: Sequence[bytes], signature_name: str = SIGNATURE,
@@ -124,7 +136,7 @@ def grpc_predict(target: str, model: str, images: Sequence[bytes], version: int 
         try:
             response = stub.Predict(grpc_request(model, images, version=version), timeout)
         except grpc.RpcError as error:
-            raise RuntimeError(f"{error.code().name}: {error.details()}") from error
+            raise ServerError(f"{error.code().name}: {error.details()}") from None
     return parse_grpc_response(response)
 
 
@@ -134,15 +146,37 @@ def format_prediction(name: str, prediction: dict[str, Any]) -> str:
     return f"{name}: " + ", ".join(f"{label} ({float(score):.3f})" for label, score in pairs)
 
 
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, not {text!r}")
+    return text
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return int(text)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return seconds
+
+
 @cli.entry_point("python -m export.client")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="python -m export.client", description=__doc__.split("\n")[0])
     server = parser.add_mutually_exclusive_group(required=True)
-    server.add_argument("--rest", help="REST server, e.g. http://localhost:8501")
+    server.add_argument("--rest", type=_http_url, help="REST server, e.g. http://localhost:8501")
     server.add_argument("--grpc", help="gRPC server, e.g. localhost:8500")
     parser.add_argument("--model", required=True, help="model name on the server")
-    parser.add_argument("--version", type=int, help="default: the server's latest version")
-    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--version", type=_positive_int, help="default: the server's latest version")
+    parser.add_argument("--timeout", type=_positive_seconds, default=30.0, help="seconds (default 30)")
     parser.add_argument("images", nargs="+", help="JPEG or PNG files")
     args = parser.parse_args(argv)
     missing = [path for path in args.images if not Path(path).is_file()]
@@ -150,14 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m export.client: error: no such image file: {', '.join(missing)}", file=sys.stderr)
         return 2
     images = [Path(path).read_bytes() for path in args.images]
-    try:
-        if args.rest:
-            predictions = rest_predict(args.rest, args.model, images, args.version, args.timeout)
-        else:
-            predictions = grpc_predict(args.grpc, args.model, images, args.version, args.timeout)
-    except (RuntimeError, OSError) as error:
-        print(f"python -m export.client: error: {error}", file=sys.stderr)
-        return 1
+    if args.rest:
+        predictions = rest_predict(args.rest, args.model, images, args.version, args.timeout)
+    else:
+        predictions = grpc_predict(args.grpc, args.model, images, args.version, args.timeout)
     for path, prediction in zip(args.images, predictions):
         print(format_prediction(path, prediction))
     return 0

@@ -57,6 +57,7 @@ import tensorflow as tf
 from lambda_keras import cli
 from lambda_keras.cli import UserError
 from lambda_keras.data import preprocessing
+from lambda_keras.models.finite_weights import non_finite_weights
 from lambda_keras.models.variants import EvalTransform, published_eval_transform
 
 SERVING_DEFAULT = "serving_default"
@@ -182,12 +183,17 @@ def export_model(
       The version directory that was written (a ``Path``; a ``str`` for a URL).
 
     Raises:
-      ExportError: the version exists, the path holds no model, or an argument does
-        not fit the model. Nothing is left behind on any error.
+      ExportError: the version exists, the path holds no model, a weight is not
+        finite, or an argument does not fit the model. Nothing is left behind on any
+        error.
     """
     run_config: dict[str, Any] = {}
     if not isinstance(model, keras.Model):
         model, run_config = load_model(model, checkpoint)
+    diverged = non_finite_weights(model)
+    if diverged:
+        raise ExportError(f"{len(diverged)} weight(s) of the model are NaN or infinite, the first {diverged[0]}: "
+                          "its training diverged; export a checkpoint from before the divergence.")
     if eval_transform is None and "eval_interpolation" in run_config:  # a training model_dir's
         eval_transform = EvalTransform(run_config["image_size"], run_config["eval_crop_padding"],
                                        run_config["eval_interpolation"], run_config["eval_resize_first"])
@@ -290,7 +296,13 @@ def load_model(path: str | os.PathLike, checkpoint: str = "last") -> tuple[keras
         if config_path.exists():
             import yaml  # pylint: disable=import-outside-toplevel
 
-            run_config = (yaml.safe_load(config_path.read_text()) or {}).get("input", {})
+            try:
+                run_config = (yaml.safe_load(config_path.read_text("utf-8")) or {}).get("input", {})
+                if not isinstance(run_config, dict):
+                    raise AttributeError("its input section is not a mapping")
+            except (yaml.YAMLError, UnicodeDecodeError, AttributeError) as error:
+                raise ExportError(f"{config_path} is not the config.yaml a training run writes "
+                                  f"({type(error).__name__}); restore it or export the .keras file.") from None
         if checkpoint not in ("last", "best"):
             raise ExportError(f"checkpoint must be last or best, not {checkpoint!r}.")
         path = path / "checkpoints" / f"{checkpoint}.keras"

@@ -65,7 +65,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
       CheckpointError: an unreadable or truncated file (naming the cut-off tensor), a
-        ``.pth`` without torch, or a tensor that is not floating point.
+        ``.pth`` without torch, or a tensor that is not floating point or not finite.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -82,6 +82,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             continue
         if array.dtype.type not in FLOAT_DTYPES:
             raise CheckpointError(f"Tensor {name!r} in {path!r} has dtype {array.dtype}, not a float type.")
+        if not np.isfinite(array).all():
+            raise CheckpointError(f"Tensor {name!r} in {path!r} holds NaN or infinite values: the checkpoint is "
+                                  "of a diverged run or damaged.")
         state[name] = np.asarray(array, np.float32)
     return state
 

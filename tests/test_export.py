@@ -456,6 +456,24 @@ def test_cli_refuses_a_damaged_keras_file_in_one_line(exported, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_a_model_with_non_finite_weights_is_refused_in_one_line(exported, tmp_path, capsys, bad_value):
+    """A diverged run's checkpoint would serve NaN scores: the export names a bad weight."""
+    model, _, _ = exported
+    diverged = keras.models.clone_model(model)
+    diverged.set_weights(model.get_weights())
+    moving_variance = next(weight for weight in diverged.weights if "moving_variance" in weight.path)
+    values = keras.ops.convert_to_numpy(moving_variance.value).copy()
+    values[0] = bad_value
+    moving_variance.assign(values)
+    path = tmp_path / "diverged.keras"
+    diverged.save(path)
+    assert saved_model.main(["--model", str(path), "--output", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "NaN or infinite, the first " + moving_variance.path in error[0], error
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_names_the_image_that_cannot_be_decoded(exported, images, tmp_path, capsys):
     from export import predict
 

@@ -149,3 +149,18 @@ def test_export_serves_with_the_timm_transform(tmp_path):
     # ... which the paper recipe's transform would not give.
     recipe = classifier(preprocessing.preprocess_decoded_for_eval(image, 256)[None])
     assert np.abs(np.asarray(recipe) - np.asarray(expected)).max() > 1e-3
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_checkpoint_with_a_non_finite_tensor_is_refused_naming_it(tmp_path, capsys, bad_value):
+    from safetensors.numpy import save_file
+
+    tensors = {"stem.conv1.conv.weight": np.ones((24, 3, 3, 3), np.float32),
+               "stem.conv1.bn.running_var": np.ones((24,), np.float32)}
+    tensors["stem.conv1.bn.running_var"][5] = bad_value
+    checkpoint = tmp_path / "model.safetensors"
+    save_file(tensors, str(checkpoint))
+    status, error = _convert(checkpoint, "lambda_resnet26t", tmp_path / "out.weights.h5", capsys)
+    assert status == 2 and len(error.strip().splitlines()) == 1
+    assert "'stem.conv1.bn.running_var'" in error and "NaN or infinite" in error
+    assert not (tmp_path / "out.weights.h5").exists()

@@ -202,8 +202,8 @@ class InputConfig:
         # The evaluation crop keeps image_size / (image_size + padding) of the shorter
         # side: at least half of it.
         if self.eval_crop_padding > self.image_size:
-            fail_field("eval_crop_padding", f"must be at most input.image_size={self.image_size} (the centre crop keeps "
-                                            "image_size / (image_size + padding) of the shorter side)")
+            fail_field("eval_crop_padding", f"must be at most input.image_size={self.image_size} (the centre "
+                                            "crop keeps image_size / (image_size + padding) of the shorter side)")
         for name in ("global_batch_size", "eval_global_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) > MAX_GLOBAL_BATCH_SIZE:
                 fail_field(name, f"must be at most {MAX_GLOBAL_BATCH_SIZE}")
