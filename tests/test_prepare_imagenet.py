@@ -144,7 +144,7 @@ def test_summary_reports_reencoded_and_unreadable(imagenet_dir, tmp_path):
     train = summaries["train"]
     assert train.images_written == 3 * TRAIN_PER_CLASS + 2
     assert train.reencoded == {"png": 1, "cmyk": 1}
-    assert [os.path.basename(p) for p in train.unreadable] == ["n01484850_broken.JPEG"]
+    assert [os.path.basename(line.split(":")[0]) for line in train.skipped] == ["n01484850_broken.JPEG"]
     assert (train.shards_written, train.shards_already_complete) == (2, 0)
     assert summaries["validation"].images_written == NUM_VALIDATION
     text = prepare_imagenet.format_summary(summaries)
