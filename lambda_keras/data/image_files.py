@@ -102,9 +102,13 @@ def declared_pixels(data: bytes, name: str) -> tuple[int, int, str, str]:
       UnreadableImageError: PIL knows no such format, or the header is damaged.
       TooLargeImageError: it declares more than `MAX_PIXELS` pixels.
     """
+    if not data:
+        raise UnreadableImageError(f"{name}: empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             height, width, image_format, mode = image.height, image.width, image.format, image.mode
+    except Image.UnidentifiedImageError:
+        raise UnreadableImageError(f"{name}: not an image (no known image format)") from None
     except Image.DecompressionBombError as error:
         raise TooLargeImageError(f"{name}: too large ({error})") from error
     except (OSError, SyntaxError, ValueError) as error:
