@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -105,8 +106,11 @@ def declared_pixels(data: bytes, name: str) -> tuple[int, int, str, str]:
     if not data:
         raise UnreadableImageError(f"{name}: empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            height, width, image_format, mode = image.height, image.width, image.format, image.mode
+        # PIL's own warning (above 89 MP) would repeat what the size check says below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                height, width, image_format, mode = image.height, image.width, image.format, image.mode
     except Image.UnidentifiedImageError:
         raise UnreadableImageError(f"{name}: not an image (no known image format)") from None
     except Image.DecompressionBombError as error:
