@@ -290,3 +290,44 @@ def test_converter_refuses_in_one_line_or_writes_the_right_labels_and_pixels(
         written[name] = label
     # Every acceptable image is written once; every other one is skipped.
     assert sorted(written) == sorted(name for name, (_, pixels, _) in expected.items() if pixels is not None)
+
+
+def _jpeg_with_thumbnail(seed: int, progressive: bool, thumbnail: bool) -> bytes:
+    """A 24 x 32 JPEG; with `thumbnail`, an APP1 segment holding a whole 8 x 8 JPEG (as
+    EXIF thumbnails do), whose own end marker must not count as the image's."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    main, small = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).save(main, format="JPEG", quality=90, progressive=progressive)
+    if not thumbnail:
+        return main.getvalue()
+    Image.fromarray(pixels[:8, :8]).save(small, format="JPEG")
+    segment = b"Exif\0\0" + small.getvalue()
+    return main.getvalue()[:2] + b"\xff\xe1" + (len(segment) + 2).to_bytes(2, "big") + segment + main.getvalue()[2:]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 1000), progressive=st.booleans(), thumbnail=st.booleans(),
+       cut=st.floats(0.0, 1.0), trailer=st.binary(max_size=300))
+def test_the_graph_check_the_converter_and_the_decoder_agree_on_where_a_jpeg_ends(
+        seed, progressive, thumbnail, cut, trailer):
+    """`preprocessing.is_decodable_jpeg` (the training reader's check), `image_files.jpeg_end`
+    (the converter's) and TensorFlow's decoder accept the same files: a whole JPEG with
+    any trailer, and no JPEG cut short anywhere. (The graph check takes an end marker in
+    the last 64 bytes on trust; a file cut just after an EXIF thumbnail's end marker
+    passes that, and its header read then fails, which the reader counts as a refusal.)"""
+    from lambda_keras.data import image_files, preprocessing  # pylint: disable=import-outside-toplevel
+
+    whole = _jpeg_with_thumbnail(seed, progressive, thumbnail)
+    data = whole[: int(len(whole) * cut)] if cut < 1.0 else whole + trailer
+    try:
+        tf.io.decode_jpeg(data, channels=3)
+        decodes = True
+    except tf.errors.InvalidArgumentError:
+        decodes = False
+    end = image_files.jpeg_end(data)
+    try:
+        graph_accepts = bool(preprocessing.is_decodable_jpeg(tf.constant(data)))
+    except tf.errors.InvalidArgumentError:  # a header that does not read
+        graph_accepts = False
+    assert graph_accepts is decodes is (end is not None)
+    assert end is None or data[:end] == whole

@@ -8,12 +8,17 @@ Usage:
 Input layout (ILSVRC2012 as extracted from the official tars):
   DIR/train/<synset>/*.JPEG           training images, one folder per class
   DIR/val/*.JPEG (or DIR/validation/) validation images
-  DIR/synset_labels.txt               the validation synsets, either one per line in
-                                      the sorted order of the validation file names
-                                      (the imagenet_to_gcs file) or "<file> <synset>"
-                                      per line, or Kaggle's LOC_val_solution.csv
+  DIR/synset_labels.txt               the validation labels, matched to the files by
+                                      name (`read_validation_labels`): "<file> <synset>"
+                                      per line, Kaggle's LOC_val_solution.csv
                                       ("ImageId,PredictionString", the first synset of
-                                      each row); --validation_labels overrides the path
+                                      each row), or one synset per line (the
+                                      imagenet_to_gcs file: line k labels the k-th
+                                      sorted file name, ILSVRC2012_val_0000000k);
+                                      --validation_labels overrides the path
+Entries whose name starts with "." (.ipynb_checkpoints, .DS_Store) and files not named
+.jpeg/.jpg/.png are ignored and listed in the summary; a folder directly in train/ is
+a class.
 
 Output (what `training.input_pipeline` reads with source "tfrecord"):
   OUT/train-00000-of-01024 ... OUT/validation-00127-of-00128, tf.Examples in the
@@ -24,18 +29,29 @@ Output (what `training.input_pipeline` reads with source "tfrecord"):
   every shard's record count, size and SHA-256 and the label map
   (`lambda_keras.data.manifest`), against which the trainer checks the shards.
 
-Training images are shuffled (with --seed) before sharding, as in the reference. PNG
-files saved as .JPEG and CMYK or other non-RGB JPEGs are re-encoded as RGB JPEG
-(quality 100, like the reference); unreadable files are skipped and listed in the
-summary. Each shard is written under a temporary name that no shard pattern matches
+The whole plan is checked before the output folder is touched (`survey`): the folders
+and the labels file exist, the labels file labels exactly the validation images present
+(the first mismatch is named), every image is decoded once under the acceptance rule of
+`lambda_keras.data.image_files` (what TensorFlow decodes, at most 50 MP), every class
+folder and split keeps an accepted image, and each split has at least as many accepted
+images as shards. A refusal is one line with exit status 2 and writes nothing, so the
+corrected command runs. Files the rule refuses (unreadable, cut short, too large, a
+FIFO, socket, folder or broken link named like an image) are skipped and listed.
+
+Training images are shuffled (with --seed) before sharding, as in the reference. A JPEG
+in RGB or grey is stored as its own bytes up to its end marker (a trailer after it is
+dropped); any other image (PNG, 16-bit, palette, alpha, CMYK) is converted to 8-bit RGB
+(`image_files.rgb8_pixels`) and re-encoded as JPEG (quality 100, 4:4:4). Each shard is
+written under a temporary name that no shard pattern matches
 (`.tmp-train-00004-of-01024-<id>`) and renamed when complete, so a shard file that
 exists is complete: a rerun skips it (resume) and deletes temporary files left by an
 interrupted run. A rerun with other shard counts, or with another --seed or set of input
-images (OUT/conversion_plan.json records what decides the shard contents), is refused:
-two sets of shards would be read together. A second conversion into the same folder while
-one runs is refused (`training.folder_lock`). The manifest is removed at the start and
-written once all shards exist, so a folder has one only when its conversion finished. Shards are converted by parallel
-worker threads (PIL and the TFRecord writer release the GIL for the heavy work).
+images (OUT/conversion_plan.json records what decides the shard contents), is refused
+when that split has shards on disk: two sets of shards would be read together. A second
+conversion into the same folder while one runs is refused (`training.folder_lock`). The
+manifest is removed at the start and written once all shards exist, so a folder has one
+only when its conversion finished. Images are checked and shards converted by parallel
+worker threads (the decoders and the TFRecord writer release the GIL for the heavy work).
 """
 
 from __future__ import annotations

@@ -81,29 +81,28 @@ def is_complete_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
 
 def _has_eoi_after_first_scan(image_bytes: tf.Tensor) -> tf.Tensor:
     """Scalar tf.bool: FF D9 follows the first SOS marker, found by walking the marker
-    segments from offset 2 by their length fields (`image_files.jpeg_end` in graph ops)."""
-    data = tf.cast(tf.io.decode_raw(image_bytes, tf.uint8), tf.int32)
-    size = tf.size(data)
-    padded = tf.concat([data, tf.zeros([4], tf.int32)], 0)  # reads past the end stay in range
+    segments from offset 2 by their length fields (`image_files.jpeg_end` in graph ops).
+    Only the few header bytes of each segment are read; the search after the scan is a
+    string split, which is fast on a trailer of megabytes."""
+    size = tf.strings.length(image_bytes)
 
     def walking(position, scan_start):
         return tf.logical_and(scan_start < 0, position + 4 <= size)
 
     def step(position, scan_start):
-        is_marker = tf.equal(padded[position], 0xFF)
-        marker = padded[position + 1]
-        segment = 2 + padded[position + 2] * 256 + padded[position + 3]
+        fields = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, position, 4), tf.uint8), tf.int32)
+        is_marker, marker = tf.equal(fields[0], 0xFF), fields[1]
         standalone = tf.reduce_any(tf.equal(marker, _STANDALONE_MARKERS))
-        advance = tf.where(tf.equal(marker, 0xFF), 1, tf.where(standalone, 2, segment))
+        advance = tf.where(tf.equal(marker, 0xFF), 1, tf.where(standalone, 2, 2 + fields[2] * 256 + fields[3]))
         # Not a marker where one must be: stop, at the end, without a scan.
         next_position = tf.where(is_marker, position + advance, size)
         found = tf.logical_and(is_marker, tf.equal(marker, 0xDA))
         return tf.where(found, position, next_position), tf.where(found, position, scan_start)
 
     _, scan_start = tf.while_loop(walking, step, (tf.constant(2), tf.constant(-1)))
-    after = padded[tf.maximum(scan_start, 0) + 2 : size]
-    has_eoi = tf.reduce_any(tf.logical_and(tf.equal(after[:-1], 0xFF), tf.equal(after[1:], 0xD9)))
-    return tf.logical_and(scan_start >= 0, has_eoi)
+    after_scan = tf.strings.substr(image_bytes, tf.minimum(tf.maximum(scan_start, 0) + 2, size), size)
+    parts = tf.strings.split(tf.reshape(after_scan, [1]), sep=b"\xff\xd9", maxsplit=1)
+    return tf.logical_and(scan_start >= 0, tf.size(parts.flat_values) > 1)
 
 
 def is_complete_png(image_bytes: tf.Tensor) -> tf.Tensor:
