@@ -334,6 +334,32 @@ def test_jpeg_failing_mid_decode_is_named_by_verify_data_and_ends_the_run_in_one
     assert f"python -m training.verify_data {digits} --decode_images` names its record" in error[-1]
 
 
+def test_trailing_bytes_are_accepted_by_every_reader_and_truncation_by_none(tmp_path, capfd):
+    """One rule (lambda_keras.data.image_files): bytes after a JPEG's or PNG's end (a
+    phone's trailer, a motion photo's video) decode in TensorFlow, so the training
+    reader, verify_data and serving accept them; a truncated file is refused by all."""
+    from lambda_keras.data import image_files, preprocessing  # pylint: disable=import-outside-toplevel
+
+    trailer = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20  # no FF D9 near the end
+    with_trailer, plain, truncated = jpeg(1) + trailer, jpeg(2), jpeg(3)[:400]
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(png, format="PNG")
+    for image, accepted in ((with_trailer, True), (png.getvalue() + trailer, True), (truncated, False)):
+        assert bool(preprocessing.is_servable_image(tf.constant(image))) is accepted
+        assert (image_files.jpeg_end(image) is not None) is (accepted and image[:2] == b"\xff\xd8")
+    np.testing.assert_array_equal(tf.io.decode_jpeg(with_trailer), tf.io.decode_jpeg(jpeg(1)))
+
+    shard = tmp_path / "validation-00000-of-00001"
+    write_shard(shard, [example(with_trailer, 1), example(plain, 2), example(truncated, 3),
+                        example(b"GIF89a not a JPEG", 4)])
+    labels, counter = read_validation(small_config(tmp_path, global_batch_size=2))
+    np.testing.assert_array_equal(labels, [0, 1])  # the trailer's record is read, not skipped
+    assert counter.count == 2
+    problems = records.undecodable_images(str(shard))
+    assert [problem.split(": ", 1)[1].split(" (")[0] for problem in problems] == ["record 2", "record 3"]
+    assert "not a complete JPEG" in problems[1]
+
+
 # ---------------------------------------------------------------- 4. converter killed mid-way
 
 

@@ -144,7 +144,7 @@ def test_summary_reports_reencoded_and_unreadable(imagenet_dir, tmp_path):
     train = summaries["train"]
     assert train.images_written == 3 * TRAIN_PER_CLASS + 2
     assert train.reencoded == {"png": 1, "cmyk": 1}
-    assert [os.path.basename(p) for p in train.unreadable] == ["n01484850_broken.JPEG"]
+    assert [os.path.basename(line.split(":")[0]) for line in train.skipped] == ["n01484850_broken.JPEG"]
     assert (train.shards_written, train.shards_already_complete) == (2, 0)
     assert summaries["validation"].images_written == NUM_VALIDATION
     text = prepare_imagenet.format_summary(summaries)
@@ -253,3 +253,188 @@ def test_full_disk_fails_in_one_line_and_leaves_only_complete_shards(imagenet_di
     assert 0 < len(shards) < 8
     for name in shards:  # every shard left is complete: each of its records reads
         assert sum(1 for _ in tf.data.TFRecordDataset(str(output / name))) >= 2
+
+
+# ---------------------------------------------------------------- the plan is checked before the first write
+
+
+def run(input_dir, output, *extra):
+    """main() with two training and one validation shard unless `extra` overrides them."""
+    return prepare_imagenet.main(["--input", str(input_dir), "--output", str(output), "--num_workers", "1",
+                                  "--train_shards", "2", "--validation_shards", "1", *extra])
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("python -m training.prepare_imagenet: error: "), err
+    return err
+
+
+def test_every_training_image_unreadable_is_refused_before_writing(imagenet_dir, tmp_path, capsys):
+    input_dir, _ = imagenet_dir
+    for path in (tmp_path / "imagenet" / "train").glob("*/*"):
+        path.write_bytes(b"not an image")
+    output = tmp_path / "out"
+    assert run(input_dir, output) == 2
+    assert "Class folder" in one_error_line(capsys) and not output.exists()
+
+
+def test_too_many_validation_shards_are_refused_before_writing_and_the_corrected_rerun_runs(
+        imagenet_dir, tmp_path, capsys):
+    input_dir, _ = imagenet_dir
+    output = tmp_path / "out"
+    assert run(input_dir, output, "--validation_shards", str(NUM_VALIDATION + 1)) == 2
+    assert f"{NUM_VALIDATION} readable validation images cannot fill {NUM_VALIDATION + 1} shards" in (
+        one_error_line(capsys))
+    assert not output.exists()
+    assert run(input_dir, output, "--validation_shards", str(NUM_VALIDATION)) == 0
+
+
+def test_a_plan_change_in_a_split_without_shards_resumes(imagenet_dir, tmp_path):
+    """conversion_plan.json refuses only what would mix with shards on disk: a run that
+    stopped after its training shards resumes with another validation shard count."""
+    input_dir, _ = imagenet_dir
+    output = tmp_path / "out"
+    assert run(input_dir, output) == 0
+    train_shards = {p.name: p.read_bytes() for p in output.glob("train-*")}
+    for path in [*output.glob("validation-*"), output / "manifest.json"]:
+        path.unlink()
+    assert run(input_dir, output, "--validation_shards", "2") == 0
+    assert {p.name: p.read_bytes() for p in output.glob("train-*")} == train_shards
+    assert sorted(p.name for p in output.glob("validation-*")) == [
+        "validation-00000-of-00002", "validation-00001-of-00002"]
+
+
+def test_a_missing_validation_image_is_refused_not_shifted(imagenet_dir, tmp_path, capsys):
+    input_dir, _ = imagenet_dir
+    os.remove(os.path.join(input_dir, "val", "ILSVRC2012_val_00000003.JPEG"))
+    assert run(input_dir, tmp_path / "out") == 2
+    assert "line 3 labels validation image number 3, which is not in" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "has no label for"),
+    ("extra", "line 7 labels 'ILSVRC2012_val_00000099.JPEG', which is not an image"),
+    ("duplicated", "labels 'ILSVRC2012_val_00000001.JPEG' twice (lines 1 and 7)"),
+])
+def test_file_synset_labels_must_label_exactly_the_images_present(imagenet_dir, tmp_path, capsys, damage, message):
+    input_dir, expected = imagenet_dir
+    rows = [f"{name} {SYNSETS[expected[name][1] - 1]}" for name in sorted(expected) if name.startswith("ILSVRC")]
+    rows = {"missing": rows[:-1], "extra": rows + [f"ILSVRC2012_val_00000099.JPEG {SYNSETS[0]}"],
+            "duplicated": rows + rows[:1]}[damage]
+    (tmp_path / "labels.txt").write_text("\n".join(rows) + "\n")
+    assert run(input_dir, tmp_path / "out", "--validation_labels", str(tmp_path / "labels.txt")) == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_odd_names_hidden_and_non_image_entries(imagenet_dir, tmp_path):
+    """Names with spaces and unicode are labelled by name ("<file> <synset>" lines, in any
+    order); hidden folders and files and non-image names are ignored and listed."""
+    input_dir, expected = imagenet_dir
+    root = tmp_path / "imagenet"
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    save(expected["n01440764_0.JPEG"][0], root / "train" / ".ipynb_checkpoints" / "copy.JPEG")
+    (root / "train" / SYNSETS[0] / "notes.txt").write_text("not an image")
+    (root / "val" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    validation = sorted(name for name in expected if name.startswith("ILSVRC"))
+    renamed = {name: f"ünï code {i}.JPEG" for i, name in enumerate(validation)}
+    for old, new in renamed.items():
+        os.rename(root / "val" / old, root / "val" / new)
+    (root / "synset_labels.txt").write_text("".join(
+        f"{renamed[name]}\t{SYNSETS[expected[name][1] - 1]}\n" for name in reversed(validation)))
+    summaries = prepare_imagenet.convert(input_dir, str(tmp_path / "out"), 2, 1, num_workers=1)
+    assert manifest.read_manifest(str(tmp_path / "out")).classes == tuple(SYNSETS)  # no class ".ipynb..."
+    records = read_records(str(tmp_path / "out" / "validation-*"))
+    assert {feature(r, "image/filename").decode(): feature(r, "image/class/label") for r in records} == {
+        renamed[name]: expected[name][1] for name in validation}
+    text = prepare_imagenet.format_summary(summaries)
+    for ignored in (".ipynb_checkpoints (hidden)", "notes.txt (not named", ".DS_Store (hidden)"):
+        assert ignored in text
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line(imagenet_dir, tmp_path, capsys):
+    input_dir, _ = imagenet_dir
+    os.rename(os.path.join(input_dir, "val", "ILSVRC2012_val_00000001.JPEG"),
+              os.path.join(os.fsencode(input_dir), b"val", b"caf\xe9.JPEG"))
+    assert run(input_dir, tmp_path / "out") == 2
+    assert "holds a file name that is not UTF-8 (b'caf\\xe9.JPEG')" in one_error_line(capsys)
+
+
+def test_special_files_named_like_images_are_skipped_and_listed(imagenet_dir, tmp_path):
+    input_dir, _ = imagenet_dir
+    folder = tmp_path / "imagenet" / "train" / SYNSETS[0]
+    os.mkfifo(folder / "fifo.JPEG")  # reading it would block forever
+    (folder / "broken.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    (folder / "folder.JPEG").mkdir()
+    summaries = prepare_imagenet.convert(input_dir, str(tmp_path / "out"), 2, 1, num_workers=1)
+    skipped = "\n".join(summaries["train"].skipped)
+    for line in ("fifo.JPEG: a FIFO", "broken.JPEG: a broken symbolic link", "folder.JPEG: a folder"):
+        assert line in skipped
+    assert summaries["train"].images_written == 3 * TRAIN_PER_CLASS + 2
+
+
+def encoded(pixels: np.ndarray | Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def test_image_kinds_become_the_reference_8_bit_rgb(tmp_path):
+    """Every kind TensorFlow decodes is stored as JPEG whose pixels are the reference:
+    16-bit v -> round(v / 257), palette colours, alpha dropped, PIL's CMYK conversion;
+    JPEGs (grey too) keep their bytes, up to the end marker. An image declaring more than
+    image_files.MAX_PIXELS is skipped and listed."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    grey16 = np.array([[0, 1, 128, 129, 257, 32767, 32768, 65534, 65535, 300]] * 2, np.uint16)
+    rgb16 = rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    indices = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    paletted = Image.fromarray(indices, mode="P")
+    paletted.putpalette(palette.ravel().tolist())
+    transparent = io.BytesIO()
+    paletted.save(transparent, format="PNG", transparency=bytes(range(256)))
+    plain_palette = io.BytesIO()
+    paletted.save(plain_palette, format="PNG")
+    jpeg = encoded(rgb, "JPEG", quality=90)
+    cmyk = encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95)
+    kinds = {  # name -> (file bytes, reference pixels, stored bytes when kept)
+        "grey16.png": (encoded(grey16, "PNG"), np.repeat(np.round(grey16 / 257)[..., None], 3, -1), None),
+        "rgb16.png": (tf.io.encode_png(rgb16).numpy(), np.round(rgb16 / 257), None),
+        "palette.png": (plain_palette.getvalue(), palette[indices], None),
+        "palette_transparent.png": (transparent.getvalue(), palette[indices], None),
+        "la.png": (encoded(rgb[..., :2], "PNG"), np.repeat(rgb[..., :1], 3, -1), None),
+        "rgba.png": (encoded(np.dstack([rgb, rgb[..., :1]]), "PNG"), rgb, None),
+        "cmyk.JPEG": (cmyk, np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB")), None),
+        "grey.JPEG": (encoded(rgb[..., 0], "JPEG"), None, encoded(rgb[..., 0], "JPEG")),
+        "trailer.JPEG": (jpeg + b"\0\0\0\x18ftypmp42" + b"\xff\xd8video\xff\xd9" * 100, None, jpeg),
+    }
+    assert grey16.dtype == np.uint16 and np.round(grey16 / 257)[0].tolist() == [0, 0, 0, 1, 1, 127, 128, 255, 255, 1]
+    root = tmp_path / "imagenet"
+    (root / "train" / "n01").mkdir(parents=True)
+    for name, (data, _, _) in kinds.items():
+        (root / "train" / "n01" / name).write_bytes(data)
+    # A decompression bomb: a 10000 x 10000 PNG of a few kilobytes.
+    encoded_bomb = encoded(np.zeros((10_000, 10_000), np.uint8), "PNG")
+    (root / "train" / "n01" / "bomb.png").write_bytes(encoded_bomb)
+    (root / "val").mkdir()
+    (root / "val" / "v.JPEG").write_bytes(jpeg)
+    (root / "synset_labels.txt").write_text("n01\n")
+    summaries = prepare_imagenet.convert(str(root), str(tmp_path / "out"), 1, 1, num_workers=1)
+    assert [line.split(": ", 1)[1] for line in summaries["train"].skipped] == [
+        "too large (10000 x 10000 pixels, more than 50000000)"]
+    for record in read_records(str(tmp_path / "out" / "train-*")):
+        name = feature(record, "image/filename").decode()
+        _, reference, kept = kinds[name]
+        stored = feature(record, "image/encoded")
+        pixels = tf.io.decode_jpeg(stored, channels=3, dct_method="INTEGER_ACCURATE").numpy()
+        if kept is not None:
+            assert stored == kept, name  # the JPEG's own bytes, without the trailer
+            np.testing.assert_array_equal(pixels, np.asarray(Image.open(io.BytesIO(kept)).convert("RGB")))
+        else:
+            error = np.abs(pixels.astype(int) - reference)
+            assert error.max() <= 6 and error.mean() < 1, (name, error.max(), error.mean())
+    assert summaries["train"].images_written == len(kinds)

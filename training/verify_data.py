@@ -8,8 +8,9 @@ and `training.demo_data`): each record's CRC, the record count, the size and the
 of the file, and looks for files that a split's pattern matches but the manifest does not
 list. The trainer checks only names and sizes when it starts, since hashing all of
 ImageNet takes minutes (docs/design.md, "Checking the shards"). --decode_images also
-decodes every image completely, naming each record whose JPEG fails to decode (the
-trainer reads only the headers before batching). Prints one line per
+decodes every image completely, naming each record whose JPEG fails to decode or that
+the trainer would skip unread (not a complete JPEG: `preprocessing.is_decodable_jpeg`,
+the graph side of the rule in `lambda_keras.data.image_files`). Prints one line per
 problem, naming the file; exit status 0 when there are none, 1 when there are, 2 when
 DIR has no readable manifest.
 """

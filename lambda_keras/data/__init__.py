@@ -10,6 +10,8 @@ import it; import its modules by name:
 - `lambda_keras.data.records`: the tf.Example layout of the ImageNet TFRecord shards,
   written by `training.prepare_imagenet` and `training.demo_data` and read by
   `training.input_pipeline`;
+- `lambda_keras.data.image_files`: which image files are acceptable (what TensorFlow
+  decodes, up to 50 MP) and their 8-bit RGB pixels, the rule the converter applies;
 - `lambda_keras.data.manifest`: the `manifest.json` those writers put next to the
   shards (record counts, sizes, checksums, label map), which the pipeline checks.
 

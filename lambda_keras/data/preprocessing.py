@@ -30,10 +30,16 @@ STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 EVAL_DCT_METHOD = "INTEGER_ACCURATE"
 TRAIN_DCT_METHOD = ""
 
-# A complete JPEG ends with the EOI marker FF D9. Entropy-coded data never contains
-# FF D9 (FF is byte-stuffed), so its absence near the end means a truncated file. The
-# window allows for the few padding bytes some encoders append after EOI.
+# A complete JPEG has the EOI marker FF D9 after its first scan; whatever follows EOI
+# (a phone's trailer, a motion photo's video) the decoders ignore. Most files end with
+# EOI, give or take a few padding bytes: finding it in this many last bytes settles
+# them without walking the markers (`is_complete_jpeg`).
 _EOI_SEARCH_BYTES = 64
+# Markers without a length field (TEM, RST0-7), as in `image_files.jpeg_end`.
+_STANDALONE_MARKERS = (0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Every PNG has the IEND chunk: length 0, type "IEND", its fixed CRC.
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 ImageFn = Callable[[tf.Tensor], tf.Tensor]
 
@@ -49,10 +55,14 @@ def is_complete_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
 
     Returns:
       Scalar tf.bool: True when the bytes start with the JPEG SOI marker (FF D8 FF) and
-      contain the EOI marker (FF D9) in their last bytes. False for an empty string (a
-      record without the image key), PNG or other non-JPEG data, and truncated JPEGs;
-      these would make `decode_and_crop_jpeg` fail. A JPEG damaged in the middle
-      passes: libjpeg decodes it with the damage concealed, without an error.
+      hold the EOI marker (FF D9) after the first scan of the image, the rule of
+      `lambda_keras.data.image_files.jpeg_end`: found in the last bytes, or else by
+      walking the marker segments to the first scan (so an EXIF thumbnail's EOI does
+      not count) and searching from there. Bytes after EOI are accepted, as the decoders
+      accept them. False for an empty string (a record without the image key), PNG or
+      other non-JPEG data, and truncated JPEGs; these would make `decode_and_crop_jpeg`
+      fail. A JPEG damaged in the middle passes: libjpeg decodes it with the damage
+      concealed, without an error.
     """
     length = tf.strings.length(image_bytes)
     starts_with_soi = tf.equal(tf.strings.substr(image_bytes, 0, 3), b"\xff\xd8\xff")
@@ -60,10 +70,53 @@ def is_complete_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
     tail = tf.io.decode_raw(
         tf.strings.substr(image_bytes, length - tail_length, tail_length), tf.uint8
     )
-    has_eoi = tf.reduce_any(
+    eoi_at_end = tf.reduce_any(
         tf.logical_and(tf.equal(tail[:-1], 0xFF), tf.equal(tail[1:], 0xD9))
     )
-    return tf.logical_and(starts_with_soi, has_eoi)
+    return tf.logical_and(
+        starts_with_soi,
+        tf.cond(eoi_at_end, lambda: tf.constant(True), lambda: _has_eoi_after_first_scan(image_bytes)),
+    )
+
+
+def _has_eoi_after_first_scan(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Scalar tf.bool: FF D9 follows the first SOS marker, found by walking the marker
+    segments from offset 2 by their length fields (`image_files.jpeg_end` in graph ops).
+    Only the few header bytes of each segment are read; the search after the scan is a
+    string split, which is fast on a trailer of megabytes."""
+    size = tf.strings.length(image_bytes)
+
+    def walking(position, scan_start):
+        return tf.logical_and(scan_start < 0, position + 4 <= size)
+
+    def step(position, scan_start):
+        fields = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, position, 4), tf.uint8), tf.int32)
+        is_marker, marker = tf.equal(fields[0], 0xFF), fields[1]
+        standalone = tf.reduce_any(tf.equal(marker, _STANDALONE_MARKERS))
+        advance = tf.where(tf.equal(marker, 0xFF), 1, tf.where(standalone, 2, 2 + fields[2] * 256 + fields[3]))
+        # Not a marker where one must be: stop, at the end, without a scan.
+        next_position = tf.where(is_marker, position + advance, size)
+        found = tf.logical_and(is_marker, tf.equal(marker, 0xDA))
+        return tf.where(found, position, next_position), tf.where(found, position, scan_start)
+
+    _, scan_start = tf.while_loop(walking, step, (tf.constant(2), tf.constant(-1)))
+    after_scan = tf.strings.substr(image_bytes, tf.minimum(tf.maximum(scan_start, 0) + 2, size), size)
+    parts = tf.strings.split(tf.reshape(after_scan, [1]), sep=b"\xff\xd9", maxsplit=1)
+    return tf.logical_and(scan_start >= 0, tf.size(parts.flat_values) > 1)
+
+
+def is_complete_png(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Scalar tf.bool: the bytes start with the PNG signature and hold the IEND chunk
+    (anywhere: bytes after it are ignored by the decoder, as after a JPEG's EOI)."""
+    starts_with_signature = tf.equal(tf.strings.substr(image_bytes, 0, 8), _PNG_SIGNATURE)
+    parts = tf.strings.split(tf.reshape(image_bytes, [1]), sep=_PNG_IEND, maxsplit=1)
+    return tf.logical_and(starts_with_signature, tf.size(parts.flat_values) > 1)
+
+
+def is_servable_image(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Scalar tf.bool: a complete JPEG (`is_complete_jpeg`) or PNG (`is_complete_png`),
+    what serving decodes; anything else is refused before decoding."""
+    return tf.logical_or(is_complete_jpeg(image_bytes), is_complete_png(image_bytes))
 
 
 def is_decodable_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:

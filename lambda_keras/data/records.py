@@ -29,6 +29,8 @@ from typing import Iterable, Iterator
 import tensorflow as tf
 
 from lambda_keras.cli import UserError
+from lambda_keras.data import preprocessing
+
 IMAGE_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"
 SYNSET_KEY = "image/class/synset"
@@ -42,6 +44,9 @@ FILENAME_KEY = "image/filename"
 # Starts the name of a file being written: a file whose name contains it is never a
 # complete shard, and no shard pattern (`train-*`, `validation-*`) matches it.
 TEMP_MARKER = ".tmp-"
+
+# Why `undecodable_images` names a record that the training reader would skip unread.
+_NOT_A_JPEG = "not a complete JPEG with a readable header"
 
 # Bytes a record takes in a file besides its serialized tf.Example: length, two CRCs.
 RECORD_FRAMING_BYTES = 16
@@ -146,7 +151,8 @@ def parse_example(
 
 def undecodable_images(path: str) -> list[str]:
     """One line per record of the shard at `path` whose image does not decode completely,
-    naming the record's index and image/filename.
+    or is not a complete JPEG (`preprocessing.is_decodable_jpeg`, which the training
+    reader checks before decoding), naming the record's index and image/filename.
 
     The input pipeline reads only JPEG headers before batching; a JPEG whose header is
     sound but whose scan data holds a bogus marker fails only when it is decoded. Most
@@ -156,8 +162,11 @@ def undecodable_images(path: str) -> list[str]:
     serialized = tf.data.TFRecordDataset(path)
 
     def decodes(index, record):
-        image = tf.io.decode_image(tf.io.parse_single_example(record, spec)[IMAGE_KEY], channels=3,
-                                   expand_animations=False)
+        image_bytes = tf.io.parse_single_example(record, spec)[IMAGE_KEY]
+        # What the training reader drops before decoding fails here too.
+        check = tf.debugging.Assert(preprocessing.is_decodable_jpeg(image_bytes), [_NOT_A_JPEG])
+        with tf.control_dependencies([check]):
+            image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
         return index, tf.shape(image)  # the shape keeps the decode from being pruned
 
     # The decodes run in the graph, in parallel; the few records that fail are redone
@@ -170,6 +179,8 @@ def undecodable_images(path: str) -> list[str]:
     for index, record in failed:
         features = tf.io.parse_single_example(record, spec)
         try:
+            if not preprocessing.is_decodable_jpeg(features[IMAGE_KEY]):
+                raise tf.errors.InvalidArgumentError(None, None, _NOT_A_JPEG)
             tf.io.decode_image(features[IMAGE_KEY], channels=3, expand_animations=False)
             reason = "it failed in the graph only"
         except tf.errors.InvalidArgumentError as error:
