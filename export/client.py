@@ -29,6 +29,8 @@ from lambda_keras import cli
 
 SIGNATURE = "serving_default"
 INPUT_KEY = "image_bytes"
+# A day: beyond it the socket layer overflows, and no answer is worth the wait.
+MAX_TIMEOUT_SECONDS = 86_400
 
 
 class ServerError(cli.UserError, RuntimeError):
@@ -163,8 +165,8 @@ def _positive_seconds(text: str) -> float:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    if not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, {MAX_TIMEOUT_SECONDS}], not {text!r}")
     return seconds
 
 

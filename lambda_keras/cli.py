@@ -70,9 +70,10 @@ def user_message(error: BaseException) -> str | None:
         return _one_line(str(error) or type(error).__name__)
     tf_errors = getattr(sys.modules.get("tensorflow"), "errors", None)
     # TensorFlow's file system reports a missing or unreadable path (local or gs://) as
-    # these, not as OSError.
-    if tf_errors is not None and isinstance(
-        error, (tf_errors.NotFoundError, tf_errors.PermissionDeniedError, tf_errors.UnavailableError)
+    # these, not as OSError, and a file where a folder should be as a failed precondition.
+    if tf_errors is not None and (
+        isinstance(error, (tf_errors.NotFoundError, tf_errors.PermissionDeniedError, tf_errors.UnavailableError))
+        or (isinstance(error, tf_errors.FailedPreconditionError) and error.message.endswith("is not a directory"))
     ):
         return _one_line(error.message)
     return None

@@ -33,6 +33,7 @@ from sklearn.datasets import load_digits
 from lambda_keras import cli
 from lambda_keras.data import manifest
 from lambda_keras.data.records import (
+    ShardSetError,
     check_no_other_shard_set,
     image_example,
     remove_temporary_files,
@@ -44,9 +45,29 @@ from training.input_config import InputConfig
 NUM_CLASSES = 10
 DEFAULT_IMAGE_SIZE = 32
 VALIDATION_SIZE = 297
+NUM_DIGITS = 1797
+# Below 8 pixels the digits lose their shape; above 512 the demo is only slower.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512
+MAX_FIRST_LABEL = 2**31 - NUM_CLASSES
 SAMPLES_DIR = "samples"
 # sklearn's digits are 4-bit: pixel values 0..16.
 _DIGITS_MAX_VALUE = 16.0
+
+
+def _check_arguments(output_dir: str, image_size: int, shards: dict[str, int], first_label: int) -> None:
+    """Refuses what would fail or write empty shards, before anything is written."""
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise ShardSetError(f"--image_size {image_size}: must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] "
+                            "(the 8x8 digits are upscaled to it).")
+    sizes = {"train": NUM_DIGITS - VALIDATION_SIZE, "validation": VALIDATION_SIZE}
+    for split, num_shards in shards.items():
+        if not 1 <= num_shards <= sizes[split]:
+            raise ShardSetError(f"--{split}_shards {num_shards}: must be in [1, {sizes[split]}], the {split} "
+                                "images, so that no shard is empty.")
+    if not 0 <= first_label <= MAX_FIRST_LABEL:
+        raise ShardSetError(f"--first_label {first_label}: must be in [0, {MAX_FIRST_LABEL}] (labels are int32).")
+    if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
+        raise ShardSetError(f"--output {output_dir} is a file, not a folder.")
 
 
 def digit_images(image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +109,13 @@ def write_demo_data(
       Number of examples written per split, {"train": 1500, "validation": 297}.
 
     Raises:
-      ShardSetError (a ValueError): output_dir holds shards of other counts.
+      ShardSetError (a ValueError): an argument out of range (image_size outside
+        [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE], a shard count below 1 or above the split's
+        images, a negative first label), output_dir is a file, or it holds shards of
+        other counts.
     """
     shards = {"train": train_shards, "validation": validation_shards}
+    _check_arguments(output_dir, image_size, shards, first_label)
     for split, num_shards in shards.items():
         check_no_other_shard_set(output_dir, split, num_shards)
     images, digits = digit_images(image_size)
