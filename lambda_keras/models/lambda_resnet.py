@@ -318,8 +318,9 @@ def _named_constructor(function):
         classifier_activation, name: the keras.applications arguments, see
         :func:`LambdaResNet`.
       **options: keyword-only model options of :func:`LambdaResNet` (``se_ratio``,
-        ``dropout_rate``, ``stochastic_depth_rate``, the lambda options, the batch
-        norm options, ``head_dtype``).
+        ``dropout_rate``, ``stochastic_depth_rate``, ``lambda_layer`` (overrides of
+        this model's lambda layers) or its keyword shorthands, the batch norm
+        options, ``head_dtype``).
 
     Returns:
       A ``keras.Model``: ``[batch, {size}, {size}, 3] -> [batch, classes]`` by default.
@@ -560,8 +561,8 @@ def HybridResNet50(
         :func:`LambdaResNet`.
       name: model name; defaults to ``"hybrid_resnet50_<placement>"``.
       placement: four characters, ``C`` or ``L``, for stages c2, c3, c4, c5.
-      **options: keyword-only model options of :func:`LambdaResNet` (the lambda
-        options, ``dropout_rate``, ``stochastic_depth_rate``, ``norm_momentum``,
+      **options: keyword-only model options of :func:`LambdaResNet` (``lambda_layer``
+        or its keyword shorthands, ``dropout_rate``, ``stochastic_depth_rate``, ``norm_momentum``,
         ``norm_epsilon``, ``se_ratio``; default no SE, no dropout).
 
     Returns:
