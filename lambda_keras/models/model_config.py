@@ -69,7 +69,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    """A finite int or float, not a bool: NaN and the infinities pass ``x > 0`` checks."""
+    """A finite int or float, not a bool (``inf > 0`` holds: a range check alone lets it pass)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
@@ -86,12 +86,14 @@ def check_number(key: str, value: Any, is_valid: Callable[[float], bool], requir
 
 
 def check_positive_int(key: str, value: Any) -> int:
+    """``value`` when it is an int >= 1 (not a bool)."""
     if not (_is_int(value) and value >= 1):
         _fail(key, value, "a positive integer")
     return value
 
 
 def check_bool(key: str, value: Any) -> bool:
+    """``value`` when it is a bool (1 and 0 are not)."""
     if not isinstance(value, bool):
         _fail(key, value, "True or False")
     return value
@@ -104,14 +106,14 @@ def check_choice(key: str, value: Any, choices: tuple) -> Any:
     return value
 
 
-def check_norm_momentum(value: Any, key: str = "norm_momentum") -> float:
+def check_norm_momentum(value: Any) -> float:
     """Batch-norm momentum: the weight of the old moving statistics, in [0, 1)."""
-    return check_number(key, value, lambda momentum: 0 <= momentum < 1, "a number in [0, 1)")
+    return check_number("norm_momentum", value, lambda momentum: 0 <= momentum < 1, "a number in [0, 1)")
 
 
-def check_norm_epsilon(value: Any, key: str = "norm_epsilon") -> float:
+def check_norm_epsilon(value: Any) -> float:
     """Batch-norm epsilon, added to the variance: positive and finite."""
-    return check_number(key, value, lambda epsilon: epsilon > 0, "a positive finite number")
+    return check_number("norm_epsilon", value, lambda epsilon: epsilon > 0, "a positive finite number")
 
 
 def _tuple(key: str, value: Any, requirement: str) -> tuple:
