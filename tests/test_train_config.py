@@ -48,7 +48,8 @@ def test_table_12_options_reach_the_lambda_layers():
                    "model.lambda_layer.query_softmax=true", "model.lambda_layer.use_batch_norm=false")
     constructor, _, kwargs = builder.constructor_arguments(config.model.to_dict())
     assert constructor is lambda_keras.models.HybridResNet50
-    assert (kwargs["key_normalization"], kwargs["query_softmax"], kwargs["lambda_batch_norm"]) == ("l2", True, False)
+    layer = kwargs["lambda_layer"]
+    assert (layer.key_normalization, layer.query_softmax, layer.use_batch_norm) == ("l2", True, False)
     with pytest.raises(ConfigError, match="model.lambda_layer: `key_normalization` must be one of"):
         _load("lambda_resnet50_vanilla_90ep", "model.lambda_layer.key_normalization=l1")
     with pytest.raises(ConfigError, match=r"Unknown lambda_layer argument\(s\) \['filters'\]"):

@@ -35,6 +35,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
+from lambda_keras.models.model_config import ModelConfig, ModelConfigError
 from training.errors import ConfigError
 from training.errors import check_finite_numbers
 from training.errors import fail as _fail
@@ -45,60 +46,6 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 STRATEGIES = ("auto", "tpu", "gpu", "multiworker", "cpu")
 _INT64_LIMIT = 2**63
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The network, as `lambda_keras.models.build_model` reads it.
-
-    Classes and input size come from `input.num_classes` and `input.image_size`.
-    Options left at None take the constructor's default (e.g. the per-stage SE ratios
-    of the LambdaResNets, 0.25 for ResNet-RS). The value rules are the library's
-    (`lambda_keras.models.validate_model_config`), applied on load.
-
-    architecture: a constructor of `lambda_keras.models` (`variants.ARCHITECTURES`).
-      "LambdaResNet" is the generic factory and needs `blocks_per_stage` and
-      `lambda_blocks`; "HybridResNet50" takes `placement`; the named ones take neither.
-    blocks_per_stage: bottlenecks in c2, c3, c4, c5 (generic factory only).
-    lambda_blocks: per stage, the 1-based blocks with a lambda layer (generic only).
-    placement: "C"/"L" per stage for HybridResNet50, e.g. "LLLL" (Table 3).
-    base: "resnet_rs" or "vanilla" stem and shortcuts (generic factory only).
-    se_ratio, dropout_rate, stochastic_depth_rate, norm_momentum, norm_epsilon: the
-      keyword options of `lambda_keras.models.LambdaResNet`.
-    lambda_layer: `LambdaLayer` arguments of every lambda layer (key_dim, num_heads,
-      intra_depth, scope_size, use_content, use_position, key_normalization,
-      query_softmax, use_batch_norm, implementation).
-    """
-
-    architecture: str = "LambdaResNet50"
-    blocks_per_stage: tuple[int, ...] | None = None
-    lambda_blocks: tuple[tuple[int, ...], ...] | None = None
-    placement: str | None = None
-    base: str | None = None
-    se_ratio: float | tuple[float, ...] | None = None
-    dropout_rate: float = 0.0
-    stochastic_depth_rate: float = 0.0
-    norm_momentum: float | None = None
-    norm_epsilon: float | None = None
-    lambda_layer: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        # Imported here: the rules are the library's, and reading a config must not
-        # import Keras before the CLI has chosen its backend.
-        from lambda_keras.models import builder  # pylint: disable=import-outside-toplevel
-
-        try:
-            builder.validate_model_config(self.to_dict())
-        except builder.ModelConfigError as error:
-            key = f"model.{error.key}" if error.key else "model"
-            raise ConfigError(f"Invalid config {key}: {error}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The model config mapping that `lambda_keras.models.build_model` takes."""
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,12 +261,26 @@ def from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+    if cls is ModelConfig:
+        return _build_model_section(section, values)
     hints = typing.get_type_hints(cls)
     _check_keys(section, values, set(hints))
     converted = {
         key: _convert(f"{section}.{key}", value, hints[key]) for key, value in values.items()
     }
     return cls(**converted)  # Every section validates itself on construction.
+
+
+def _build_model_section(section: str, values: Mapping[str, Any]) -> ModelConfig:
+    """The library's ModelConfig: its own conversion (YAML lists to tuples) and rules."""
+    _check_keys(section, values, {field.name for field in dataclasses.fields(ModelConfig)})
+    try:
+        return ModelConfig.from_dict(values)
+    except ModelConfigError as error:
+        # "model.lambda_layer: `scope_size` must be odd ...": the section, then the message
+        # that names the field and its value.
+        where = ".".join([section, *(error.key or "").split(".")[:-1]])
+        raise ConfigError(f"Invalid config {where}: {error}") from None
 
 
 def _check_keys(section: str, values: Mapping[str, Any], known: set[str]) -> None:

@@ -23,12 +23,10 @@ import keras_hub
 
 from lambda_keras.models.builder import build_model
 from lambda_keras.models.features import pyramid_outputs
+from lambda_keras.models.model_config import LambdaLayerConfig, ModelConfig
 
-# The model config keys a backbone takes: the builder's, less the classifier's dropout.
-BACKBONE_CONFIG_KEYS = (
-    "architecture", "blocks_per_stage", "lambda_blocks", "base", "placement", "se_ratio",
-    "stochastic_depth_rate", "norm_momentum", "norm_epsilon", "lambda_layer",
-)
+# A model config's classifier dropout: a backbone has no classifier.
+_CLASSIFIER_KEY = "dropout_rate"
 
 
 @keras.saving.register_keras_serializable(package="lambda_keras")
@@ -48,15 +46,18 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
       placement: HybridResNet50's "C"/"L" per stage.
       se_ratio, stochastic_depth_rate, norm_momentum, norm_epsilon: the constructors'
         options of the same names.
-      lambda_layer: ``LambdaLayer`` arguments for every lambda layer, e.g.
-        ``{"scope_size": 7}``.
+      lambda_layer: the lambda layers' arguments, a ``LambdaLayerConfig`` or overrides
+        of the architecture's, e.g. ``{"scope_size": 7}``.
       image_shape: ``(height, width, 3)``; ``None`` entries take any size, which the
         local-scope lambda layers (an odd ``scope_size``, the default 23) allow.
       dtype: dtype policy of the layers, e.g. "mixed_bfloat16"; None: Keras' global one.
       **kwargs: ``name`` and ``trainable``, as for any KerasHub backbone.
 
+    The fields are a ``ModelConfig``'s (less its classifier dropout), which
+    ``get_config`` stores as ``ModelConfig.to_dict`` writes them.
+
     Raises:
-      ValueError: an invalid model config, naming the key (the builder's checks).
+      ModelConfigError: an invalid model config (a ``ValueError``), naming the key.
     """
 
     def __init__(
@@ -70,24 +71,17 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
         stochastic_depth_rate: float | None = None,
         norm_momentum: float | None = None,
         norm_epsilon: float | None = None,
-        lambda_layer: Mapping[str, Any] | None = None,
+        lambda_layer: LambdaLayerConfig | Mapping[str, Any] | None = None,
         image_shape: Sequence[int | None] = (None, None, 3),
         dtype: str | keras.DTypePolicy | None = None,
         **kwargs: Any,
     ):
-        # JSON-ready copies: the config saved in a preset compares equal after loading.
-        model_config = {
-            "architecture": architecture,
-            "blocks_per_stage": None if blocks_per_stage is None else [int(n) for n in blocks_per_stage],
-            "lambda_blocks": None if lambda_blocks is None else [sorted(int(i) for i in s) for s in lambda_blocks],
-            "base": base,
-            "placement": placement,
-            "se_ratio": list(se_ratio) if isinstance(se_ratio, Sequence) else se_ratio,
-            "stochastic_depth_rate": stochastic_depth_rate,
-            "norm_momentum": norm_momentum,
-            "norm_epsilon": norm_epsilon,
-            "lambda_layer": None if lambda_layer is None else dict(lambda_layer),
-        }
+        # None: the constructor's default, as in any model config.
+        model_config = ModelConfig.from_dict({
+            "architecture": architecture, "blocks_per_stage": blocks_per_stage, "lambda_blocks": lambda_blocks,
+            "base": base, "placement": placement, "se_ratio": se_ratio, "stochastic_depth_rate": stochastic_depth_rate,
+            "norm_momentum": norm_momentum, "norm_epsilon": norm_epsilon, "lambda_layer": lambda_layer,
+        })
         image_shape = tuple(image_shape)
         kwargs.setdefault("name", "lambda_resnet_backbone")
         # === Functional model: the builder's graph, without the classifier ===
@@ -103,7 +97,9 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(self.model_config)
+        model_config = self.model_config.to_dict()
+        del model_config[_CLASSIFIER_KEY]
+        config.update(model_config)
         config["image_shape"] = self.image_shape
         return config
 

@@ -14,9 +14,12 @@ from keras import ops
 from lambda_keras.layers import kernel_support, relative_positions
 from lambda_keras.layers.lambda_convolution import lambda_convolution
 from lambda_keras.layers.pooling import average_pool_same
-
-IMPLEMENTATIONS = ("auto", "einsum", "conv", "banded")
-KEY_NORMALIZATIONS = ("softmax", "l2", "none")
+from lambda_keras.models.model_config import (
+    LambdaLayerConfig,
+    check_norm_epsilon,
+    check_norm_momentum,
+    check_positive_int,
+)
 
 # How "auto" picks: for each platform and for inference or training, the
 # implementation for inputs of up to so many positions n = H * W (or L), first match
@@ -69,16 +72,6 @@ def _auto_platform() -> str:
     if accelerator == "cpu" and _convolution_form() == "folded":
         return "cpu_without_dilated_convolution"
     return accelerator if accelerator in AUTO_CROSSOVERS else "cpu"
-
-
-def _check_number(name: str, value, is_valid, description: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_valid(value):
-        raise ValueError(f"`{name}` must be {description}. Received: {name}={value!r}")
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 
 @keras.saving.register_keras_serializable(package="lambda_keras")
@@ -190,54 +183,38 @@ class LambdaLayer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # The arguments a model sets follow the model config's rules, written once there.
+        LambdaLayerConfig(
+            key_dim=key_dim,
+            num_heads=num_heads,
+            intra_depth=intra_depth,
+            scope_size=scope_size,
+            use_content=use_content,
+            use_position=use_position,
+            key_normalization=key_normalization,
+            query_softmax=query_softmax,
+            use_batch_norm=use_batch_norm,
+            implementation=implementation,
+            pool_size=pool_size,
+            use_position_bias=use_position_bias,
+        )
         if filters is not None:
-            _check_positive_int("filters", filters)
-        _check_positive_int("key_dim", key_dim)
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("intra_depth", intra_depth)
-        if scope_size is not None:
-            if isinstance(scope_size, bool) or not isinstance(scope_size, int) or scope_size < 1:
+            check_positive_int("filters", filters)
+            if filters % num_heads:
                 raise ValueError(
-                    "`scope_size` must be a positive odd integer or None (global). "
-                    f"Received: scope_size={scope_size!r}"
+                    f"`filters` must be divisible by `num_heads`. Received: filters={filters}, "
+                    f"num_heads={num_heads}"
                 )
-            if scope_size % 2 == 0:
-                raise ValueError(
-                    "`scope_size` must be odd so that the scope is centred on the query. "
-                    f"Received: scope_size={scope_size}"
-                )
-        if filters is not None and filters % num_heads:
-            raise ValueError(
-                f"`filters` must be divisible by `num_heads`. Received: filters={filters}, "
-                f"num_heads={num_heads}"
-            )
-        if not (use_content or use_position):
-            raise ValueError(
-                "At least one of `use_content` and `use_position` must be True. Received: "
-                f"use_content={use_content}, use_position={use_position}"
-            )
         if strides not in (1, 2):
             raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
-        if pool_size not in (2, 3):
-            raise ValueError(f"`pool_size` must be 2 or 3. Received: pool_size={pool_size!r}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"`implementation` must be one of {IMPLEMENTATIONS}. "
-                f"Received: implementation={implementation!r}"
-            )
         data_format = data_format or keras.config.image_data_format()
         if data_format not in ("channels_last", "channels_first"):
             raise ValueError(
                 "`data_format` must be 'channels_last' or 'channels_first'. "
                 f"Received: data_format={data_format!r}"
             )
-        _check_number("norm_momentum", norm_momentum, lambda value: 0 <= value < 1, "a number in [0, 1)")
-        _check_number("norm_epsilon", norm_epsilon, lambda value: value > 0, "a positive number")
-        if key_normalization not in KEY_NORMALIZATIONS:
-            raise ValueError(
-                f"`key_normalization` must be one of {KEY_NORMALIZATIONS}. "
-                f"Received: key_normalization={key_normalization!r}"
-            )
+        check_norm_momentum(norm_momentum)
+        check_norm_epsilon(norm_epsilon)
         self.filters = filters
         self.key_dim = key_dim
         self.num_heads = num_heads

@@ -10,9 +10,13 @@ from lambda_keras.models.builder import build_model, validate_model_config
 from lambda_keras.models.complexity import multiply_adds
 from lambda_keras.models.features import feature_extractor, pyramid_outputs
 from lambda_keras.models.lambda_resnet import *  # noqa: F401,F403  (the constructors, by __all__)
+from lambda_keras.models.model_config import LambdaLayerConfig, ModelConfig, ModelConfigError
 
 __all__ = [
     *lambda_resnet.__all__,
+    "LambdaLayerConfig",
+    "ModelConfig",
+    "ModelConfigError",
     "StochasticDepth",
     "build_model",
     "feature_extractor",

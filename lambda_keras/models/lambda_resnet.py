@@ -27,7 +27,6 @@ from typing import Any
 import keras
 from keras import layers
 
-from lambda_keras.layers import LambdaLayer
 from lambda_keras.models import blocks
 from lambda_keras.models.input_shape import (
     obtain_input_shape,
@@ -35,35 +34,41 @@ from lambda_keras.models.input_shape import (
     validate_pooling,
     validate_weights,
 )
+from lambda_keras.models.model_config import (
+    GENERIC,
+    HYBRID,
+    HYBRID_DEFAULT_PLACEMENT,
+    STAGE_NAMES,
+    STAGE_WIDTHS,
+    LambdaLayerConfig,
+    ModelConfig,
+    architecture_lambda_layer,
+    block_layout,
+    check_choice,
+    check_placement,
+)
 from lambda_keras.models.variants import (
     FACTORIES,
     LAMBDA,
     LAMBDA_C4,
     MODEL_SPECS,
+    RESNET_RS,
     TIMM,
     VARIANTS,
     VARIANTS_BY_NAME,
     Variant,
 )
 
-STAGE_NAMES = ("c2", "c3", "c4", "c5")
-STAGE_WIDTHS = (64, 128, 256, 512)
-BASES = ("resnet_rs", "vanilla", "tiered")
-
 # SE sits in the c2/c3 conv blocks only: the published sizes match only without SE
 # in c4/c5 (docs/design.md, "SE only in c2 and c3").
 LAMBDA_RESNET_SE_RATIO = (0.25, 0.25, 0.0, 0.0)
 
-# The factory's lambda options and the LambdaLayer arguments they set.
-LAMBDA_LAYER_OPTIONS = {
-    "key_dim": "key_dim",
-    "num_heads": "num_heads",
-    "intra_depth": "intra_depth",
-    "scope_size": "scope_size",
-    "use_content": "use_content",
-    "use_position": "use_position",
-    "key_normalization": "key_normalization",
-    "query_softmax": "query_softmax",
+# The constructors' keyword shorthands for fields of their `lambda_layer` (README,
+# Tables 9-12): the field's own name, with a `lambda_` prefix where the bare name would
+# read as the whole model's (its batch norms, its pooling).
+LAMBDA_LAYER_KEYWORDS = {
+    **{name: name for name in ("key_dim", "num_heads", "intra_depth", "scope_size", "use_content",
+                               "use_position", "key_normalization", "query_softmax")},
     "lambda_batch_norm": "use_batch_norm",
     "lambda_implementation": "implementation",
     "lambda_pool_size": "pool_size",
@@ -71,91 +76,26 @@ LAMBDA_LAYER_OPTIONS = {
 }
 
 
-def check_stages(blocks_per_stage, lambda_blocks) -> tuple[tuple[int, ...], tuple[frozenset, ...]]:
-    """Validates the block layout; returns it as per-stage tuples."""
-    blocks_per_stage = tuple(blocks_per_stage)
-    if len(blocks_per_stage) != 4 or any(
-        isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in blocks_per_stage
-    ):
-        raise ValueError(
-            "`blocks_per_stage` must be four positive integers, the blocks of stages "
-            f"c2, c3, c4, c5. Received: blocks_per_stage={blocks_per_stage!r}"
-        )
-    lambda_blocks = tuple(lambda_blocks)
-    if len(lambda_blocks) != 4:
-        raise ValueError(
-            "`lambda_blocks` must give one collection of 1-based block indices per "
-            f"stage c2, c3, c4, c5. Received: lambda_blocks={lambda_blocks!r}"
-        )
-    lambda_sets = []
-    for stage, num_blocks, indices in zip(STAGE_NAMES, blocks_per_stage, lambda_blocks):
-        indices = frozenset(indices)
-        if any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= num_blocks for i in indices):
-            raise ValueError(
-                f"`lambda_blocks` for stage {stage} must be block indices in "
-                f"[1, {num_blocks}] (1-based). Received: {sorted(indices, key=repr)!r}"
-            )
-        lambda_sets.append(indices)
-    return blocks_per_stage, tuple(lambda_sets)
-
-
-def check_options(**options: Any) -> dict[str, Any]:
-    """Validates keyword options of :func:`LambdaResNet` without building a model.
-
-    The value rules live here and in ``LambdaLayer``'s constructor, nowhere else: the
-    training config validates its model section through this function.
-
-    Args:
-      **options: any of the factory's keyword-only options; omitted ones are not
-        checked.
-
-    Returns:
-      The options, with ``se_ratio`` as four floats when given.
-
-    Raises:
-      ValueError: naming the first invalid option and its value.
-    """
-    options = dict(options)
-    if "base" in options and options["base"] not in BASES:
-        raise ValueError(f"`base` must be one of {BASES}. Received: base={options['base']!r}")
-    if "activation" in options and options["activation"] not in blocks.ACTIVATIONS:
-        raise ValueError(
-            f"`activation` must be one of {blocks.ACTIVATIONS}. Received: activation={options['activation']!r}"
-        )
-    if "se_ratio" in options:
-        se_ratio = options["se_ratio"]
-        if isinstance(se_ratio, (int, float)):
-            se_ratio = (se_ratio,) * 4
-        se_ratio = tuple(float(r) for r in se_ratio)
-        if len(se_ratio) != 4 or any(not 0.0 <= r <= 1.0 for r in se_ratio):
-            raise ValueError(
-                "`se_ratio` must be a number in [0, 1] or four of them (one per stage). "
-                f"Received: se_ratio={se_ratio!r}"
-            )
-        options["se_ratio"] = se_ratio
-    for name in ("dropout_rate", "stochastic_depth_rate"):
-        if name in options and not 0.0 <= options[name] < 1.0:
-            raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={options[name]!r}")
-    layer_options = {
-        name: options[name] for name in ("norm_momentum", "norm_epsilon", "synchronized_batch_norm") if name in options
-    }
-    # The layer's constructor holds the rules for its arguments; building one checks them.
-    LambdaLayer(**lambda_layer_arguments(options), **layer_options)
-    return options
-
-
-def check_placement(placement: str) -> None:
-    """Raises ``ValueError`` unless ``placement`` is four of 'C' and 'L' (HybridResNet50)."""
-    if not isinstance(placement, str) or len(placement) != 4 or set(placement) - {"C", "L"}:
-        raise ValueError(
-            "`placement` must be four characters, 'C' (3x3 conv) or 'L' (lambda layer), "
-            f"for stages c2, c3, c4, c5, e.g. 'CCLL'. Received: placement={placement!r}"
-        )
-
-
-def lambda_layer_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``LambdaLayer`` keyword arguments that the factory's ``options`` set."""
-    return {argument: options[option] for option, argument in LAMBDA_LAYER_OPTIONS.items() if option in options}
+def _lambda_layer(
+    lambda_layer: LambdaLayerConfig | Mapping[str, Any] | None,
+    keywords: Mapping[str, Any],
+    default: LambdaLayerConfig,
+    constructor: str,
+) -> LambdaLayerConfig:
+    """The lambda layers a constructor call asks for: ``lambda_layer`` (a config, or
+    overrides of ``default``), then the keyword shorthands over it."""
+    unknown = sorted(set(keywords) - set(LAMBDA_LAYER_KEYWORDS))
+    if unknown:
+        raise TypeError(f"{constructor}() got unexpected keyword argument(s) {unknown}; the lambda layers' "
+                        f"arguments go in `lambda_layer` or are one of {sorted(LAMBDA_LAYER_KEYWORDS)}.")
+    overrides = {LAMBDA_LAYER_KEYWORDS[keyword]: value for keyword, value in keywords.items()}
+    if isinstance(lambda_layer, LambdaLayerConfig):
+        return LambdaLayerConfig.from_dict(overrides, lambda_layer)
+    if isinstance(lambda_layer, Mapping):
+        overrides = {**lambda_layer, **overrides}
+    elif lambda_layer is not None:
+        overrides = lambda_layer  # not a mapping: from_dict says so
+    return LambdaLayerConfig.from_dict(overrides, default)
 
 
 def LambdaResNet(
@@ -174,23 +114,13 @@ def LambdaResNet(
     se_ratio: float | Sequence[float] = 0.0,
     dropout_rate: float = 0.0,
     stochastic_depth_rate: float = 0.0,
-    key_dim: int = 16,
-    num_heads: int = 4,
-    intra_depth: int = 1,
-    scope_size: int | None = 23,
-    use_content: bool = True,
-    use_position: bool = True,
-    key_normalization: str = "softmax",
-    query_softmax: bool = False,
-    lambda_batch_norm: bool = True,
-    lambda_implementation: str = "auto",
-    lambda_pool_size: int = 3,
-    lambda_position_bias: bool = False,
+    lambda_layer: LambdaLayerConfig | Mapping[str, Any] | None = None,
     activation: str = "relu",
     norm_momentum: float = 0.9,
     norm_epsilon: float = 1e-5,
     synchronized_batch_norm: bool = False,
     head_dtype: str | keras.DTypePolicy | None = None,
+    **lambda_keywords: Any,
 ) -> keras.Model:
     """Builds a hybrid ResNet whose chosen bottlenecks use a lambda layer.
 
@@ -238,27 +168,20 @@ def LambdaResNet(
       stochastic_depth_rate: stochastic depth of the residual branches, growing
         linearly per stage as in [RS]: ``rate * s / 5`` for stage ``c<s>``, so c5
         gets the full rate (Table 20 uses 0-0.2).
-      key_dim: lambda query/key depth ``|k|`` (paper default 16).
-      num_heads: lambda queries ``|h|`` (paper default 4).
-      intra_depth: lambda intra-depth ``|u|`` (default 1; Table 9 uses 4 with a 7x7
-        scope).
-      scope_size: odd side ``r`` of the local position scope, 23 in the paper;
-        ``None`` for global position embeddings (needs a static input shape).
-      use_content: whether the lambda layers compute content lambdas (Table 10).
-      use_position: whether the lambda layers compute position lambdas (Table 10).
-      key_normalization: keys normalised over the context by "softmax" (the
-        paper's), "l2" or "none" (Table 12).
-      query_softmax: also softmax the queries over the key depth (Table 12).
-      lambda_batch_norm: batch norm on the lambda layers' queries and values; False
-        is Table 12's last row.
-      lambda_pool_size: side of the average pool after a strided lambda layer, 3
-        (the paper's) or 2 (timm's).
-      lambda_position_bias: a bias on the position lambdas (timm's ``Conv3d`` bias;
-        for its weights).
+      lambda_layer: the lambda layers' arguments, a ``LambdaLayerConfig`` or a
+        mapping of some of its fields (the others keep the paper's defaults:
+        ``key_dim=16``, ``num_heads=4``, ``intra_depth=1``, ``scope_size=23``, softmax
+        keys, batch norm on queries and values, a 3x3 pool after a strided layer).
+      **lambda_keywords: shorthands for fields of ``lambda_layer``, applied over it:
+        ``key_dim``, ``num_heads``, ``intra_depth`` (Tables 3 and 9), ``scope_size``
+        (``None``: global position embeddings, a static input shape),
+        ``use_content``, ``use_position`` (Table 10), ``key_normalization``,
+        ``query_softmax`` (Table 12) under their own names; ``lambda_batch_norm``,
+        ``lambda_implementation``, ``lambda_pool_size``, ``lambda_position_bias`` for
+        ``use_batch_norm`` (Table 12's last row: False), ``implementation``,
+        ``pool_size`` and ``use_position_bias``.
       activation: "relu" (the paper's) or "silu", after every BN but the last of a
         residual branch.
-      lambda_implementation: ``LambdaLayer`` implementation, "auto", "einsum",
-        "conv" or "banded" (same numbers; speed differs).
       norm_momentum: momentum of every batch norm, the lambda layers' included
         (0.9, [RS]'s ``MOVING_AVERAGE_DECAY``).
       norm_epsilon: epsilon of every batch norm (1e-5, [RS]'s ``EPSILON``).
@@ -281,19 +204,23 @@ def LambdaResNet(
         input_shape, default_size=224, min_size=32, require_flatten=include_top
     )
     validate_pooling(pooling)
-    blocks_per_stage, lambda_sets = check_stages(blocks_per_stage, lambda_blocks)
-    options = check_options(
-        base=base, se_ratio=se_ratio, dropout_rate=dropout_rate, stochastic_depth_rate=stochastic_depth_rate,
-        key_dim=key_dim, num_heads=num_heads, intra_depth=intra_depth, scope_size=scope_size,
-        use_content=use_content, use_position=use_position, key_normalization=key_normalization,
-        query_softmax=query_softmax, lambda_batch_norm=lambda_batch_norm,
-        lambda_implementation=lambda_implementation, lambda_pool_size=lambda_pool_size,
-        lambda_position_bias=lambda_position_bias, activation=activation, norm_momentum=norm_momentum,
-        norm_epsilon=norm_epsilon, synchronized_batch_norm=synchronized_batch_norm,
+    config = ModelConfig(
+        GENERIC,
+        blocks_per_stage=blocks_per_stage,
+        lambda_blocks=lambda_blocks,
+        base=base,
+        se_ratio=se_ratio,
+        dropout_rate=dropout_rate,
+        stochastic_depth_rate=stochastic_depth_rate,
+        norm_momentum=norm_momentum,
+        norm_epsilon=norm_epsilon,
+        lambda_layer=_lambda_layer(lambda_layer, lambda_keywords, LambdaLayerConfig(), "LambdaResNet"),
     )
-    se_ratios = options["se_ratio"]
-    lambda_options = lambda_layer_arguments(options)
-    norm_options = {"momentum": norm_momentum, "epsilon": norm_epsilon, "synchronized": synchronized_batch_norm}
+    check_choice("activation", activation, blocks.ACTIVATIONS)
+    se_ratios = config.se_ratio if isinstance(config.se_ratio, tuple) else (config.se_ratio,) * 4
+    lambda_options = config.lambda_layer.to_dict()
+    norm_options = {"momentum": config.norm_momentum, "epsilon": config.norm_epsilon,
+                    "synchronized": synchronized_batch_norm}
 
     if input_tensor is None:
         image = layers.Input(shape=input_shape, name="image")
@@ -309,8 +236,8 @@ def LambdaResNet(
     else:
         x = blocks.vanilla_stem(image, norm_options)
 
-    for stage_index, (stage, width, num_blocks, lambda_set, stage_se) in enumerate(
-        zip(STAGE_NAMES, STAGE_WIDTHS, blocks_per_stage, lambda_sets, se_ratios)
+    for stage_index, (stage, width, num_blocks, stage_lambda_blocks, stage_se) in enumerate(
+        zip(STAGE_NAMES, STAGE_WIDTHS, config.blocks_per_stage, config.lambda_blocks, se_ratios)
     ):
         stage_number = stage_index + 2
         for block in range(1, num_blocks + 1):
@@ -321,7 +248,7 @@ def LambdaResNet(
                 name=f"{stage}_block{block}",
                 projection=block == 1,
                 resnet_d_shortcut=base == "resnet_rs",
-                lambda_options=lambda_options if block in lambda_set else None,
+                lambda_options=lambda_options if block in stage_lambda_blocks else None,
                 se_ratio=stage_se,
                 stochastic_depth_rate=stochastic_depth_rate * stage_number / 5,
                 norm_options=norm_options,
@@ -391,8 +318,9 @@ def _named_constructor(function):
         classifier_activation, name: the keras.applications arguments, see
         :func:`LambdaResNet`.
       **options: keyword-only model options of :func:`LambdaResNet` (``se_ratio``,
-        ``dropout_rate``, ``stochastic_depth_rate``, the lambda options, the batch
-        norm options, ``head_dtype``).
+        ``dropout_rate``, ``stochastic_depth_rate``, ``lambda_layer`` (overrides of
+        this model's lambda layers) or its keyword shorthands, the batch norm
+        options, ``head_dtype``).
 
     Returns:
       A ``keras.Model``: ``[batch, {size}, {size}, 3] -> [batch, classes]`` by default.
@@ -423,8 +351,8 @@ def _timm_weights_message(variant: Variant) -> str:
     )
 
 
-def _build_timm_variant(variant: Variant, arguments: dict[str, Any], options: dict[str, Any]) -> keras.Model:
-    """A timm-family row: timm's configuration as the factory's options."""
+def _timm_options(variant: Variant, arguments: dict[str, Any]) -> dict[str, Any]:
+    """A timm-family row's factory options; sets its default input size in ``arguments``."""
     timm = variant.timm
     if isinstance(arguments["weights"], str) and arguments["weights"] == "imagenet":
         raise ValueError(_timm_weights_message(variant))
@@ -434,36 +362,26 @@ def _build_timm_variant(variant: Variant, arguments: dict[str, Any], options: di
         channels_first = keras.config.image_data_format() == "channels_first"
         size = timm.image_size
         arguments["input_shape"] = (3, size, size) if channels_first else (size, size, 3)
-    timm_options = {
-        "base": "tiered", "activation": timm.activation, "scope_size": timm.scope_size,
-        # timm's layer: |k| = 16, |h| = 4, |u| = 1, a bias on the local position lambdas, 2x2 pool.
-        "key_dim": 16, "num_heads": 4, "intra_depth": 1, "lambda_pool_size": 2,
-        "lambda_position_bias": timm.scope_size is not None, "se_ratio": 0.0,
-    }
-    return LambdaResNet(timm.blocks, timm.lambda_blocks, **arguments, **{**timm_options, **options})
+    return {"base": "tiered", "activation": timm.activation, "se_ratio": 0.0}
 
 
 def _build_variant(variant_name: str, arguments: dict[str, Any]) -> keras.Model:
     """Builds a row of :data:`VARIANTS` from its constructor's ``locals()``."""
     variant: Variant = VARIANTS_BY_NAME[variant_name]
     options = arguments.pop("options")
+    keywords = {key: options.pop(key) for key in list(options) if key in LAMBDA_LAYER_KEYWORDS}
+    options["lambda_layer"] = _lambda_layer(
+        options.pop("lambda_layer", None), keywords, architecture_lambda_layer(variant_name), variant_name
+    )
     if variant.family == TIMM:
-        return _build_timm_variant(variant, arguments, options)
-    spec = MODEL_SPECS[variant.depth]
-    if variant.family == LAMBDA:
-        lambda_blocks = ((), (), spec["c4_lambda_blocks"], range(1, spec["blocks"][3] + 1))
-        options.setdefault("se_ratio", LAMBDA_RESNET_SE_RATIO)
-    elif variant.family == LAMBDA_C4:
-        lambda_blocks = ((), (), range(1, spec["blocks"][2] + 1), range(1, spec["blocks"][3] + 1))
-        options.setdefault("se_ratio", LAMBDA_RESNET_SE_RATIO)
+        options = {**_timm_options(variant, arguments), **options}
     else:
-        lambda_blocks = ((), (), (), ())
-        options.setdefault("se_ratio", 0.25)
-    return LambdaResNet(spec["blocks"], lambda_blocks, **arguments, **options)
+        options.setdefault("se_ratio", 0.25 if variant.family == RESNET_RS else LAMBDA_RESNET_SE_RATIO)
+    return LambdaResNet(*block_layout(variant_name), **arguments, **options)
 
 
 # Constructor name -> function, for every name in variants.ARCHITECTURES.
-CONSTRUCTORS: dict[str, Any] = {"LambdaResNet": LambdaResNet}
+CONSTRUCTORS: dict[str, Any] = {GENERIC: LambdaResNet}
 
 # The named constructors differ only in their row of VARIANTS and their default name;
 # each keeps the full keras.applications signature, like keras.applications.ResNet50.
@@ -608,10 +526,6 @@ def LambdaResNet50TS(include_top=True, weights=None, input_tensor=None, input_sh
     return _build_variant("LambdaResNet50TS", locals())
 
 
-# Vanilla ResNet-50 stage sizes (He et al. 2016), the network of Tables 3, 9-13.
-RESNET50_BLOCKS = (3, 4, 6, 3)
-
-
 def HybridResNet50(
     include_top: bool = True,
     weights: str | None = None,
@@ -622,7 +536,7 @@ def HybridResNet50(
     classifier_activation: str | None = "softmax",
     name: str | None = None,
     *,
-    placement: str = "LLLL",
+    placement: str = HYBRID_DEFAULT_PLACEMENT,
     **options: Any,
 ) -> keras.Model:
     """Vanilla ResNet-50 with a 3x3 conv or a lambda layer per stage (Section 5.1).
@@ -647,21 +561,16 @@ def HybridResNet50(
         :func:`LambdaResNet`.
       name: model name; defaults to ``"hybrid_resnet50_<placement>"``.
       placement: four characters, ``C`` or ``L``, for stages c2, c3, c4, c5.
-      **options: keyword-only model options of :func:`LambdaResNet` (the lambda
-        options, ``dropout_rate``, ``stochastic_depth_rate``, ``norm_momentum``,
+      **options: keyword-only model options of :func:`LambdaResNet` (``lambda_layer``
+        or its keyword shorthands, ``dropout_rate``, ``stochastic_depth_rate``, ``norm_momentum``,
         ``norm_epsilon``, ``se_ratio``; default no SE, no dropout).
 
     Returns:
       A ``keras.Model``: ``[batch, 224, 224, 3] -> [batch, classes]`` by default.
     """
     check_placement(placement)
-    lambda_blocks = tuple(
-        range(1, num_blocks + 1) if choice == "L" else ()
-        for choice, num_blocks in zip(placement, RESNET50_BLOCKS)
-    )
     return LambdaResNet(
-        RESNET50_BLOCKS,
-        lambda_blocks,
+        *block_layout(HYBRID, placement=placement),
         include_top=include_top,
         weights=weights,
         input_tensor=input_tensor,
@@ -675,7 +584,7 @@ def HybridResNet50(
     )
 
 
-CONSTRUCTORS["HybridResNet50"] = HybridResNet50
+CONSTRUCTORS[HYBRID] = HybridResNet50
 assert set(CONSTRUCTORS) == set(FACTORIES) | set(VARIANTS_BY_NAME), "a VARIANTS row has no constructor"
 
 __all__ = ["CONSTRUCTORS", "MODEL_SPECS", *FACTORIES, *(variant.name for variant in VARIANTS)]
