@@ -1,42 +1,49 @@
 """timm's lambda ResNets: converted weights give timm's logits; bad checkpoints are refused.
 
-The peer venv's timm (tests/peers.py) builds each model with random weights and BN
-statistics (tests/timm_reference_worker.py), saves ``model.safetensors`` and its
-eval-mode logits for two 256x256 images; here the checkpoint goes through
-``python -m lambda_keras.convert_timm`` and the constructor's ``weights=`` and the
-logits are compared. Timings on 2 cores: the worker ~25 s for the three models, each
+timm's side comes from golden fixtures (tests/fixtures/timm/, written on demand by
+tests/fixtures/make_timm_fixtures.py under the peer venv of requirements-peers.txt):
+each model's state dict regenerates here with NumPy from the recorded seed and layout
+(tests/timm_fixtures.py), is written as ``model.safetensors`` and goes through
+``python -m lambda_keras.convert_timm`` and the constructor's ``weights=``; the logits
+for the fixture's two 256x256 images are compared with timm's recorded ones. Neither
+torch nor timm is needed. Timings on 2 cores: each regeneration under 1 s, each
 conversion and comparison 4-8 s.
 """
 
+import hashlib
+import json
 import os
-import subprocess
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from safetensors.numpy import save_file
 
+import timm_fixtures
 from lambda_keras import convert_timm, imagenet_utils
 from lambda_keras.data import preprocessing
 from lambda_keras.models import CONSTRUCTORS
 from lambda_keras.models.variants import TIMM_VARIANTS
-from peers import peer_python
 
 ATOL = 1e-4
-TIMM_WORKER = Path(__file__).with_name("timm_reference_worker.py")
 MODELS = ("lambda_resnet26t", "lambda_resnet26rpt_256", "lambda_resnet50ts")
 
 
 @pytest.fixture(scope="module")
-def timm_models(tmp_path_factory) -> Path:
-    """A folder with ``<model>/model.safetensors`` and ``<model>/logits.npz`` per timm model."""
-    folder = tmp_path_factory.mktemp("timm_models")
-    subprocess.run(
-        [peer_python(), str(TIMM_WORKER), "models", str(folder), *MODELS], check=True, capture_output=True,
-        timeout=600,
-    )
-    return folder
+def timm_checkpoint(tmp_path_factory):
+    """``timm_checkpoint(model)``: the path of ``model.safetensors`` regenerated from the model's fixture."""
+    folder = tmp_path_factory.mktemp("timm_checkpoints")
+
+    def checkpoint(model: str) -> Path:
+        path = folder / model / "model.safetensors"
+        if not path.exists():
+            path.parent.mkdir()
+            save_file(timm_fixtures.state_dict(timm_fixtures.load(model)), str(path))
+        return path
+
+    return checkpoint
 
 
 def _convert(checkpoint: Path, model: str, output: Path, capsys) -> tuple[int, str]:
@@ -46,21 +53,23 @@ def _convert(checkpoint: Path, model: str, output: Path, capsys) -> tuple[int, s
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
-def test_converted_weights_give_timm_logits(model, timm_models, tmp_path, capsys):
+def test_converted_weights_give_timm_logits(model, timm_checkpoint, tmp_path, capsys):
+    fixture = timm_fixtures.load(model)
     output = tmp_path / f"{model}.weights.h5"
-    status, error = _convert(timm_models / model / "model.safetensors", model, output, capsys)
+    status, error = _convert(timm_checkpoint(model), model, output, capsys)
     assert status == 0, error
-    reference = np.load(timm_models / model / "logits.npz")
+    images = timm_fixtures.draw_inputs(fixture["inputs"])  # NCHW, as timm took them
+    expected = timm_fixtures.outputs(fixture)
     keras_model = CONSTRUCTORS[TIMM_VARIANTS[model].name](weights=str(output), classifier_activation=None)
-    logits = np.asarray(keras_model(reference["images"].transpose(0, 2, 3, 1), training=False))
+    logits = np.asarray(keras_model(images.transpose(0, 2, 3, 1), training=False))
     # The logits vary (random weights that all count), so a mapping error cannot hide under the tolerance.
-    assert reference["logits"].std() > 0.1
-    np.testing.assert_allclose(logits, reference["logits"], atol=ATOL, rtol=0)
+    assert expected.std() > 0.1
+    np.testing.assert_allclose(logits, expected, atol=ATOL, rtol=0)
 
 
-def test_truncated_checkpoint_is_refused_naming_the_cut_tensor(timm_models, tmp_path, capsys):
+def test_truncated_checkpoint_is_refused_naming_the_cut_tensor(timm_checkpoint, tmp_path, capsys):
     checkpoint = tmp_path / "model.safetensors"
-    whole = (timm_models / "lambda_resnet26t" / "model.safetensors").read_bytes()
+    whole = timm_checkpoint("lambda_resnet26t").read_bytes()
     checkpoint.write_bytes(whole[: len(whole) // 2])
     output = tmp_path / "out.weights.h5"
     status, error = _convert(checkpoint, "lambda_resnet26t", output, capsys)
@@ -70,11 +79,10 @@ def test_truncated_checkpoint_is_refused_naming_the_cut_tensor(timm_models, tmp_
     assert not output.exists() and os.listdir(tmp_path) == ["model.safetensors"]
 
 
-def test_checkpoint_of_another_architecture_is_refused(timm_models, tmp_path, capsys):
+def test_checkpoint_of_another_architecture_is_refused(timm_checkpoint, tmp_path, capsys):
     output = tmp_path / "out.weights.h5"
     output.write_bytes(b"earlier weights")
-    status, error = _convert(timm_models / "lambda_resnet26t" / "model.safetensors", "lambda_resnet50ts", output,
-                             capsys)
+    status, error = _convert(timm_checkpoint("lambda_resnet26t"), "lambda_resnet50ts", output, capsys)
     assert status == 2
     # lambda_resnet50ts has three c2 blocks, lambda_resnet26t two.
     assert error.strip() == (
@@ -104,29 +112,22 @@ def test_imagenet_weights_say_how_to_get_them(model):
             f"--output {model}.weights.h5") in message
 
 
-def _photo_like_image() -> np.ndarray:
-    """A 333x500 uint8 RGB image: smooth colour fields, a sharp-edged patch and noise."""
-    rows, columns = np.mgrid[0:333, 0:500] / 50.0
-    image = np.stack([128 + 90 * np.sin(columns + 0.3 * c) * np.cos(0.7 * rows - c) for c in range(3)], axis=-1)
-    image[100:200, 150:320] = (200, 40, 60)
-    image += np.random.default_rng(0).normal(0, 12, size=image.shape)
-    return np.clip(np.round(image), 0, 255).astype(np.uint8)
-
-
-def test_eval_transform_matches_timm(tmp_path):
+def test_eval_transform_matches_timm():
     """Our resize and crop of each model equal timm's eval transform (PIL bicubic) to one
-    level in 255 per pixel; 0.2 levels on average (docs/design.md, "timm's weights")."""
-    image = _photo_like_image()
-    np.save(tmp_path / "image.npy", image)
-    subprocess.run(
-        [peer_python(), str(TIMM_WORKER), "transform", str(tmp_path / "image.npy"), str(tmp_path / "timm.npz"),
-         *MODELS], check=True, capture_output=True, timeout=600,
-    )
-    timm_inputs = np.load(tmp_path / "timm.npz")
-    level = 1.0 / np.array(preprocessing.STDDEV_RGB)  # one level of [0, 255] after normalisation
+    level in 255 per pixel; 0.2 levels on average (docs/design.md, "timm's weights").
+    timm's output is a fixture: whole levels of [0, 255] (tests/fixtures/timm/transform_*.npz)."""
+    recorded = json.loads((timm_fixtures.FIXTURES / "transform.json").read_text())
+    image = timm_fixtures.photo_like_image()
+    assert hashlib.sha256(image.tobytes()).hexdigest() == recorded["image"]["sha256"], (
+        f"the test image regenerates differently here; regenerate the fixtures: {timm_fixtures.REGENERATE}")
     for model in MODELS:
-        ours = imagenet_utils.preprocess_image(image, model)
-        difference = np.abs(ours - timm_inputs[model].transpose(1, 2, 0)) / level
+        config = recorded["models"][model]
+        # The fixture is of the transform that our variant table names.
+        assert (config["crop_pct"], config["input_size"][1:]) == (
+            TIMM_VARIANTS[model].timm.crop_pct, [256, 256]), model
+        ours = imagenet_utils.preprocess_image(image, model) * np.array(preprocessing.STDDEV_RGB) + np.array(
+            preprocessing.MEAN_RGB)
+        difference = np.abs(ours - np.load(timm_fixtures.FIXTURES / config["levels"])["levels"])
         assert difference.max() <= 1.0 + 1e-3, model
         assert difference.mean() <= 0.25, model
 
@@ -142,7 +143,7 @@ def test_export_serves_with_the_timm_transform(tmp_path):
         name="lambda_resnet50ts",
     )
     path = saved_model.export_model(classifier, tmp_path / "lambda_resnet50ts", warmup=False)
-    image = _photo_like_image()
+    image = timm_fixtures.photo_like_image()
     served = tf.saved_model.load(str(path)).signatures["serve_images"](images=tf.constant(image[None]))
     expected = classifier(imagenet_utils.preprocess_image(image, "lambda_resnet50ts")[None])
     np.testing.assert_allclose(served["probabilities"].numpy(), np.asarray(expected), atol=1e-6)

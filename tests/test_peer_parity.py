@@ -1,28 +1,23 @@
 """Parity with the PyTorch peers, weights copied over (docs/design.md, "Relative offsets and the peers' weights").
 
 lucidrains' ``lambda-networks`` 0.4.0 runs wherever torch does (CI installs the CPU
-wheel, torch 2.13.0). timm imports torchvision at ``import timm.layers``, and the
-only torchvision that imports on this machine kind pairs with a 5.5 GB CUDA build
-of torch, so timm runs under the peer venv's python (tests/peers.py: skipped where
-it is missing, failed under ``CI=true``), in a process of its own
-(tests/timm_reference_worker.py); torchvision imported after TensorFlow would crash
-the interpreter anyway.
+wheel, torch 2.13.0). timm's ``LambdaLayer`` comes from golden fixtures
+(tests/fixtures/timm/layer_*.json, written by tests/fixtures/make_timm_fixtures.py
+under the peer venv of requirements-peers.txt): its state dict regenerates with NumPy
+from the recorded seed and layout (tests/timm_fixtures.py), and timm's recorded outputs
+are compared; timm itself is not needed.
 Both peers are compared in eval mode (moving BN statistics), in float32.
 """
-
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+import timm_fixtures
 from lambda_keras import LambdaLayer
-from peers import peer_python
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
 
 ATOL = 1e-4
-TIMM_WORKER = Path(__file__).with_name("timm_reference_worker.py")
 
 
 def _randomize_torch_module(module, seed: int) -> None:
@@ -109,21 +104,18 @@ def test_matches_lucidrains_lambda_networks(scope_size, intra_depth):
         _compare(layer, torch_layer, images)
 
 
-@pytest.mark.parametrize("scope_size", [7, None], ids=["local", "relative"])
-def test_matches_timm_lambda_layer(scope_size, tmp_path):
-    saved = tmp_path / "timm.npz"
-    subprocess.run(
-        [peer_python(), str(TIMM_WORKER), "layer", str(saved), str(scope_size).lower()], check=True,
-        capture_output=True, timeout=300,
-    )
-    timm = dict(np.load(saved))
-    images = timm["images"]
+@pytest.mark.parametrize("case", ["layer_local", "layer_global"], ids=["local", "relative"])
+def test_matches_timm_lambda_layer(case):
+    fixture = timm_fixtures.load(case)
+    timm = timm_fixtures.state_dict(fixture)
+    images = timm_fixtures.draw_inputs(fixture["inputs"])  # NCHW
+    arguments = fixture["timm"]["arguments"]
     channels, height, width = images.shape[1:]
-    key_dim, heads = timm["norm_q.weight"].shape[0] // 4, 4
+    key_dim, heads, scope_size = arguments["dim_head"], arguments["num_heads"], arguments["r"]
     local = scope_size is not None
     layer = LambdaLayer(
         key_dim=key_dim, num_heads=heads, scope_size=scope_size, use_position_bias=local,
-        norm_epsilon=float(timm["epsilon"]),
+        norm_epsilon=fixture["timm"]["bn_epsilon"],
     )
     layer.build((None, height, width, channels))
     # timm fuses q, k, v into one 1x1 conv, split in that order (docs/design.md).
@@ -150,4 +142,4 @@ def test_matches_timm_lambda_layer(scope_size, tmp_path):
     for implementation in ("einsum", "conv"):
         layer.implementation = implementation
         outputs = np.asarray(layer(images.transpose(0, 2, 3, 1), training=False))
-        np.testing.assert_allclose(outputs, timm["outputs"].transpose(0, 2, 3, 1), atol=ATOL, rtol=1e-5)
+        np.testing.assert_allclose(outputs, timm_fixtures.outputs(fixture).transpose(0, 2, 3, 1), atol=ATOL, rtol=1e-5)
