@@ -36,8 +36,9 @@ models with the same weights (timm's random initialisation, converted by
 ``lambda_keras.convert_timm``), inference and one SGD training step, side by side:
 TensorFlow with oneDNN on and off (each in its own process: ``tf.function`` inference,
 ``train_on_batch``), and timm in PyTorch eager and under ``torch.compile`` (timm runs
-under the peer venv's python, ``$LAMBDA_KERAS_PEER_PYTHON`` or ``.venv-peers``, as in
-the tests; torchvision does not import beside TensorFlow). Writes ``model_speed_timm.csv``.
+under the peer venv's python, ``$LAMBDA_KERAS_PEER_PYTHON`` or ``.venv-peers``, the
+venv of ``requirements-peers.txt`` that also regenerates the tests' timm fixtures;
+torchvision does not import beside TensorFlow). Writes ``model_speed_timm.csv``.
 """
 
 from __future__ import annotations
