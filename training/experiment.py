@@ -349,7 +349,8 @@ def build_and_compile(
             loss=recipe.SmoothedCrossEntropy(
                 config.input.num_classes, config.train.label_smoothing
             ),
-            metrics=[recipe.TopKAccuracy(1), recipe.TopKAccuracy(5)],
+            # Weighted: the padding of the last validation steps weighs 0 (build_datasets).
+            weighted_metrics=[recipe.TopKAccuracy(1), recipe.TopKAccuracy(5)],
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,
         )
