@@ -15,7 +15,10 @@ and reads its JPEG header, noting the records it could not read or parse and whe
 -> [cache] -> repeat -> shuffle -> a cheap parallel map that checks each record and
 counts what was skipped -> drop those -> the parallel decode-crop-augment-normalise map,
 fused with the batching that follows (drop_remainder) -> [Mixup/CutMix] -> prefetch.
-Evaluation reads the same way without shuffling or repeating, deterministically.
+Evaluation reads the same way without shuffling or repeating, deterministically; with
+`pad_evaluation` its last steps are padded with weight-0 examples to whole batches. A
+pass over a split's files without one usable record fails (`NO_USABLE_RECORDS`) instead
+of skipping forever.
 
 Nothing is lost silently: every record a file should hold is read or counted as skipped
 (`SkippedRecordCounter`, per pass, each skip logged with the file and byte offset), and
@@ -142,9 +145,11 @@ def list_files(
     Raises:
       FileNotFoundError: `data_dir` does not exist or the pattern matches nothing
         (the message names the pattern).
-      DataIntegrityError: see above; also when no file is left to read, or the
-        manifest's labels fall outside [0, num_classes) after the label offset.
-      ValueError: bad split, too few files to hold out or to share between hosts.
+      DataIntegrityError: see above; also when no file is left to read, the
+        manifest's labels fall outside [0, num_classes) after the label offset, or
+        there are fewer files than hosts to share them.
+      ConfigError: minival_num_shards leaves no training file, or is 0 for "minival".
+      ValueError: bad split.
     """
     return [shard.path for shard in list_shards(config, split, input_context, skipped_records)]
 
@@ -256,8 +261,7 @@ def records_per_host(config: InputConfig, split: str, hosts: int) -> tuple[int, 
     for a TFDS source or a folder without a manifest.
 
     Raises:
-      DataIntegrityError: the manifest is unreadable.
-      ValueError: too few files to hold out minival or to share between the hosts.
+      DataIntegrityError, ConfigError: as `list_files`.
     """
     if config.source != "tfrecord":
         return None
