@@ -8,19 +8,22 @@ starts, a checkpoint half-written) and checks what was kept on disk and what was
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import keras
+import numpy as np
 import pytest
 from run_control import free_ports
 import tensorflow as tf
 
+from lambda_keras.data import manifest, records
 from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import experiment, folder_lock, train
+from training import errors, experiment, folder_lock, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,3 +204,95 @@ def test_a_worker_waiting_for_its_peers_honours_sigterm(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Sets the first kernel to NaN before one step: a run that diverges there."""
+
+    def __init__(self, epoch, step):
+        super().__init__()
+        self.epoch, self.step, self._current_epoch = epoch, step, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self._current_epoch, batch) == (self.epoch, self.step):
+            kernel = self.model.trainable_weights[0]
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def test_a_diverged_epoch_saves_nothing_and_the_rerun_resumes_from_the_last_finite_state(digits_dir, tmp_path,
+                                                                                          monkeypatch):
+    config = _short_run(digits_dir, tmp_path)
+    strategy = tf.distribute.get_strategy()
+    build_callbacks = experiment.build_callbacks
+    monkeypatch.setattr(experiment, "build_callbacks",
+                        lambda *args: [PoisonWeights(epoch=1, step=1)] + build_callbacks(*args))
+    with pytest.raises(errors.DivergedError, match="the training loss is nan at step 2 of epoch 2"):
+        experiment.run_experiment(config, strategy)
+    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+    assert _logged_epochs(tmp_path) == [0]
+    last = keras.saving.load_model(tmp_path / "checkpoints" / "last.keras", compile=False)
+    assert all(np.isfinite(weight).all() for weight in last.get_weights())
+
+    monkeypatch.setattr(experiment, "build_callbacks", build_callbacks)
+    keras.backend.clear_session()
+    _, results = experiment.run_experiment(config, strategy)
+    assert (results["start_epoch"], results["start_step"]) == (1, 3)
+    assert np.isfinite(results["loss"]) and _logged_epochs(tmp_path) == [0, 1, 2]
+
+
+def test_a_huge_learning_rate_ends_the_run_in_one_line_and_the_corrected_rerun_trains(digits_dir, tmp_path, capsys):
+    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(tmp_path),
+             "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
+             "--set", "train.steps_per_epoch=3", "--set", "train.warmup_epochs=0", "--set", "input.cache=false"]
+    assert train.main(flags + ["--set", "train.base_learning_rate=1.0e+30"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "Training diverged: the training loss is nan at step 2 of epoch 1" in error[0], error
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "train_log.csv").exists()
+    # Nothing to resume: the corrected command is not held to the diverged run's config.
+    assert train.main(flags) == 0
+    assert np.isfinite(json.loads((tmp_path / "eval_results.json").read_text())["loss"])
+
+
+def test_a_restored_state_that_is_not_finite_is_refused(digits_dir, tmp_path):
+    model = experiment.build_and_compile(_short_run(digits_dir, tmp_path), tf.distribute.get_strategy())
+    model.trainable_weights[0].assign(np.full(model.trainable_weights[0].shape, np.inf, "float32"))
+    guard = callbacks_lib.DivergenceGuard(str(tmp_path / "backup"))
+    guard.set_model(model)
+    with pytest.raises(errors.DivergedError, match="holds non-finite values .1 non-finite variable"):
+        guard.on_epoch_begin(0)
+
+
+def _unreadable_training_images(digits_dir, target):
+    """The digits with every training image replaced by bytes that are no JPEG, under
+    a valid manifest (the converter's checks passed; the images rotted later)."""
+    shutil.copytree(digits_dir, target)
+    for path in sorted(target.glob("train-*")):
+        rewritten = []
+        for serialized in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            example = tf.train.Example.FromString(serialized)
+            example.features.feature[records.IMAGE_KEY].bytes_list.value[:] = [b"not a jpeg"]
+            rewritten.append(example.SerializeToString())
+        records.write_records_atomically(str(path), rewritten)
+    shards = manifest.read_manifest(str(target))
+    manifest.write_manifest(str(target), manifest.Manifest(
+        {split: tuple(manifest.describe_shards([str(target / shard.name) for shard in split_shards]))
+         for split, split_shards in shards.splits.items()},
+        classes=shards.classes, first_label=shards.first_label))
+    return target
+
+
+def test_a_training_split_without_one_usable_record_stops_in_one_line_instead_of_hanging(digits_dir, tmp_path):
+    data_dir = _unreadable_training_images(digits_dir, tmp_path / "data")
+    command = [sys.executable, "-m", "training.train", "--config", "demo", "--data_dir", str(data_dir),
+               "--model_dir", str(tmp_path / "model"), "--set", "model.lambda_blocks=[[], [], [], []]",
+               "--set", "train.epochs=1", "--set", "train.warmup_epochs=0"]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3"))
+    errors_said = [line for line in run.stderr.splitlines() if line.startswith("python -m training.train: error:")]
+    assert run.returncode == 2 and len(errors_said) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"No usable record in a whole pass over the train split of {data_dir}" in errors_said[0]
+    # One warning per skipped record of that one pass, not an endless loop of them.
+    assert run.stderr.count("WARNING: skipping") <= 1500

@@ -88,7 +88,10 @@ with open(os.path.join(model_dir, f"results_{index}.json"), "w") as file:
 def test_multi_worker_mirrored_two_processes_end_with_the_same_weights(digits_dir, tmp_path):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    overrides = ["train.epochs=1", "train.steps_per_epoch=3", "train.warmup_epochs=0"]
+    # Validation batches of 37 per worker: worker 0 reads 149 digits (5 steps), worker 1
+    # 148 (4 steps); padded, both run 5 steps, worker 1's last batch all padding.
+    overrides = ["train.epochs=1", "train.steps_per_epoch=3", "train.warmup_epochs=0",
+                 "input.eval_global_batch_size=74"]
     workers = []
     for index in range(2):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
@@ -118,7 +121,36 @@ def test_multi_worker_mirrored_two_processes_end_with_the_same_weights(digits_di
     assert len(weights[0].files) == len(weights[1].files) > 100
     for key in weights[0].files:
         np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    config = config_lib.load_config("demo", overrides, **{"input.data_dir": digits_dir,
+                                                           "model_dir": str(tmp_path / "one_device")})
+    one_device = _top1(config, tf.distribute.get_strategy(), [weights[0][key] for key in weights[0].files])
+    assert results[0]["top1"] == pytest.approx(one_device, abs=1e-6)
     # Only the chief writes checkpoints and logs; each worker keeps a backup.
     assert (tmp_path / "checkpoints" / "last.keras").exists()
     assert (tmp_path / "train_log.csv").exists()
     assert (tmp_path / "backup" / "worker_1" / "training_metadata.json").exists()
+
+
+def _top1(config, strategy, weights):
+    """Validation top-1 of `weights` under `strategy`, as the trainer evaluates."""
+    _, validation, _, _ = experiment.build_datasets(config, strategy)
+    model = experiment.build_and_compile(config, strategy)
+    model.set_weights(weights)
+    return model.evaluate(validation, return_dict=True, verbose=0)["top1"]
+
+
+@pytest.mark.parametrize("eval_batch", [66, 64])
+def test_mirrored_validation_with_an_empty_or_short_replica_batch_counts_every_example_once(digits_dir, tmp_path,
+                                                                                            eval_batch):
+    # 297 validation digits in batches of 33 per replica: 9 batches, so the last step
+    # gives replica 1 no example; of 32: the last step gives replica 1 9 examples.
+    config = config_lib.load_config("demo", [
+        "model.lambda_blocks=[[], [], [], []]", f"input.eval_global_batch_size={eval_batch}",
+    ], **{"input.data_dir": digits_dir, "model_dir": str(tmp_path)})
+    weights = experiment.build_model(config).get_weights()
+    one_device = _top1(config, tf.distribute.get_strategy(), weights)
+    keras.backend.clear_session()
+    mirrored = _top1(config, tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]), weights)
+    assert 0 < one_device < 1
+    assert mirrored == one_device  # the same correct count over the same 297 examples
+    assert round(mirrored * 297) == pytest.approx(mirrored * 297, abs=1e-3)

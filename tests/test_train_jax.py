@@ -137,3 +137,60 @@ def test_a_remote_tpu_name_under_jax_is_refused_in_one_line(tmp_path):
     assert run.returncode == 2
     assert "--tpu my-tpu: under --backend jax the program runs on the TPU VM itself" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+EVALUATE_WORKER = r"""
+import sys
+import keras
+from training import config as config_lib, experiment, strategies
+
+config = config_lib.load_config("demo", ["model.lambda_blocks=[[], [], [], []]", "input.eval_global_batch_size=66"],
+                                **{"input.data_dir": sys.argv[1], "model_dir": sys.argv[2]})
+strategy = strategies.create_strategy("cpu")
+keras.utils.set_random_seed(0)
+_, validation, _, _ = experiment.build_datasets(config, strategy)
+model = experiment.build_and_compile(config, strategy)
+print(strategy.num_replicas_in_sync, repr(model.evaluate(validation, return_dict=True, verbose=0)["top1"]))
+"""
+
+
+def test_two_device_validation_with_an_empty_device_batch_counts_every_example_once(digits_dir, tmp_path):
+    # 297 digits in steps of 66: the last step holds 33, all on device 0 of two;
+    # before the padding, two devices dropped those 33 (drop_remainder).
+    top1 = {}
+    for devices in (1, 2):
+        run = subprocess.run([sys.executable, "-c", EVALUATE_WORKER, digits_dir, str(tmp_path / f"model_{devices}")],
+                             cwd=REPO, env=_jax_env(devices), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-4000:]
+        replicas, value = run.stdout.split()[-2:]
+        assert int(replicas) == devices
+        top1[devices] = float(value)
+    assert 0 < top1[1] < 1 and top1[2] == top1[1]
+
+
+def _short_jax_run(digits_dir, tmp_path, *flags):
+    command = [sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
+               "--data_dir", digits_dir, "--model_dir", str(tmp_path / "model"),
+               "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
+               "--set", "train.steps_per_epoch=3", "--set", "train.warmup_epochs=0", "--set", "input.cache=false",
+               *flags]
+    return subprocess.run(command, cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_a_diverging_jax_run_ends_in_one_line_with_exit_2(digits_dir, tmp_path):
+    run = _short_jax_run(digits_dir, tmp_path, "--set", "train.base_learning_rate=1.0e+30")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("python -m training.train: error:")]
+    assert run.returncode == 2 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "Training diverged: the training loss is nan at step 2 of epoch 1" in errors[0]
+    assert not (tmp_path / "model" / "checkpoints").exists()
+
+
+def test_jax_training_with_export_dir_exports_a_servable_model(digits_dir, tmp_path):
+    run = _short_jax_run(digits_dir, tmp_path, "--export_dir", str(tmp_path / "export" / "digits"))
+    assert run.returncode == 0, run.stderr[-4000:]
+    version_dir = tmp_path / "export" / "digits" / "1"
+    assert f"Exported the model for serving to {version_dir}" in run.stdout
+    serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    with open(os.path.join(digits_dir, "samples", "digit_3.jpg"), "rb") as file:
+        probabilities = serve(image_bytes=tf.constant([file.read()]))["probabilities"].numpy()
+    assert probabilities.shape == (1, 10) and np.isfinite(probabilities).all()

@@ -23,6 +23,11 @@ class StorageError(UserError, OSError):
     """model_dir has too little free space for the next backup and checkpoints."""
 
 
+class DivergedError(UserError, ArithmeticError):
+    """The loss or a weight became non-finite (NaN or infinite); the message names the
+    epoch and step and what was kept."""
+
+
 class StrategyError(UserError, RuntimeError):
     """The requested strategy or devices cannot be had here; the message says why."""
 

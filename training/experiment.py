@@ -26,7 +26,7 @@ from lambda_keras import models, recipe
 from lambda_keras.data import manifest, records
 from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import folder_lock, input_pipeline, optimization, strategies
+from training import folder_lock, input_pipeline, optimization, preflight, strategies
 from training.config import ConfigError, ExperimentConfig
 from training.errors import DataIntegrityError
 
@@ -51,9 +51,24 @@ def run_experiment(
       "train_seconds", "skipped_train_records", "skipped_eval_records" (per pass: the
       last), "skipped_train_files", "skipped_eval_files" (left out at the start).
 
+    Before anything is written into model_dir, the config is checked against the
+    strategy (batch sizes, steps per execution) and the data against the config
+    (`training.preflight`): a refused run leaves model_dir as it was.
+
     Raises:
       FolderBusyError: another run holds model_dir.
+      ConfigError, DataIntegrityError: refused before any write (see above), or
+        DataIntegrityError when a pass over a split gives no usable record.
+      DivergedError: the loss or a weight became non-finite (see
+        `callbacks.DivergenceGuard`); the backup and checkpoints keep the last
+        finite state.
     """
+    replicas = strategy.num_replicas_in_sync
+    check_batch_sizes(config, replicas)
+    resolve_steps_per_execution(config, strategy)
+    if config.demo_data:
+        _write_demo_data_if_missing(config)
+    preflight.check_data(config.input, replicas, strategies.input_pipelines(strategy))
     if not strategies.is_chief(strategy):
         return _run_experiment(config, strategy)
     with folder_lock.held_exclusively(config.model_dir, "training run"):
@@ -65,7 +80,6 @@ def _run_experiment(
 ) -> tuple[keras.Model, dict[str, Any]]:
     replicas = strategy.num_replicas_in_sync
     check_same_run(config)
-    check_batch_sizes(config, replicas)
     steps_per_execution = resolve_steps_per_execution(config, strategy)
     precision = resolve_precision(config, strategy)
     chief = strategies.is_chief(strategy)
@@ -81,8 +95,6 @@ def _run_experiment(
         with records.written_atomically(os.path.join(config.model_dir, "config.yaml")) as temp_path:
             with tf.io.gfile.GFile(temp_path, "w") as file:
                 file.write(config.to_yaml())
-    if config.demo_data:
-        _write_demo_data_if_missing(config)
     if config.train.seed is not None:
         keras.utils.set_random_seed(config.train.seed)
     keras.config.set_dtype_policy(precision)
@@ -93,7 +105,7 @@ def _run_experiment(
     callbacks = build_callbacks(config, strategy, stats)
 
     start = time.perf_counter()
-    with warnings.catch_warnings(), _naming_undecodable_images(config):
+    with warnings.catch_warnings(), _data_errors_in_one_line(config):
         # Keras warns that the input "ran out of data; interrupting training" whenever a
         # dataset of unknown length ends: here the validation set at the end of every
         # pass, which is how an evaluation ends, not an interruption (training repeats).
@@ -133,17 +145,24 @@ def _run_experiment(
 
 
 @contextlib.contextmanager
-def _naming_undecodable_images(config: ExperimentConfig) -> Iterator[None]:
-    """Turns TensorFlow's error for a JPEG that fails mid-decode into a DataIntegrityError
-    that says how to find the record.
+def _data_errors_in_one_line(config: ExperimentConfig) -> Iterator[None]:
+    """Turns TensorFlow's errors for bad data met while training or evaluating into a
+    DataIntegrityError of one line.
 
-    The pipeline reads each JPEG's header before batching and drops the damaged ones; a
-    later scan can still be invalid (a progressive JPEG), and that decode fails inside the
-    map fused with the batch, where no single record can be dropped.
+    Those are: a JPEG that fails mid-decode (the pipeline reads each JPEG's header before
+    batching and drops the damaged ones; a later scan can still be invalid, a progressive
+    JPEG, and that decode fails inside the map fused with the batch, where no single
+    record can be dropped), and the pipeline's own checks (`input_pipeline.data_error_message`:
+    a pass without one usable record, a corrupt record with skip_corrupt_records=false, a
+    label out of range).
     """
     try:
         yield
     except tf.errors.InvalidArgumentError as error:
+        message = input_pipeline.data_error_message(error)
+        if message is not None:
+            raise DataIntegrityError(f"{message}. `python -m training.verify_data {config.input.data_dir}` "
+                                     "checks every record.") from None
         if "Invalid JPEG data" not in error.message:
             raise
         raise DataIntegrityError(
@@ -166,10 +185,12 @@ def check_same_run(config: ExperimentConfig) -> None:
 
     A rerun with the same command resumes from model_dir/backup; a rerun with a changed
     config would mix two runs in one log and one backup, and would overwrite the
-    record of the first (config.yaml). Checked before anything is written.
+    record of the first (config.yaml). Checked before anything is written. A model_dir
+    whose run left no backup, checkpoint or log (it failed before its first backup)
+    holds nothing to mix with: its config.yaml is replaced, not held against the rerun.
     """
     path = os.path.join(config.model_dir, "config.yaml")
-    if not tf.io.gfile.exists(path):
+    if not tf.io.gfile.exists(path) or not holds_progress(config.model_dir):
         return
     with tf.io.gfile.GFile(path) as file:
         text = file.read()
@@ -189,6 +210,14 @@ def check_same_run(config: ExperimentConfig) -> None:
             f"{config.model_dir} holds a run with another config ({differences}); rerun with the same "
             "config to resume it, or use a new --model_dir."
         )
+
+
+def holds_progress(model_dir: str) -> bool:
+    """Whether a run in model_dir got as far as a backup, a checkpoint or a log row."""
+    backups = tf.io.gfile.glob(os.path.join(model_dir, "backup", "*")) if tf.io.gfile.isdir(
+        os.path.join(model_dir, "backup")) else []
+    checkpoints = tf.io.gfile.glob(os.path.join(model_dir, "checkpoints", "*.keras"))
+    return bool(backups or checkpoints or tf.io.gfile.exists(os.path.join(model_dir, "train_log.csv")))
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -253,20 +282,18 @@ def build_datasets(config: ExperimentConfig, strategy: strategies.Strategy):
 
     Each replica gets [global_batch / replicas, image_size, image_size, 3] images and
     int32 [global_batch / replicas] labels; each host reads its share of the files
-    (`distribute_datasets_from_function`). On TPUs the last partial validation
-    batch is dropped (static shapes), and under JAX on several devices too (every
-    batch is split evenly over them).
+    (`distribute_datasets_from_function`). With several replicas the validation
+    batches also carry float32 [global_batch / replicas] example weights: the last
+    steps are padded with weight-0 examples so that every replica gets a full batch at
+    every step and every host the same number of steps (an empty per-replica batch
+    fails in TensorFlow's kernels; static shapes on TPU), and top-1/top-5 count the
+    real examples only (input.eval_drop_remainder=true drops the partial step instead).
 
     Returns:
       (train, validation, skipped-train counter, skipped-validation counter).
     """
     input_config = config.input
-    even_batches = strategies.is_tpu_strategy(strategy) or (
-        strategies.is_jax(strategy) and strategy.num_replicas_in_sync > 1
-    )
-    if even_batches and not input_config.eval_drop_remainder:
-        print("Dropping the last partial validation batch (static shapes, even splits over devices).")
-        input_config = input_config.replace(eval_drop_remainder=True)
+    pad_evaluation = strategy.num_replicas_in_sync > 1
     # The counters are host variables, created outside the strategy scope.
     skipped_train = input_pipeline.SkippedRecordCounter("skipped_train_records")
     skipped_eval = input_pipeline.SkippedRecordCounter("skipped_eval_records")
@@ -275,7 +302,7 @@ def build_datasets(config: ExperimentConfig, strategy: strategies.Strategy):
     )
     validation = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.build_dataset(
-            input_config, "validation", context, skipped_eval
+            input_config, "validation", context, skipped_eval, pad_evaluation=pad_evaluation
         )
     )
     return train, validation, skipped_train, skipped_eval
@@ -322,7 +349,8 @@ def build_and_compile(
             loss=recipe.SmoothedCrossEntropy(
                 config.input.num_classes, config.train.label_smoothing
             ),
-            metrics=[recipe.TopKAccuracy(1), recipe.TopKAccuracy(5)],
+            # Weighted: the padding of the last validation steps weighs 0 (build_datasets).
+            weighted_metrics=[recipe.TopKAccuracy(1), recipe.TopKAccuracy(5)],
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,
         )
@@ -336,7 +364,9 @@ def build_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """The callbacks, in the order they must run at an epoch's end.
 
-    1. TrainingStats adds learning rate, images/s and skipped records to the logs.
+    1. FreeSpaceCheck, then DivergenceGuard: a non-finite loss or weight ends the run
+       before anything of the epoch is saved. Then TrainingStats adds learning rate,
+       images/s and skipped records to the logs.
     2. Chief only: the CSV row of the epoch, before the backup, so that every epoch
        the backup has done has its row (a resumed run drops the rows of the epochs it
        redoes).
@@ -345,8 +375,7 @@ def build_callbacks(
        chief's in model_dir/backup).
     4. SwapEMAWeights puts the EMA weights in for validation and, at the epoch's end,
        for the checkpoints that follow; it swaps back at the next epoch's start.
-    5. TerminateOnNaN.
-    6. Chief only: last and best .keras checkpoints, TensorBoard.
+    5. Chief only: last and best .keras checkpoints, TensorBoard.
     """
     model_dir = config.model_dir
     chief = strategies.is_chief(strategy)
@@ -358,7 +387,9 @@ def build_callbacks(
     # calls os.makedirs, which fails when another worker creating backup/worker_<i>
     # made backup/ in between (seen in a two-worker CI run).
     tf.io.gfile.makedirs(backup_dir)
-    callbacks: list[keras.callbacks.Callback] = [callbacks_lib.FreeSpaceCheck(model_dir), stats]
+    callbacks: list[keras.callbacks.Callback] = [
+        callbacks_lib.FreeSpaceCheck(model_dir), callbacks_lib.DivergenceGuard(backup_dir), stats
+    ]
     if chief:
         callbacks.append(callbacks_lib.EpochLog(csv_path))
     callbacks.append(
@@ -371,7 +402,6 @@ def build_callbacks(
     )
     if config.train.use_ema:
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    callbacks.append(keras.callbacks.TerminateOnNaN())
     if chief:
         callbacks += [
             callbacks_lib.AtomicCheckpoint(os.path.join(model_dir, "checkpoints", "last.keras")),

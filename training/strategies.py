@@ -116,6 +116,18 @@ def is_multi_worker(strategy: Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def input_pipelines(strategy: Strategy) -> int:
+    """The hosts that read input (one `tf.distribute.InputContext` pipeline each):
+    the workers under MWMS, the TPU hosts under TPUStrategy, the JAX processes."""
+    if is_jax(strategy):
+        return strategy.process_count
+    if is_multi_worker(strategy):
+        return strategy.extended._num_workers  # pylint: disable=protected-access
+    if is_tpu_strategy(strategy):
+        return strategy.extended.num_hosts
+    return 1
+
+
 def worker_index(strategy: Strategy) -> int:
     """This process's worker index under MWMS or multi-host JAX (0 elsewhere)."""
     if is_jax(strategy):

@@ -32,7 +32,15 @@ can hold the TPU. The outputs in model_dir are the same, and so is the export.
 
 Exit status 2 with a one-line message for a bad config, a missing TPU/GPU/TF_CONFIG, a
 global batch not divisible by the replicas, shards that do not match their
-manifest.json, or an --export_dir that the export could not write.
+manifest.json or cannot feed the run (training.preflight: too few records for one
+step, labels outside input.num_classes, records without the configured features), a
+split that yields no usable record, a run that diverges (a non-finite loss or weight:
+the backup and checkpoints keep the last finite state), or an --export_dir that the
+export could not write. Nothing is written into model_dir before the config and the
+data are checked, and config.yaml is written only then.
+
+Under --backend jax, --export_dir exports the last checkpoint in a TensorFlow-backend
+subprocess (`python -m export.saved_model`): the SavedModel is TensorFlow's.
 
 TF_ENABLE_ONEDNN_OPTS: TensorFlow reads it once, at import, so it is chosen here, before
 the import: oneDNN on (1) unless the caller set it. TensorFlow defaults to it only on
@@ -46,6 +54,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 from typing import Sequence
@@ -144,18 +153,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.runtime.strategy, config.runtime.tpu, config.runtime.worker_start_timeout_seconds
     )
     model, results = experiment.run_experiment(config, strategy)
-    if export_model is not None:
-        from lambda_keras.models.variants import EvalTransform
+    if export_model is not None and strategies.is_chief(strategy):
+        if strategies.is_jax(strategy):
+            version_dir = _export_under_tensorflow(config.model_dir, args.export_dir)
+        else:
+            from lambda_keras.models.variants import EvalTransform
 
-        version_dir = export_model(model=model, export_dir=args.export_dir, image_size=config.input.image_size,
-                                   crop_padding=config.input.eval_crop_padding,
-                                   eval_transform=EvalTransform(
-                                       config.input.image_size, config.input.eval_crop_padding,
-                                       config.input.eval_interpolation, config.input.eval_resize_first))
+            version_dir = export_model(model=model, export_dir=args.export_dir, image_size=config.input.image_size,
+                                       crop_padding=config.input.eval_crop_padding,
+                                       eval_transform=EvalTransform(
+                                           config.input.image_size, config.input.eval_crop_padding,
+                                           config.input.eval_interpolation, config.input.eval_resize_first))
         print(f"Exported the model for serving to {version_dir}")
     print(f"Validation top-1 {results['top1']:.4f}, top-5 {results['top5']:.4f} "
           f"(EMA weights: {config.train.use_ema}); everything is in {config.model_dir}")
     return 0
+
+
+class ExportFailedError(UserError, RuntimeError):
+    """The export after training failed; the checkpoints are intact and export separately."""
+
+
+def _export_under_tensorflow(model_dir: str, export_dir: str) -> str:
+    """Exports model_dir's checkpoints/last.keras (the EMA weights of the last epoch,
+    which `fit` also leaves in the model) with `python -m export.saved_model` in a
+    TensorFlow-backend process on the CPU, and returns the version folder.
+
+    A SavedModel is TensorFlow's: under the JAX backend Keras would export through
+    jax2tf, which cannot take the serving signature's string (JPEG bytes) input. The
+    child process leaves this process's accelerator alone.
+    """
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join(filter(None, [repository, os.environ.get("PYTHONPATH")])))
+    export = subprocess.run(
+        [sys.executable, "-m", "export.saved_model", "--model", model_dir, "--output", export_dir],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    if export.returncode:
+        lines = export.stderr.strip().splitlines() or ["(no message)"]
+        raise ExportFailedError(
+            f"the export after training failed ({lines[-1]}); the checkpoints in {model_dir} are intact: "
+            f"export them with python -m export.saved_model --model {model_dir} --output {export_dir}"
+        )
+    return export.stdout.strip().splitlines()[-1].removeprefix("Exported ")
 
 
 def _export_function(export_dir: str):
