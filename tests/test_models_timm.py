@@ -20,7 +20,7 @@ import tensorflow as tf
 from lambda_keras import convert_timm, imagenet_utils
 from lambda_keras.data import preprocessing
 from lambda_keras.models import CONSTRUCTORS
-from lambda_keras.models.variants import TIMM_VARIANTS
+from lambda_keras.models.variants import PRETRAINED, TIMM_VARIANTS
 from peers import peer_python
 
 ATOL = 1e-4
@@ -99,7 +99,7 @@ def test_imagenet_weights_say_how_to_get_them(model):
         CONSTRUCTORS[variant.name](weights="imagenet")
     message = str(raised.value)
     assert "pip install huggingface_hub" in message
-    assert f"hf download {variant.timm.pretrained} model.safetensors --local-dir {model}" in message
+    assert f"hf download {PRETRAINED[variant.name].pretrained} model.safetensors --local-dir {model}" in message
     assert (f"python -m lambda_keras.convert_timm {model}/model.safetensors --model {model} "
             f"--output {model}.weights.h5") in message
 
