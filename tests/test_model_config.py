@@ -136,7 +136,7 @@ MODEL_FIELDS = {
 }
 ARCHITECTURES = st.sampled_from([GENERIC, GENERIC, GENERIC, "HybridResNet50", "LambdaResNet50", "ResNetRS50",
                                  "LambdaResNet26RPT256", "LambdaResNet51"])
-UNKNOWN_KEYS = st.sampled_from(["depth", "filters", "activation"])
+UNKNOWN_KEYS = st.sampled_from(["depth", "filters", "width"])
 
 
 @st.composite

@@ -25,7 +25,7 @@ import timm_fixtures
 from lambda_keras import convert_timm, imagenet_utils
 from lambda_keras.data import preprocessing
 from lambda_keras.models import CONSTRUCTORS
-from lambda_keras.models.variants import TIMM_VARIANTS
+from lambda_keras.models.variants import PRETRAINED, TIMM_VARIANTS
 
 ATOL = 1e-4
 MODELS = ("lambda_resnet26t", "lambda_resnet26rpt_256", "lambda_resnet50ts")
@@ -107,7 +107,7 @@ def test_imagenet_weights_say_how_to_get_them(model):
         CONSTRUCTORS[variant.name](weights="imagenet")
     message = str(raised.value)
     assert "pip install huggingface_hub" in message
-    assert f"hf download {variant.timm.pretrained} model.safetensors --local-dir {model}" in message
+    assert f"hf download {PRETRAINED[variant.name].pretrained} model.safetensors --local-dir {model}" in message
     assert (f"python -m lambda_keras.convert_timm {model}/model.safetensors --model {model} "
             f"--output {model}.weights.h5") in message
 
@@ -124,7 +124,7 @@ def test_eval_transform_matches_timm():
         config = recorded["models"][model]
         # The fixture is of the transform that our variant table names.
         assert (config["crop_pct"], config["input_size"][1:]) == (
-            TIMM_VARIANTS[model].timm.crop_pct, [256, 256]), model
+            PRETRAINED[TIMM_VARIANTS[model].name].crop_pct, [256, 256]), model
         ours = imagenet_utils.preprocess_image(image, model) * np.array(preprocessing.STDDEV_RGB) + np.array(
             preprocessing.MEAN_RGB)
         difference = np.abs(ours - np.load(timm_fixtures.FIXTURES / config["levels"])["levels"])

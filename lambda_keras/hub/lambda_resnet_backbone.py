@@ -44,8 +44,8 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
         "ResNetRS50", ..., "HybridResNet50" or the generic factory "LambdaResNet".
       blocks_per_stage, lambda_blocks, base: the generic factory's block layout and base.
       placement: HybridResNet50's "C"/"L" per stage.
-      se_ratio, stochastic_depth_rate, norm_momentum, norm_epsilon: the constructors'
-        options of the same names.
+      activation, se_ratio, stochastic_depth_rate, norm_momentum, norm_epsilon: the
+        constructors' options of the same names.
       lambda_layer: the lambda layers' arguments, a ``LambdaLayerConfig`` or overrides
         of the architecture's, e.g. ``{"scope_size": 7}``.
       image_shape: ``(height, width, 3)``; ``None`` entries take any size, which the
@@ -67,6 +67,7 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
         lambda_blocks: Sequence[Sequence[int]] | None = None,
         base: str | None = None,
         placement: str | None = None,
+        activation: str | None = None,
         se_ratio: float | Sequence[float] | None = None,
         stochastic_depth_rate: float | None = None,
         norm_momentum: float | None = None,
@@ -81,6 +82,7 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
             "architecture": architecture, "blocks_per_stage": blocks_per_stage, "lambda_blocks": lambda_blocks,
             "base": base, "placement": placement, "se_ratio": se_ratio, "stochastic_depth_rate": stochastic_depth_rate,
             "norm_momentum": norm_momentum, "norm_epsilon": norm_epsilon, "lambda_layer": lambda_layer,
+            "activation": activation,
         })
         image_shape = tuple(image_shape)
         kwargs.setdefault("name", "lambda_resnet_backbone")

@@ -14,7 +14,6 @@ from keras import layers, ops
 
 from lambda_keras.layers import AveragePooling2D, LambdaLayer, SymmetricMaxPooling2D
 
-ACTIVATIONS = ("relu", "silu")
 
 # [RS] conv and SE kernels use TF1's ``variance_scaling_initializer()``: scale 1,
 # fan-in, truncated normal, which is Keras' VarianceScaling default.
@@ -81,7 +80,7 @@ def batch_norm(x, name: str, norm_options: dict, zero_gamma: bool = False):
 
 
 def activation_layer(x, activation: str, name: str):
-    """``activation`` ("relu" or "silu", one of ACTIVATIONS) as a layer named ``name``."""
+    """``activation`` ("relu" or "silu", ``model_config.ACTIVATIONS``) as a layer named ``name``."""
     if activation == "relu":
         return layers.ReLU(name=name)(x)
     return layers.Activation(activation, name=name)(x)

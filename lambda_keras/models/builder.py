@@ -14,13 +14,14 @@ from typing import Any
 
 import keras
 
-from lambda_keras.models import lambda_resnet
+from lambda_keras.models.constructors import CONSTRUCTORS
 from lambda_keras.models.model_config import GENERIC, ModelConfig, ModelConfigError
 
 __all__ = ["ModelConfigError", "build_model", "constructor_arguments", "validate_model_config"]
 
 # Keyword options a config passes to its constructor when set (None: the constructor's default).
-_OPTIONS = ("placement", "base", "se_ratio", "dropout_rate", "stochastic_depth_rate", "norm_momentum", "norm_epsilon")
+_OPTIONS = ("placement", "base", "activation", "se_ratio", "dropout_rate", "stochastic_depth_rate", "norm_momentum",
+            "norm_epsilon")
 
 
 def validate_model_config(model_config: ModelConfig | Mapping[str, Any]) -> ModelConfig:
@@ -42,7 +43,7 @@ def constructor_arguments(
     options = {key: getattr(model_config, key) for key in _OPTIONS if getattr(model_config, key) is not None}
     options["lambda_layer"] = model_config.lambda_layer
     positional = model_config.layout() if model_config.architecture == GENERIC else ()
-    return lambda_resnet.CONSTRUCTORS[model_config.architecture], positional, options
+    return CONSTRUCTORS[model_config.architecture], positional, options
 
 
 def build_model(

@@ -110,7 +110,7 @@ def obtain_input_shape(
             warnings.warn(
                 "This model usually expects 1 or 3 input channels. However, it was "
                 f"passed an input_shape with {channels} input channels.",
-                stacklevel=3,
+                stacklevel=4,
             )
         if (height is not None and height < min_size) or (width is not None and width < min_size):
             raise ValueError(
@@ -126,4 +126,20 @@ def obtain_input_shape(
             "If `include_top` is True, you should specify a static `input_shape`. "
             f"Received: input_shape={input_shape}"
         )
+    return input_shape
+
+
+def check_application_arguments(
+    weights, include_top: bool, classes, input_shape: tuple | None, pooling, default_size: int
+) -> tuple:
+    """keras.applications' argument checks, in its order: weights, classes, input shape,
+    pooling.
+
+    Returns:
+      The input shape, as :func:`obtain_input_shape` gives it (at least 32x32).
+    """
+    validate_weights(weights)
+    validate_classes(include_top, classes)
+    input_shape = obtain_input_shape(input_shape, default_size=default_size, min_size=32, require_flatten=include_top)
+    validate_pooling(pooling)
     return input_shape

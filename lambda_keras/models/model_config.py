@@ -13,6 +13,9 @@ YAML ``model`` section or a backbone's saved config is a :meth:`ModelConfig.to_d
     dropout_rate: 0.2
     lambda_layer: {scope_size: 7}           # overrides of the architecture's lambda layers
 
+A named architecture ("LambdaResNet50") stands for its complete generic config in
+``variants.VARIANT_CONFIGS``; its options left at None are that config's.
+
 Pure data: importing this module imports neither Keras nor TensorFlow.
 """
 
@@ -24,24 +27,17 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 from lambda_keras.cli import UserError
-from lambda_keras.models.variants import (
-    ARCHITECTURES,
-    LAMBDA,
-    LAMBDA_C4,
-    MODEL_SPECS,
-    RESNET_RS,
-    TIMM,
-    VARIANTS_BY_NAME,
-)
 
 GENERIC = "LambdaResNet"
 HYBRID = "HybridResNet50"
+# The constructors that are not rows of variants.VARIANTS: the generic factory and the
+# Section 5.1 study.
+FACTORIES = (GENERIC, HYBRID)
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 # Bottleneck widths of c2-c5; a stage outputs 4x its width.
 STAGE_WIDTHS = (64, 128, 256, 512)
 BASES = ("resnet_rs", "vanilla", "tiered")
-# Vanilla ResNet-50 stage sizes (He et al. 2016), the network of Tables 3, 9-13.
-RESNET50_BLOCKS = (3, 4, 6, 3)
+ACTIVATIONS = ("relu", "silu")
 HYBRID_DEFAULT_PLACEMENT = "LLLL"
 IMPLEMENTATIONS = ("auto", "einsum", "conv", "banded")
 KEY_NORMALIZATIONS = ("softmax", "l2", "none")
@@ -210,15 +206,29 @@ class LambdaLayerConfig:
         return dataclasses.asdict(self)
 
 
+def _variants():
+    """The variants module. It builds its table of configs from this module's classes,
+    so it is imported here, when a named architecture is first looked up, not at the top."""
+    from lambda_keras.models import variants
+
+    return variants
+
+
+def _named_config(architecture: str, placement: str | None = None) -> ModelConfig:
+    """The complete generic config a named architecture stands for (HybridResNet50's
+    for ``placement``)."""
+    if architecture == HYBRID:
+        return _variants().hybrid_config(placement or HYBRID_DEFAULT_PLACEMENT)
+    return _variants().VARIANT_CONFIGS[architecture]
+
+
 def architecture_lambda_layer(architecture: str) -> LambdaLayerConfig:
-    """The lambda layers ``architecture`` builds unless told otherwise: the paper's,
-    or for timm's rows timm's (``byoanet.py``: |k| 16, |h| 4, |u| 1 as in the paper; a
-    2x2 pool and, with a local scope, a bias on the position lambdas)."""
-    variant = VARIANTS_BY_NAME.get(architecture)
-    if variant is None or variant.timm is None:
+    """The lambda layers ``architecture`` builds unless told otherwise: its row's in
+    ``variants.VARIANT_CONFIGS`` (the paper's, or timm's for timm's rows), the paper's
+    for the factories."""
+    if architecture in FACTORIES:
         return LambdaLayerConfig()
-    scope_size = variant.timm.scope_size
-    return LambdaLayerConfig(scope_size=scope_size, pool_size=2, use_position_bias=scope_size is not None)
+    return _named_config(architecture).lambda_layer
 
 
 def check_placement(placement: Any) -> str:
@@ -274,7 +284,8 @@ class ModelConfig:
     architecture: a constructor of ``lambda_keras.models`` by name
       (``variants.ARCHITECTURES``). "LambdaResNet" is the generic factory and needs
       ``blocks_per_stage`` and ``lambda_blocks``; "HybridResNet50" takes ``placement``;
-      the named ones take neither.
+      the named ones take neither: each stands for its complete generic config in
+      ``variants.VARIANT_CONFIGS``.
     blocks_per_stage: bottlenecks in c2, c3, c4, c5 (generic factory only).
     lambda_blocks: per stage, the sorted 1-based indices of the blocks with a lambda
       layer (generic factory only; Table 18 reads 1-based, docs/design.md).
@@ -282,6 +293,8 @@ class ModelConfig:
       None: "LLLL".
     base: "resnet_rs", "vanilla" or "tiered" stem and shortcuts (generic factory
       only; None: "resnet_rs").
+    activation: "relu" or "silu", after every batch norm but a residual branch's
+      last; None: the architecture's (SiLU for LambdaResNet50TS, ReLU otherwise).
     se_ratio: squeeze-and-excitation ratio of the conv blocks, one number or one per
       stage, in [0, 1]; None: the architecture's (0.25 in c2/c3 for the LambdaResNets,
       Appendix E.1; 0.25 for ResNet-RS; none otherwise).
@@ -303,6 +316,7 @@ class ModelConfig:
     lambda_blocks: tuple[tuple[int, ...], ...] | None = None
     placement: str | None = None
     base: str | None = None
+    activation: str | None = None
     se_ratio: float | tuple[float, ...] | None = None
     dropout_rate: float = 0.0
     stochastic_depth_rate: float = 0.0
@@ -324,8 +338,10 @@ class ModelConfig:
           ModelConfigError: naming the first invalid field and its value.
         """
         architecture = self.architecture
-        if not (isinstance(architecture, str) and architecture in ARCHITECTURES):
-            _fail("architecture", architecture, f"one of {ARCHITECTURES}")
+        # The factories are known without the table (whose rows are generic configs).
+        if not (isinstance(architecture, str)
+                and (architecture in FACTORIES or architecture in _variants().VARIANT_CONFIGS)):
+            _fail("architecture", architecture, f"one of {_variants().ARCHITECTURES}")
         only_for = {"blocks_per_stage": GENERIC, "lambda_blocks": GENERIC, "base": GENERIC, "placement": HYBRID}
         for key, owner in only_for.items():
             if getattr(self, key) is not None and architecture != owner:
@@ -343,6 +359,8 @@ class ModelConfig:
             check_placement(self.placement)
         if self.base is not None:
             check_choice("base", self.base, BASES)
+        if self.activation is not None:
+            check_choice("activation", self.activation, ACTIVATIONS)
         if self.se_ratio is not None:
             self._set("se_ratio", _se_ratio(self.se_ratio))
         for key in ("dropout_rate", "stochastic_depth_rate"):
@@ -376,8 +394,12 @@ class ModelConfig:
 
     def layout(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
         """``(blocks_per_stage, lambda_blocks)`` of the network this config names, for
-        every architecture (lambda block indices 1-based)."""
-        return block_layout(self.architecture, self.blocks_per_stage, self.lambda_blocks, self.placement)
+        every architecture (lambda block indices 1-based): the generic factory's own
+        fields, or those of the complete config a named architecture stands for."""
+        if self.architecture == GENERIC:
+            return self.blocks_per_stage, self.lambda_blocks
+        named = _named_config(self.architecture, self.placement)
+        return named.blocks_per_stage, named.lambda_blocks
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
@@ -399,40 +421,6 @@ class ModelConfig:
         """Every field as plain lists, dicts and scalars (YAML- and JSON-ready);
         ``from_dict`` of it gives an equal config."""
         return _plain(dataclasses.asdict(self))
-
-
-def block_layout(
-    architecture: str,
-    blocks_per_stage: tuple[int, ...] | None = None,
-    lambda_blocks: tuple[tuple[int, ...], ...] | None = None,
-    placement: str | None = None,
-) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
-    """Blocks per stage c2-c5 and, per stage, the 1-based blocks with a lambda layer.
-
-    The generic factory's are its arguments; HybridResNet50's follow from the
-    placement (every block of an "L" stage, Section 5.1); the named rows' from their
-    tables: Table 18's c4 blocks and all of c5 (``LAMBDA``), every c4 and c5 block
-    (``LAMBDA_C4``, Table 14), none (``RESNET_RS``), or timm's.
-    """
-    if architecture == GENERIC:
-        return blocks_per_stage, lambda_blocks
-    if architecture == HYBRID:
-        return RESNET50_BLOCKS, tuple(
-            tuple(range(1, num_blocks + 1)) if choice == "L" else ()
-            for choice, num_blocks in zip(placement or HYBRID_DEFAULT_PLACEMENT, RESNET50_BLOCKS)
-        )
-    variant = VARIANTS_BY_NAME[architecture]
-    if variant.family == TIMM:
-        return variant.timm.blocks, variant.timm.lambda_blocks
-    spec = MODEL_SPECS[variant.depth]
-    blocks = spec["blocks"]
-    every_block = [tuple(range(1, n + 1)) for n in blocks]
-    lambda_stages = {
-        LAMBDA: ((), (), spec["c4_lambda_blocks"], every_block[3]),
-        LAMBDA_C4: ((), (), every_block[2], every_block[3]),
-        RESNET_RS: ((), (), (), ()),
-    }
-    return blocks, lambda_stages[variant.family]
 
 
 def _plain(value: Any) -> Any:

@@ -1,9 +1,17 @@
-"""The table of named models: one row per constructor, the only place a variant is listed.
+"""The named models as data: one complete ``ModelConfig`` per constructor, and apart from
+them the facts of published weights.
 
-The constructors in ``lambda_resnet.py``, the package's ``__all__``, the constructor
-docstrings, the training config's allowed architectures and the parameter-count test
-are all derived from :data:`VARIANTS`. Adding a variant is a row here, a constructor
-function there and the test's expectation.
+As timm separates its architectures (``model_cfgs`` in ``byobnet.py``) from its
+pretrained tags (``default_cfgs``), :data:`VARIANTS` holds what each named constructor
+builds, a complete generic config made by one of the helpers below (Table 18's depths,
+Table 14's -C4, the ResNet-RS baselines, timm's layouts) with its parameter count, and
+:data:`PRETRAINED` the ImageNet weights that exist for some of them (timm's tag, top-1,
+evaluation transform). The named constructors (``constructors.py``), the package's
+``__all__``, the constructor docstrings, the training config's allowed architectures
+and the parameter-count test all follow from these tables.
+
+Adding a variant is a row of :data:`VARIANTS` (and of :data:`PRETRAINED` if weights
+exist), a thin constructor in ``constructors.py`` and the test's expectation.
 
 Pure data: importing this module does not import Keras.
 """
@@ -12,6 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
+from lambda_keras.models.model_config import (
+    FACTORIES,
+    GENERIC,
+    LambdaLayerConfig,
+    ModelConfig,
+)
 
 # Table 18: blocks per stage c2-c5 and the (1-based) c4 blocks with a lambda layer;
 # every c5 block has one too. The block counts are ResNet-RS's (``model_params`` in
@@ -25,13 +40,133 @@ MODEL_SPECS: dict[int, dict[str, tuple[int, ...]]] = {
     350: {"blocks": (4, 36, 72, 4), "c4_lambda_blocks": (10, 20, 30, 40, 50, 60)},
     420: {"blocks": (4, 44, 87, 4), "c4_lambda_blocks": (10, 20, 30, 40, 50, 60, 70, 80)},
 }
+# Vanilla ResNet-50 stage sizes (He et al. 2016), the network of Tables 3, 9-13.
+RESNET50_BLOCKS = (3, 4, 6, 3)
+# SE sits in the c2/c3 conv blocks of the LambdaResNets only: the published sizes match
+# only without SE in c4/c5 (docs/design.md, "SE only in c2 and c3").
+LAMBDA_RESNET_SE_RATIO = (0.25, 0.25, 0.0, 0.0)
+NO_LAMBDA_BLOCKS = ((), (), (), ())
 
-# The families of named models and what a row of each builds.
-LAMBDA = "lambda"  # Table 18: lambda layers in the listed c4 blocks and all of c5
-LAMBDA_C4 = "lambda_c4"  # Table 14's "-C4": lambda layers in every c4 and c5 block
-RESNET_RS = "resnet_rs"  # the conv-only ResNet-RS baselines, SE 0.25 everywhere
-TIMM = "timm"  # timm's lambda ResNets (timm/models/byoanet.py), for its ImageNet weights
-FAMILIES = (LAMBDA, LAMBDA_C4, RESNET_RS, TIMM)
+
+def _every_block(num_blocks: int) -> tuple[int, ...]:
+    return tuple(range(1, num_blocks + 1))
+
+
+def _config(
+    blocks: tuple[int, ...],
+    lambda_blocks: tuple[tuple[int, ...], ...],
+    base: str,
+    se_ratio: float | tuple[float, ...],
+    activation: str = "relu",
+    lambda_layer: LambdaLayerConfig | None = None,
+) -> ModelConfig:
+    """A complete generic config: every option set, batch norms at [RS]'s 0.9 and 1e-5."""
+    return ModelConfig(
+        GENERIC, blocks_per_stage=blocks, lambda_blocks=lambda_blocks, base=base, activation=activation,
+        se_ratio=se_ratio, norm_momentum=0.9, norm_epsilon=1e-5, lambda_layer=lambda_layer or LambdaLayerConfig(),
+    )
+
+
+def table18_config(depth: int) -> ModelConfig:
+    """LambdaResNet-<depth> (Table 18): ResNet-RS base, lambda layers in the listed c4
+    blocks and every c5 block, SE 0.25 in c2/c3."""
+    spec = MODEL_SPECS[depth]
+    blocks = spec["blocks"]
+    lambda_blocks = ((), (), spec["c4_lambda_blocks"], _every_block(blocks[3]))
+    return _config(blocks, lambda_blocks, "resnet_rs", LAMBDA_RESNET_SE_RATIO)
+
+
+def c4_config(depth: int) -> ModelConfig:
+    """LambdaResNet-<depth>-C4 (Table 14): Table 18's network with a lambda layer in
+    every c4 and c5 block."""
+    blocks = MODEL_SPECS[depth]["blocks"]
+    lambda_blocks = ((), (), _every_block(blocks[2]), _every_block(blocks[3]))
+    return _config(blocks, lambda_blocks, "resnet_rs", LAMBDA_RESNET_SE_RATIO)
+
+
+def resnet_rs_config(depth: int) -> ModelConfig:
+    """ResNet-RS-<depth>, the conv baseline of Table 14: no lambda layers, SE 0.25 in
+    every stage (``se_ratio=0`` gives Table 14's "wo/ SE" rows)."""
+    return _config(MODEL_SPECS[depth]["blocks"], NO_LAMBDA_BLOCKS, "resnet_rs", 0.25)
+
+
+def hybrid_config(placement: str) -> ModelConfig:
+    """HybridResNet50 (Section 5.1): vanilla ResNet-50, no SE, with lambda layers in
+    every block of the stages ``placement`` marks "L" (one character per c2-c5)."""
+    lambda_blocks = tuple(
+        _every_block(num_blocks) if choice == "L" else () for choice, num_blocks in zip(placement, RESNET50_BLOCKS)
+    )
+    return _config(RESNET50_BLOCKS, lambda_blocks, "vanilla", 0.0)
+
+
+def timm_config(
+    blocks: tuple[int, ...], lambda_blocks: tuple[tuple[int, ...], ...], activation: str, scope_size: int | None
+) -> ModelConfig:
+    """One of timm's lambda ResNets (``timm/models/byoanet.py``): tiered stem, strided 1x1
+    projection shortcuts, no SE; lambda layers with timm's 2x2 pool and, with a local
+    scope ``scope_size``, a bias on the position lambdas (|k| 16, |h| 4, |u| 1 as in the
+    paper). ``lambda_blocks`` are timm's ``interleave_blocks``, 1-based."""
+    lambda_layer = LambdaLayerConfig(scope_size=scope_size, pool_size=2, use_position_bias=scope_size is not None)
+    return _config(blocks, lambda_blocks, "tiered", 0.0, activation, lambda_layer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One named model.
+
+    name: the constructor's name (``lambda_keras.models.<name>``).
+    config: the complete generic config it builds by default.
+    parameters: trainable parameters with the default options and 1000 classes
+      (BN scale and offset counted, moving statistics not: what the paper counts;
+      for timm's rows, the count of ``timm.create_model``'s parameters).
+    paper: the count the paper prints, in millions as printed, and where
+      (``("36.9", "Table 14")``); None where it prints none.
+    image_size: the input height and width without an ``input_shape``: with the
+      classifier, and also without it when the lambda layers have global position
+      embeddings (``scope_size`` None), which fix the size.
+    """
+
+    name: str
+    config: ModelConfig
+    parameters: int
+    paper: tuple[str, str] | None = None
+    image_size: int = 224
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("LambdaResNet50", table18_config(50), 18_963_272),
+    Variant("LambdaResNet101", table18_config(101), 36_866_920, ("36.9", "Table 14")),
+    Variant("LambdaResNet152", table18_config(152), 51_404_696, ("51.4", "Table 14")),
+    Variant("LambdaResNet200", table18_config(200), 57_993_112),
+    Variant("LambdaResNet270", table18_config(270), 81_366_248),
+    Variant("LambdaResNet350", table18_config(350), 105_475_176),
+    Variant("LambdaResNet420", table18_config(420), 124_438_664),
+    Variant("LambdaResNet101C4", c4_config(101), 25_982_120, ("26.0", "Table 14")),
+    Variant("LambdaResNet152C4", c4_config(152), 35_077_496, ("35.1", "Table 14")),
+    Variant("LambdaResNet200C4", c4_config(200), 41_665_912, ("42", "Table 15")),
+    Variant("LambdaResNet270C4", c4_config(270), 55_786_968),
+    Variant("LambdaResNet350C4", c4_config(350), 69_555_336),
+    Variant("LambdaResNet420C4", c4_config(420), 81_443_704),
+    Variant("ResNetRS50", resnet_rs_config(50), 35_691_912),
+    Variant("ResNetRS101", resnet_rs_config(101), 63_618_696, ("63.6", "Table 14")),
+    Variant("ResNetRS152", resnet_rs_config(152), 86_621_576, ("86.6", "Table 14")),
+    Variant("ResNetRS200", resnet_rs_config(200), 93_209_992),
+    Variant("ResNetRS270", resnet_rs_config(270), 129_861_448),
+    Variant("ResNetRS350", resnet_rs_config(350), 163_956_168),
+    Variant("ResNetRS420", resnet_rs_config(420), 191_891_656),
+    # timm 1.0.31 (byoanet.py); the counts are timm's, measured with timm.create_model.
+    Variant("LambdaResNet26T", timm_config((2, 2, 2, 2), ((), (), (2,), (1, 2)), "relu", scope_size=9),
+            10_958_272, image_size=256),
+    Variant("LambdaResNet26RPT256", timm_config((2, 2, 2, 2), ((), (), (2,), (1, 2)), "relu", scope_size=None),
+            10_988_688, image_size=256),
+    Variant("LambdaResNet50TS", timm_config((3, 4, 6, 3), ((), (4,), (2, 4, 6), (2,)), "silu", scope_size=9),
+            21_536_832, image_size=256),
+)
+VARIANTS_BY_NAME: dict[str, Variant] = {variant.name: variant for variant in VARIANTS}
+# Constructor name -> the complete config it builds by default.
+VARIANT_CONFIGS: dict[str, ModelConfig] = {variant.name: variant.config for variant in VARIANTS}
+# Every constructor a training config may name.
+ARCHITECTURES: tuple[str, ...] = FACTORIES + tuple(VARIANTS_BY_NAME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,102 +198,37 @@ def timm_eval_transform(image_size: int, crop_pct: float) -> EvalTransform:
 
 @dataclasses.dataclass(frozen=True)
 class TimmSpec:
-    """What a timm-family row builds and where its weights come from.
+    """Published ImageNet weights of a named model: timm's (its ``default_cfgs``).
 
     model: timm's model name (``timm.create_model``), also the checkpoint layout the
-      converter reads.
-    pretrained: the Hugging Face hub repository of the ImageNet weights (``timm/<tag>``).
-    top1: the ImageNet-1k top-1 timm reports for them, at 256.
-    blocks: blocks per stage c2-c5.
-    lambda_blocks: per stage, the 1-based blocks with a lambda layer (timm's
-      ``interleave_blocks``: every second block from the second, or only the last
-      when ``every`` exceeds the depth).
-    activation: "relu" or "silu".
-    scope_size: the lambda layers' local scope ``r``, or None for global relative
-      position embeddings (a fixed input size).
+      converter reads and the constructor's default model name.
+    pretrained: the Hugging Face hub repository of the weights (``timm/<tag>``).
+    top1: the ImageNet-1k top-1 timm reports for them, at ``image_size``.
     crop_pct: timm's evaluation crop fraction (``pretrained_cfg["crop_pct"]``).
+    image_size: the evaluation input size.
     """
 
     model: str
     pretrained: str
     top1: str
-    blocks: tuple[int, ...]
-    lambda_blocks: tuple[tuple[int, ...], ...]
-    activation: str
-    scope_size: int | None
     crop_pct: float
     image_size: int = 256
 
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One named model.
-
-    name: the constructor's name (``lambda_keras.models.<name>``).
-    family: one of FAMILIES.
-    depth: the layer count; a key of MODEL_SPECS except in the timm family.
-    parameters: trainable parameters with the default options and 1000 classes
-      (BN scale and offset counted, moving statistics not: what the paper counts;
-      for the timm family, the count of ``timm.create_model``'s parameters).
-    paper: the count the paper prints, in millions as printed, and where
-      (``("36.9", "Table 14")``); None where it prints none.
-    timm: the timm family's architecture and weights; None for the paper's models.
-    """
-
-    name: str
-    family: str
-    depth: int
-    parameters: int
-    paper: tuple[str, str] | None = None
-    timm: TimmSpec | None = None
-
     @property
-    def eval_transform(self) -> EvalTransform | None:
-        """The evaluation transform of the model's published weights; None for the
-        paper's models (none published: the training config's transform applies)."""
-        if self.timm is None:
-            return None
-        return timm_eval_transform(self.timm.image_size, self.timm.crop_pct)
+    def eval_transform(self) -> EvalTransform:
+        """The evaluation transform the published top-1 was measured with."""
+        return timm_eval_transform(self.image_size, self.crop_pct)
 
 
-VARIANTS: tuple[Variant, ...] = (
-    Variant("LambdaResNet50", LAMBDA, 50, 18_963_272),
-    Variant("LambdaResNet101", LAMBDA, 101, 36_866_920, ("36.9", "Table 14")),
-    Variant("LambdaResNet152", LAMBDA, 152, 51_404_696, ("51.4", "Table 14")),
-    Variant("LambdaResNet200", LAMBDA, 200, 57_993_112),
-    Variant("LambdaResNet270", LAMBDA, 270, 81_366_248),
-    Variant("LambdaResNet350", LAMBDA, 350, 105_475_176),
-    Variant("LambdaResNet420", LAMBDA, 420, 124_438_664),
-    Variant("LambdaResNet101C4", LAMBDA_C4, 101, 25_982_120, ("26.0", "Table 14")),
-    Variant("LambdaResNet152C4", LAMBDA_C4, 152, 35_077_496, ("35.1", "Table 14")),
-    Variant("LambdaResNet200C4", LAMBDA_C4, 200, 41_665_912, ("42", "Table 15")),
-    Variant("LambdaResNet270C4", LAMBDA_C4, 270, 55_786_968),
-    Variant("LambdaResNet350C4", LAMBDA_C4, 350, 69_555_336),
-    Variant("LambdaResNet420C4", LAMBDA_C4, 420, 81_443_704),
-    Variant("ResNetRS50", RESNET_RS, 50, 35_691_912),
-    Variant("ResNetRS101", RESNET_RS, 101, 63_618_696, ("63.6", "Table 14")),
-    Variant("ResNetRS152", RESNET_RS, 152, 86_621_576, ("86.6", "Table 14")),
-    Variant("ResNetRS200", RESNET_RS, 200, 93_209_992),
-    Variant("ResNetRS270", RESNET_RS, 270, 129_861_448),
-    Variant("ResNetRS350", RESNET_RS, 350, 163_956_168),
-    Variant("ResNetRS420", RESNET_RS, 420, 191_891_656),
-    # timm 1.0.31 (byoanet.py); the counts are timm's, measured with timm.create_model.
-    Variant("LambdaResNet26T", TIMM, 26, 10_958_272, timm=TimmSpec(
-        "lambda_resnet26t", "timm/lambda_resnet26t.c1_in1k", "79.13",
-        blocks=(2, 2, 2, 2), lambda_blocks=((), (), (2,), (1, 2)), activation="relu", scope_size=9,
-        crop_pct=0.94)),
-    Variant("LambdaResNet26RPT256", TIMM, 26, 10_988_688, timm=TimmSpec(
-        "lambda_resnet26rpt_256", "timm/lambda_resnet26rpt_256.c1_in1k", "78.96",
-        blocks=(2, 2, 2, 2), lambda_blocks=((), (), (2,), (1, 2)), activation="relu", scope_size=None,
-        crop_pct=0.94)),
-    Variant("LambdaResNet50TS", TIMM, 50, 21_536_832, timm=TimmSpec(
-        "lambda_resnet50ts", "timm/lambda_resnet50ts.a1h_in1k", "81.18",
-        blocks=(3, 4, 6, 3), lambda_blocks=((), (4,), (2, 4, 6), (2,)), activation="silu", scope_size=9,
-        crop_pct=0.95)),
-)
-VARIANTS_BY_NAME: dict[str, Variant] = {variant.name: variant for variant in VARIANTS}
+# Constructor name -> its published weights; the paper's models have none.
+PRETRAINED: dict[str, TimmSpec] = {
+    "LambdaResNet26T": TimmSpec("lambda_resnet26t", "timm/lambda_resnet26t.c1_in1k", "79.13", crop_pct=0.94),
+    "LambdaResNet26RPT256": TimmSpec("lambda_resnet26rpt_256", "timm/lambda_resnet26rpt_256.c1_in1k", "78.96",
+                                     crop_pct=0.94),
+    "LambdaResNet50TS": TimmSpec("lambda_resnet50ts", "timm/lambda_resnet50ts.a1h_in1k", "81.18", crop_pct=0.95),
+}
 # timm's model name -> our row, for the converter; also the rows' default model names.
-TIMM_VARIANTS: dict[str, Variant] = {variant.timm.model: variant for variant in VARIANTS if variant.timm}
+TIMM_VARIANTS: dict[str, Variant] = {spec.model: VARIANTS_BY_NAME[name] for name, spec in PRETRAINED.items()}
 
 
 def published_eval_transform(model_name: str) -> EvalTransform | None:
@@ -166,9 +236,4 @@ def published_eval_transform(model_name: str) -> EvalTransform | None:
     ``model_name`` (a timm row's constructor names its model after timm's); None for
     any other name."""
     variant = TIMM_VARIANTS.get(model_name)
-    return variant.eval_transform if variant else None
-
-# The constructors that are not rows: the generic factory and the Section 5.1 study.
-FACTORIES = ("LambdaResNet", "HybridResNet50")
-# Every constructor a training config may name.
-ARCHITECTURES: tuple[str, ...] = FACTORIES + tuple(VARIANTS_BY_NAME)
+    return PRETRAINED[variant.name].eval_transform if variant else None
