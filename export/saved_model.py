@@ -75,6 +75,8 @@ DECODE_ERROR = "The image could not be decoded: image_bytes must be a complete J
 # Every real photo fits (a 50 MP camera frame); a decompression bomb (a small PNG of
 # 16000x16000) would take gigabytes to decode.
 DEFAULT_MAX_PIXELS = 50_000_000
+# A gigapixel decodes to 3 GB: a cap above it protects nothing.
+MAX_MAX_PIXELS = 1_000_000_000
 TOO_LARGE_ERROR = "The image is too large to serve: its header declares more pixels than max_pixels"
 # Other users (a TF Serving process) must read an export: folders rwxr-xr-x, files rw-r--r--.
 DIRECTORY_MODE = 0o755
@@ -121,16 +123,17 @@ class ServingSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
-        if self.image_size < 1:
-            raise ExportError(f"image_size must be an integer >= 1, not {self.image_size}.")
-        if self.crop_padding < 0:
-            raise ExportError(f"crop_padding must be an integer >= 0, not {self.crop_padding}.")
+        if not 1 <= self.image_size <= preprocessing.MAX_IMAGE_SIZE:
+            raise ExportError(f"image_size must be in [1, {preprocessing.MAX_IMAGE_SIZE}], not {self.image_size}.")
+        # The centre crop keeps image_size / (image_size + padding) of the shorter side: at least half.
+        if not 0 <= self.crop_padding <= self.image_size:
+            raise ExportError(f"crop_padding must be in [0, image_size={self.image_size}], not {self.crop_padding}.")
         if len(self.class_names) != self.classes:
             raise ExportError(f"{len(self.class_names)} class names for a model with {self.classes} classes.")
         if not 1 <= self.top_k <= self.classes:
             raise ExportError(f"top_k must be in [1, {self.classes}], not {self.top_k}.")
-        if self.max_pixels < 1:
-            raise ExportError(f"max_pixels must be an integer >= 1, not {self.max_pixels}.")
+        if not 1 <= self.max_pixels <= MAX_MAX_PIXELS:
+            raise ExportError(f"max_pixels must be in [1, {MAX_MAX_PIXELS}], not {self.max_pixels}.")
         if self.interpolation not in preprocessing.INTERPOLATIONS:
             raise ExportError(f"interpolation must be one of {preprocessing.INTERPOLATIONS}, "
                               f"not {self.interpolation!r}.")
@@ -478,6 +481,8 @@ def _choose_version(export_dir: Path | str, version: int | None) -> int:
         return max(taken, default=0) + 1
     if version < 1:
         raise ExportError(f"--version must be a positive integer, not {version}.")
+    if version is not None and version >= 2**63:
+        raise ExportError(f"--version {version}: TF Serving's versions are 64-bit integers.")
     if version in taken or tf.io.gfile.exists(f"{export_dir}/{version}"):
         raise ExportError(f"Version {version} already exists in {export_dir}; versions are "
                           f"never overwritten (next free: {max(taken, default=0) + 1}).")

@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from lambda_keras.data.preprocessing import MAX_IMAGE_SIZE
 from training.errors import ConfigError, check_finite_numbers, fail
 
 SOURCES = ("tfrecord", "tfds")
-# Bounds that catch a typo before any work: 4096 px is 16x the paper's largest input,
-# 2**20 images the largest batch in the large-batch literature; seeds reach NumPy's
-# 32-bit legacy generator.
-MAX_IMAGE_SIZE = 4096
+# Bounds that catch a typo before any work: 2**20 images is the largest batch in the
+# large-batch literature; seeds reach NumPy's 32-bit legacy generator.
 MAX_GLOBAL_BATCH_SIZE = 2**20
 MAX_SEED = 2**32 - 1
 SPLITS = ("train", "validation", "minival")

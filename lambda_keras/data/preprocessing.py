@@ -43,6 +43,9 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 ImageFn = Callable[[tf.Tensor], tf.Tensor]
 
+# The largest model input side training and serving accept: 16x the paper's largest
+# input; a larger one is a typo that would only fail once memory runs out.
+MAX_IMAGE_SIZE = 4096
 # Evaluation resizes: bilinear (the TPU ResNet recipe's) or bicubic (timm's).
 INTERPOLATIONS = ("bilinear", "bicubic")
 
