@@ -28,7 +28,7 @@ import tensorflow as tf
 from PIL import Image
 
 from lambda_keras.data import manifest, records
-from training import demo_data, prepare_imagenet
+from training import demo_data, prepare_imagenet, shard_set
 from training.errors import DataIntegrityError
 from training.input_config import InputConfig
 from training.input_pipeline import SkippedRecordCounter, build_dataset
@@ -202,7 +202,7 @@ def test_flipped_byte_skips_and_counts_the_rest_of_the_shard(digits, capfd):
     with pytest.raises(tf.errors.InvalidArgumentError, match=rf"Corrupt record.*{SHARD}: unreadable from byte {start}"):
         read_validation(demo_config(digits, skip_corrupt_records=False))
     # The full check names it too.
-    problems = manifest.verify_shards(str(digits))
+    problems = shard_set.verify_shards(str(digits))
     assert len(problems) == 1 and problems[0].startswith(f"{shard}: unreadable")
 
 
@@ -232,7 +232,7 @@ def test_same_size_foreign_shard_passes_the_start_check_but_not_verify(digits):
     shard.write_bytes(data[first_end:] + data[:first_end])
     labels, counter = read_validation(demo_config(digits))
     assert len(labels) == SHARD_RECORDS + OTHER_SHARD_RECORDS and counter.count == 0
-    problems = manifest.verify_shards(str(digits))
+    problems = shard_set.verify_shards(str(digits))
     assert problems == [f"{shard}: sha256 is {manifest.describe_shard(str(shard)).sha256}, manifest.json says "
                         f"{manifest.read_manifest(str(digits)).shards()[SHARD].sha256}"]
     assert subprocess.run([sys.executable, "-m", "training.verify_data", str(digits)], cwd=ROOT,
@@ -390,7 +390,7 @@ def test_killed_converter_leaves_no_file_the_trainer_reads_and_resumes(tmp_path,
     assert [name for name in names if name.startswith("train-")] == ["train-00000-of-00004", "train-00001-of-00004"]
     assert manifest.MANIFEST_NAME not in names
 
-    config = InputConfig(data_dir=str(output), num_classes=2, image_size=16, global_batch_size=2,
+    config = InputConfig(data_dir=str(output), num_classes=2, image_size=16, eval_crop_padding=2, global_batch_size=2,
                          eval_file_pattern="train-*", skip_corrupt_records=False)
     with pytest.raises(DataIntegrityError, match=r"train-00002-of-00004: missing from its set of 4"):
         read_validation(config)
@@ -404,7 +404,7 @@ def test_killed_converter_leaves_no_file_the_trainer_reads_and_resumes(tmp_path,
                                   "--validation_shards", "2", "--num_workers", "1"]) == 0
     assert "train: wrote 6 images in 2 shards; 2 shards were already complete" in capfd.readouterr().out
     assert not [name for name in os.listdir(output) if records.TEMP_MARKER in name]
-    assert manifest.verify_shards(str(output)) == []
+    assert shard_set.verify_shards(str(output)) == []
     labels, counter = read_validation(config)
     assert len(labels) == 12 and counter.count == 0
 
@@ -432,7 +432,7 @@ def test_rerun_with_other_shard_counts_is_refused_and_changes_nothing(tmp_path, 
     for name in ("train-00000-of-00002", "train-00001-of-00002"):
         shutil.copy(output / "train-00000-of-00004", output / name)
     os.remove(output / manifest.MANIFEST_NAME)
-    config = InputConfig(data_dir=str(output), num_classes=2, image_size=16, global_batch_size=2)
+    config = InputConfig(data_dir=str(output), num_classes=2, image_size=16, eval_crop_padding=2, global_batch_size=2)
     with pytest.raises(DataIntegrityError, match=r"two sets of train shards, of 2 .* and 4 .*read every image twice"):
         build_dataset(config, "train")
 

@@ -18,7 +18,8 @@ from lambda_keras.data import preprocessing, records
 from training import augmentation
 from training.demo_data import VALIDATION_SIZE, demo_input_config, digit_images
 from training.input_config import InputConfig
-from training.input_pipeline import SkippedRecordCounter, build_dataset, list_files
+from training.input_pipeline import SkippedRecordCounter, build_dataset
+from training.shard_set import list_files
 
 MEAN = np.array(preprocessing.MEAN_RGB, np.float32)
 STDDEV = np.array(preprocessing.STDDEV_RGB, np.float32)

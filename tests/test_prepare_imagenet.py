@@ -15,7 +15,7 @@ from PIL import Image
 
 from lambda_keras.data import manifest
 from lambda_keras.data.records import ShardSetError
-from training import prepare_imagenet
+from training import prepare_imagenet, shard_set
 from training.folder_lock import held_exclusively
 from training.demo_data import digit_images
 from training.input_config import InputConfig
@@ -89,7 +89,7 @@ def test_round_trip(imagenet_dir, tmp_path):
     assert written.classes == tuple(SYNSETS) and written.first_label == 1
     assert [shard.name for shard in written.splits["train"]] == [f"train-0000{i}-of-00004" for i in range(4)]
     assert sum(shard.num_records for shard in written.splits["train"]) == 3 * TRAIN_PER_CLASS + 2
-    assert manifest.verify_shards(output) == []
+    assert shard_set.verify_shards(output) == []
 
     records = read_records(os.path.join(output, "*-of-*"))
     assert len(records) == 3 * TRAIN_PER_CLASS + 2 + NUM_VALIDATION  # broken file skipped

@@ -100,3 +100,53 @@ def test_tfds_minival_needs_a_split(tmp_path):
     config = InputConfig(source="tfds", tfds_data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="tfds_minival_split"):
         build_dataset(config, "minival")
+
+
+# ---------------------------------------------------------------- user errors: one line, before any write
+
+
+def run_train(tmp_path, capfd, *overrides):
+    """`training.train.main` on a TFDS source; (its exit status, its error lines, model_dir)."""
+    from training import train  # pylint: disable=import-outside-toplevel
+
+    model_dir = tmp_path / "model"
+    argv = ["--config", "demo", "--model_dir", str(model_dir), "--set", "demo_data=false",
+            "--set", "input.source=tfds", "--set", "input.label_offset=0", "--set", "input.num_classes=1000",
+            "--set", f"input.tfds_data_dir={tmp_path / 'tfds'}"]
+    for override in overrides:
+        argv += ["--set", override]
+    capfd.readouterr()
+    status = train.main(argv)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    return status, [line for line in err.splitlines() if "error:" in line], model_dir
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["input.tfds_name=no_such_dataset_xyz"], "input.tfds_name='no_such_dataset_xyz': no such TFDS dataset"),
+    (["input.tfds_name=imdb_reviews"], 'reads an encoded JPEG "image" (tfds.features.Image) and an integer "label"'),
+    (["input.tfds_name=imagenet2012"], "is not prepared in"),
+])
+def test_tfds_dataset_errors_are_one_line_before_any_write(tmp_path, capfd, overrides, expected):
+    status, errors, model_dir = run_train(tmp_path, capfd, *overrides)
+    assert status == 2 and len(errors) == 1 and expected in errors[0], errors
+    if "not prepared" in expected:
+        assert "set input.tfds_prepare=true" in errors[0] and "input.tfds_manual_dir" in errors[0]
+    assert not model_dir.exists()
+    # Nothing was downloaded or prepared to find out.
+    assert not (tmp_path / "tfds").exists() or not any(path.is_file() for path in (tmp_path / "tfds").rglob("*"))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["input.tfds_eval_split=val"], "input.tfds_eval_split='val': not a split of TFDS dataset 'imagenet2012'"),
+    (["input.tfds_train_split=train[:x]"], "input.tfds_train_split='train[:x]': not a split"),
+    # The split sizes and the label feature feed the preflight's checks (4 train examples, 1000 classes).
+    (["input.global_batch_size=8"], "the train split has 4 records, fewer than one training step needs"),
+    (["input.num_classes=10"], "class ids 0..999 after input.label_offset, outside [0, 10)"),
+])
+def test_tfds_split_and_size_errors_are_one_line_before_any_write(fake_imagenet_tars, tmp_path, capfd, overrides,
+                                                                  expected):
+    status, errors, model_dir = run_train(tmp_path, capfd, "input.tfds_name=imagenet2012",
+                                          f"input.tfds_manual_dir={fake_imagenet_tars}", *overrides)
+    assert status == 2 and len(errors) == 1 and expected in errors[0], errors
+    assert not model_dir.exists()

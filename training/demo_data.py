@@ -34,12 +34,12 @@ from lambda_keras import cli
 from lambda_keras.data import manifest
 from lambda_keras.data.records import (
     ShardSetError,
-    check_no_other_shard_set,
     image_example,
     remove_temporary_files,
     shard_name,
     write_records_atomically,
 )
+from training import shard_set
 from training.input_config import InputConfig
 
 NUM_CLASSES = 10
@@ -117,7 +117,7 @@ def write_demo_data(
     shards = {"train": train_shards, "validation": validation_shards}
     _check_arguments(output_dir, image_size, shards, first_label)
     for split, num_shards in shards.items():
-        check_no_other_shard_set(output_dir, split, num_shards)
+        shard_set.check_one_shard_set_to_write(output_dir, split, num_shards)
     images, digits = digit_images(image_size)
     order = np.random.default_rng(seed).permutation(len(digits))
     splits = {

@@ -19,6 +19,11 @@ class DataIntegrityError(UserError, ValueError):
     or of another size), or the manifest is unreadable; the message names the files."""
 
 
+class InputError(UserError, ValueError):
+    """The input folders or the labels file do not describe a dataset to convert; the
+    message names the first problem. Raised before anything is written."""
+
+
 class StorageError(UserError, OSError):
     """model_dir has too little free space for the next backup and checkpoints."""
 

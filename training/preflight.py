@@ -4,19 +4,24 @@
 strategy, and before it takes model_dir or writes config.yaml, so that a refused run
 leaves model_dir as it was (absent, for a new one). What can be known up front, cheaply:
 
-- the split's files exist and match their manifest (`input_pipeline.list_shards`);
-- from the manifest's record counts, every host has one full training step (training
-  drops the last partial batch, so fewer records would give no step ever) and at least
-  one validation example (one full validation step with input.eval_drop_remainder);
-- the manifest's label map, after the label offset, fits [0, input.num_classes);
+- the split's files exist and match their manifest (`shard_set.list_shards`); for a
+  TFDS source, the dataset exists, has the features, the splits and is prepared
+  (`tfds_source.check`);
+- from the manifest's record counts (TFDS: its split sizes), every host has one full
+  training step (training drops the last partial batch, so fewer records would give
+  no step ever) and at least one validation example (one full validation step with
+  input.eval_drop_remainder);
+- the manifest's label map (TFDS: the label feature's classes), after the label
+  offset, fits [0, input.num_classes) (`shard_set.labels_outside_classes`);
 - the first record of one shard of each split is a tf.Example with the configured
   image (bytes) and label (int64) features, its label in range.
 
-The decision over the counts is `problems`, pure Python (no TensorFlow), so that it
+The decision over the counts is `problems`, a pure function of the numbers, so that it
 can be checked against an independent statement of the rules (tests/test_train_preflight.py).
-What the manifest cannot tell (a folder without one, a TFDS source, records that turn
-out unreadable) is caught while the data are read: a pass over a split without one
-usable record stops the run (`input_pipeline.NO_USABLE_RECORDS`).
+What the manifest cannot tell (a folder without one, a TFDS split shared between
+several hosts, records that turn out unreadable) is caught while the data are read: a
+pass over a split without one usable record stops the run
+(`input_pipeline.NO_USABLE_RECORDS`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from lambda_keras.data import manifest
+from training import shard_set, tfds_source
 from training.errors import DataIntegrityError
 
 
@@ -32,14 +39,15 @@ class DataPlan:
     """The numbers a run's data must fit.
 
     train_records / validation_records: records each host (input pipeline) reads of
-      the split, from the manifest; None when unknown (no manifest, TFDS).
+      the split, from the manifest or TFDS's split sizes; None when unknown (no
+      manifest, a TFDS split shared between hosts).
     global_batch_size / eval_global_batch_size: examples per step over all replicas.
     replicas / hosts: replicas in sync, and the hosts they are spread over (each host
       reads global batch / hosts examples per step).
     eval_drop_remainder: validation drops its last partial step.
     num_classes: the classifier's classes.
     label_range: the smallest and largest class id the data hold after the label
-      offset (from the manifest's label map); None when unknown.
+      offset (from the manifest's label map or TFDS's ClassLabel); None when unknown.
     """
 
     train_records: tuple[int, ...] | None
@@ -86,10 +94,8 @@ def problems(plan: DataPlan) -> list[str]:
                 "Lower input.eval_global_batch_size or set input.eval_drop_remainder=false"
             )
     if plan.label_range is not None:
-        first, last = plan.label_range
-        if first < 0 or last >= plan.num_classes:
-            found.append(f"the data's labels map to class ids {first}..{last} after input.label_offset, outside "
-                         f"[0, {plan.num_classes}) (input.num_classes)")
+        labels = shard_set.labels_outside_classes(*plan.label_range, plan.num_classes)
+        found += [labels] if labels is not None else []
     return found
 
 
@@ -112,13 +118,9 @@ def check_data(input_config, replicas: int, hosts: int) -> None:
 
     Raises:
       DataIntegrityError: one line naming every problem found.
-      FileNotFoundError, ConfigError: see `input_pipeline.list_files`.
+      FileNotFoundError, ConfigError: see `shard_set.list_files` and `tfds_source`.
     """
-    # Imported here: this module's decision stays free of TensorFlow.
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    from lambda_keras.data import manifest  # pylint: disable=import-outside-toplevel
-    from training import input_pipeline  # pylint: disable=import-outside-toplevel
 
     label_range = None
     found = []
@@ -126,7 +128,7 @@ def check_data(input_config, replicas: int, hosts: int) -> None:
         for split in ("train", "validation"):
             # Lists (and checks against the manifest) every host's files.
             shards = [
-                input_pipeline.list_shards(input_config, split, tf.distribute.InputContext(
+                shard_set.list_shards(input_config, split, tf.distribute.InputContext(
                     num_input_pipelines=hosts, input_pipeline_id=host, num_replicas_in_sync=replicas), None)
                 for host in range(hosts)
             ]
@@ -137,9 +139,19 @@ def check_data(input_config, replicas: int, hosts: int) -> None:
         if shard_manifest is not None:
             first = shard_manifest.first_label + input_config.resolved_label_offset
             label_range = (first, first + shard_manifest.num_classes - 1)
+        train_records = shard_set.records_per_host(input_config, "train", hosts)
+        validation_records = shard_set.records_per_host(input_config, "validation", hosts)
+    else:
+        examples, num_classes = tfds_source.check(input_config, ("train", "validation"))
+        # TFDS shares a split's files between hosts, so one host's share is known only for one host.
+        train_records = (examples["train"],) if hosts == 1 else None
+        validation_records = (examples["validation"],) if hosts == 1 else None
+        if num_classes is not None:
+            offset = input_config.resolved_label_offset
+            label_range = (offset, offset + num_classes - 1)
     plan = DataPlan(
-        train_records=input_pipeline.records_per_host(input_config, "train", hosts),
-        validation_records=input_pipeline.records_per_host(input_config, "validation", hosts),
+        train_records=train_records,
+        validation_records=validation_records,
         global_batch_size=input_config.global_batch_size,
         eval_global_batch_size=input_config.eval_global_batch_size or input_config.global_batch_size,
         replicas=replicas,
@@ -150,8 +162,8 @@ def check_data(input_config, replicas: int, hosts: int) -> None:
     )
     found = problems(plan) + found
     if found:
-        raise DataIntegrityError(f"{input_config.data_dir or input_config.tfds_name} cannot feed this run: "
-                                 + "; ".join(found) + ".")
+        source = input_config.data_dir if input_config.source == "tfrecord" else f"TFDS {input_config.tfds_name}"
+        raise DataIntegrityError(f"{source} cannot feed this run: " + "; ".join(found) + ".")
 
 
 def _first_record_problems(input_config, path: str) -> list[str]:

@@ -9,7 +9,7 @@ Input layout (ILSVRC2012 as extracted from the official tars):
   DIR/train/<synset>/*.JPEG           training images, one folder per class
   DIR/val/*.JPEG (or DIR/validation/) validation images
   DIR/synset_labels.txt               the validation labels, matched to the files by
-                                      name (`read_validation_labels`): "<file> <synset>"
+                                      name (`training.validation_labels`): "<file> <synset>"
                                       per line, Kaggle's LOC_val_solution.csv
                                       ("ImageId,PredictionString", the first synset of
                                       each row), or one synset per line (the
@@ -29,9 +29,10 @@ Output (what `training.input_pipeline` reads with source "tfrecord"):
   every shard's record count, size and SHA-256 and the label map
   (`lambda_keras.data.manifest`), against which the trainer checks the shards.
 
-The whole plan is checked before the output folder is touched (`survey`): the folders
-and the labels file exist, the labels file labels exactly the validation images present
-(the first mismatch is named), every image is decoded once under the acceptance rule of
+The whole plan is checked before the output folder is touched
+(`training.imagenet_folder.survey`): the folders and the labels file exist, the labels
+file labels exactly the validation images present (the first mismatch is named), every
+image is decoded once under the acceptance rule of
 `lambda_keras.data.image_files` (what TensorFlow decodes, at most 50 MP), every class
 folder and split keeps an accepted image, and each split has at least as many accepted
 images as shards. A refusal is one line with exit status 2 and writes nothing, so the
@@ -47,7 +48,8 @@ written under a temporary name that no shard pattern matches
 exists is complete: a rerun skips it (resume) and deletes temporary files left by an
 interrupted run. A rerun with other shard counts, or with another --seed or set of input
 images (OUT/conversion_plan.json records what decides the shard contents), is refused
-when that split has shards on disk: two sets of shards would be read together. A second
+when that split has shards on disk: two sets of shards would be read together
+(`training.shard_set.other_shard_set`). A second
 conversion into the same folder while one runs is refused (`training.folder_lock`). The
 manifest is removed at the start and written once all shards exist, so a folder has one
 only when its conversion finished. Images are checked and shards converted by parallel
@@ -58,15 +60,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import csv
-import dataclasses
 import hashlib
 import io
 import json
 import os
-import random
-import re
-import stat
 import sys
 from typing import Any, Sequence
 
@@ -80,7 +77,6 @@ from lambda_keras.data import image_files, manifest
 from lambda_keras.data.image_files import UnreadableImageError
 from lambda_keras.data.records import (
     ShardSetError,
-    check_no_other_shard_set,
     image_example,
     parse_shard_name,
     remove_temporary_files,
@@ -88,74 +84,17 @@ from lambda_keras.data.records import (
     write_records_atomically,
     written_atomically,
 )
+from training import shard_set
+from training.errors import InputError
 from training.folder_lock import held_exclusively
+from training.imagenet_folder import ConversionInput, ImageEntry, SplitSummary, survey
 
 TRAIN_SHARDS = 1024
 VALIDATION_SHARDS = 128
 SYNSETS_FILE = "synsets.txt"
 PLAN_FILE = "conversion_plan.json"
-_IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # Quality of re-encoded (converted) images: the reference's choice, near-lossless.
 _REENCODE_QUALITY = 100
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageEntry:
-    """One accepted input image: its path, synset, label (1..number of synsets) and what
-    the acceptance rule found (`image_files.accept_image`)."""
-
-    path: str
-    synset: str
-    label: int
-    image: image_files.AcceptedImage
-
-
-@dataclasses.dataclass
-class SplitSummary:
-    """What the conversion of one split did, and its shards as the manifest lists them.
-
-    `skipped` lines name the files refused by the acceptance rule and why; `ignored`
-    lines the entries that are not images (hidden, or without an image extension).
-    """
-
-    shards_written: int = 0
-    shards_already_complete: int = 0
-    images_written: int = 0
-    shards: list[manifest.ShardInfo] = dataclasses.field(default_factory=list)
-    reencoded: dict[str, int] = dataclasses.field(default_factory=dict)
-    skipped: list[str] = dataclasses.field(default_factory=list)
-    ignored: list[str] = dataclasses.field(default_factory=list)
-
-    def add(self, other: "SplitSummary") -> None:
-        self.shards_written += other.shards_written
-        self.shards_already_complete += other.shards_already_complete
-        self.images_written += other.images_written
-        for reason, count in other.reencoded.items():
-            self.reencoded[reason] = self.reencoded.get(reason, 0) + count
-        self.skipped.extend(other.skipped)
-        self.ignored.extend(other.ignored)
-
-
-class InputError(UserError, ValueError):
-    """The input folders or the labels file do not describe a dataset to convert; the
-    message names the first problem. Raised before anything is written."""
-
-
-@dataclasses.dataclass
-class ConversionInput:
-    """Everything the conversion will write, decided before its first write.
-
-    Attributes:
-      train, validation: the accepted images of each split; training images in shard
-        order (shuffled with the seed).
-      synsets: the sorted class folders; label i + 1 is synsets[i].
-      summaries: per split, the files skipped and the entries ignored so far.
-    """
-
-    train: list[ImageEntry]
-    validation: list[ImageEntry]
-    synsets: list[str]
-    summaries: dict[str, SplitSummary]
 
 
 def load_rgb_jpeg(entry: ImageEntry) -> tuple[bytes, int, int, str | None]:
@@ -184,294 +123,6 @@ def load_rgb_jpeg(entry: ImageEntry) -> tuple[bytes, int, int, str | None]:
     # 4:4:4 chroma: the converted pixels survive to within a level or two.
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=_REENCODE_QUALITY, subsampling=0)
     return buffer.getvalue(), pixels.shape[0], pixels.shape[1], image.reason
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(_IMAGE_EXTENSIONS)
-
-
-def list_folder(folder: str) -> list[str]:
-    """The sorted entry names of a folder (no trailing "/").
-
-    Raises:
-      InputError: a name is not UTF-8 (TensorFlow's file system cannot list it).
-    """
-    try:
-        return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(folder))
-    except UnicodeDecodeError:
-        example = ""
-        if "://" not in folder:
-            undecodable = [name for name in os.listdir(os.fsencode(folder)) if not _is_utf8(name)]
-            example = f" ({undecodable[0]!r})" if undecodable else ""
-        raise InputError(
-            f"{folder!r} holds a file name that is not UTF-8{example}; rename it to UTF-8 "
-            "(e.g. with convmv) and rerun.") from None
-
-
-def _is_utf8(name: bytes) -> bool:
-    try:
-        name.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _not_a_file(path: str) -> str | None:
-    """Why a local path named like an image is not a readable file, or None when it is
-    one (or lies on an object store, which holds only files)."""
-    if "://" in path:
-        return None
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "a broken symbolic link"
-    if stat.S_ISREG(mode):
-        return None
-    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
-    return next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
-
-
-def _split_entries(folder: str, names: Sequence[str], summary: SplitSummary) -> list[str]:
-    """The names in `names` that are candidate images; the others are listed as ignored."""
-    candidates = []
-    for name in names:
-        if _is_hidden(name):
-            summary.ignored.append(f"{os.path.join(folder, name)} (hidden)")
-        elif not _is_image_name(name):
-            summary.ignored.append(f"{os.path.join(folder, name)} (not named {'/'.join(_IMAGE_EXTENSIONS)})")
-        else:
-            candidates.append(name)
-    return candidates
-
-
-def find_train_images(input_dir: str, summary: SplitSummary) -> tuple[list[tuple[str, str, int]], list[str]]:
-    """Candidate training images under input_dir/train/<synset>/ and the sorted synsets.
-
-    Returns:
-      ([(path, synset, label)], synsets); hidden entries and files directly in train/
-      are listed in `summary.ignored`.
-    """
-    train_dir = os.path.join(input_dir, "train")
-    if not tf.io.gfile.isdir(train_dir):
-        raise FileNotFoundError(f"Training folder {train_dir!r} does not exist.")
-    synsets = []
-    for name in list_folder(train_dir):
-        if _is_hidden(name):
-            summary.ignored.append(f"{os.path.join(train_dir, name)} (hidden)")
-        elif tf.io.gfile.isdir(os.path.join(train_dir, name)):
-            synsets.append(name)
-        else:
-            summary.ignored.append(f"{os.path.join(train_dir, name)} (not a class folder)")
-    if not synsets:
-        raise FileNotFoundError(f"No class folders (train/<synset>/) in {train_dir!r}.")
-    candidates = []
-    for label, synset in enumerate(synsets, start=1):
-        folder = os.path.join(train_dir, synset)
-        for name in _split_entries(folder, list_folder(folder), summary):
-            candidates.append((os.path.join(folder, name), synset, label))
-    return candidates, synsets
-
-
-# The header of Kaggle's ImageNet localisation challenge validation labels.
-_KAGGLE_HEADER = "ImageId,PredictionString"
-# The official validation file names; line k of the imagenet_to_gcs list labels number k.
-_ILSVRC_VALIDATION_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.\w+")
-
-
-def find_validation_images(
-    input_dir: str, synsets: Sequence[str], labels_file: str | None, summary: SplitSummary
-) -> list[tuple[str, str, int]]:
-    """Candidate validation images under input_dir/val (or validation), each labelled by
-    its name from the labels file (`read_validation_labels`).
-
-    Returns:
-      [(path, synset, label)], one per file named like an image, readable or not.
-
-    Raises:
-      InputError: the labels file does not label exactly the images present, or names
-        a synset that is not a training class.
-    """
-    candidates = [os.path.join(input_dir, name) for name in ("val", "validation")]
-    val_dir = next((path for path in candidates if tf.io.gfile.isdir(path)), None)
-    if val_dir is None:
-        raise FileNotFoundError(f"No validation folder: tried {candidates}.")
-    names = _split_entries(val_dir, list_folder(val_dir), summary)
-    labels_file = labels_file or os.path.join(input_dir, "synset_labels.txt")
-    if not tf.io.gfile.exists(labels_file):
-        raise FileNotFoundError(f"Validation labels file {labels_file!r} does not exist.")
-    synset_of = read_validation_labels(labels_file, names, val_dir)
-    label_of = {synset: label for label, synset in enumerate(synsets, start=1)}
-    for name in names:
-        if synset_of[name] not in label_of:
-            raise InputError(
-                f"{labels_file!r} labels {name!r} with {synset_of[name]!r}, which is not a training class folder.")
-    return [(os.path.join(val_dir, name), synset_of[name], label_of[synset_of[name]]) for name in names]
-
-
-def read_validation_labels(labels_file: str, names: Sequence[str], val_dir: str) -> dict[str, str]:
-    """The synset of each validation file name, matched by name.
-
-    Formats: Kaggle's LOC_val_solution.csv (ImageId is the name without extension, the
-    first word of PredictionString the synset); "<file> <synset>" per line (the file
-    with or without its extension; it may hold spaces, the synset is the last word);
-    one synset per line, the imagenet_to_gcs list, which names no file: line k labels
-    the k-th file name in sorted order, which for the official names
-    (ILSVRC2012_val_0000000k) is file number k. A list must have exactly one line per
-    image, and official names must be numbered 1..lines, so that a missing or extra
-    image cannot shift the labels after it.
-
-    Raises:
-      InputError: a name labelled twice, an image without a label, a label without an
-        image, or a line that does not parse; the message names the first.
-    """
-    with tf.io.gfile.GFile(labels_file, "rb") as file:
-        raw = file.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{labels_file!r} is not UTF-8 text ({error}).") from None
-    if text.startswith(_KAGGLE_HEADER):
-        rows = [row for row in csv.reader(io.StringIO(text)) if row][1:]
-        pairs = []
-        for line_number, row in enumerate(rows, start=2):
-            words = row[1].split() if len(row) == 2 else []
-            if not words:
-                raise InputError(f"{labels_file!r} line {line_number}: expected 'ImageId,synset ...', got {row!r}.")
-            pairs.append((line_number, row[0], words[0]))
-        return _match_by_name(pairs, names, labels_file, val_dir)
-    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if lines and len(lines[0][1].split()) == 1:
-        return _match_by_position(lines, names, labels_file, val_dir)
-    pairs = []
-    for line_number, line in lines:
-        fields = line.rsplit(None, 1)
-        if len(fields) != 2:
-            raise InputError(f"{labels_file!r} line {line_number}: expected '<file> <synset>', got {line!r}.")
-        pairs.append((line_number, fields[0], fields[1]))
-    return _match_by_name(pairs, names, labels_file, val_dir)
-
-
-def _match_by_name(
-    pairs: Sequence[tuple[int, str, str]], names: Sequence[str], labels_file: str, val_dir: str
-) -> dict[str, str]:
-    """{file name: synset} from (line number, file name or stem, synset) rows."""
-    by_name = {name: name for name in names}
-    stems: dict[str, list[str]] = {}
-    for name in names:
-        stems.setdefault(os.path.splitext(name)[0], []).append(name)
-    synset_of: dict[str, str] = {}
-    line_of: dict[str, int] = {}
-    for line_number, key, synset in pairs:
-        name = by_name.get(key)
-        if name is None and len(stems.get(key, ())) > 1:
-            raise InputError(f"{labels_file!r} line {line_number}: {key!r} matches {len(stems[key])} files in "
-                             f"{val_dir!r} ({', '.join(stems[key])}).")
-        name = name or (stems.get(key) or [None])[0]
-        if name is None:
-            raise InputError(f"{labels_file!r} line {line_number} labels {key!r}, which is not an image in "
-                             f"{val_dir!r}; the labels file must label exactly the images present.")
-        if name in synset_of:
-            raise InputError(f"{labels_file!r} labels {name!r} twice (lines {line_of[name]} and {line_number}).")
-        synset_of[name], line_of[name] = synset, line_number
-    unlabelled = [name for name in names if name not in synset_of]
-    if unlabelled:
-        raise InputError(f"{labels_file!r} has no label for {os.path.join(val_dir, unlabelled[0])!r}"
-                         f"{f' and {len(unlabelled) - 1} other image(s)' if len(unlabelled) > 1 else ''}; "
-                         "the labels file must label exactly the images present.")
-    return synset_of
-
-
-def _match_by_position(
-    lines: Sequence[tuple[int, str]], names: Sequence[str], labels_file: str, val_dir: str
-) -> dict[str, str]:
-    """{file name: synset} from a list of one synset per line (`read_validation_labels`)."""
-    for line_number, line in lines:
-        if len(line.split()) != 1:
-            raise InputError(f"{labels_file!r} line {line_number}: expected one synset (as on line 1), got {line!r}.")
-    numbers = [_ILSVRC_VALIDATION_NAME.fullmatch(name) for name in names]
-    if names and all(numbers):
-        present = {int(match[1]): name for match, name in zip(numbers, names)}
-        expected = range(1, len(lines) + 1)
-        missing = next((number for number in expected if number not in present), None)
-        if missing is not None:
-            raise InputError(f"{labels_file!r} line {lines[missing - 1][0]} labels validation image number "
-                             f"{missing}, which is not in {val_dir!r}; the labels file must label exactly the "
-                             "images present.")
-        extra = next((number for number in sorted(present) if number > len(lines)), None)
-        if extra is not None:
-            raise InputError(f"{labels_file!r} has {len(lines)} lines: no label for {present[extra]!r}.")
-    if len(lines) != len(names):
-        raise InputError(
-            f"{labels_file!r} lists {len(lines)} synsets for {len(names)} validation images in {val_dir!r}; a "
-            "list without file names is matched to the sorted file names by position, so it must have exactly "
-            "one line per image (or use '<file> <synset>' lines).")
-    return {name: synset for name, (_, synset) in zip(names, lines)}
-
-
-def survey(
-    input_dir: str,
-    validation_labels: str | None = None,
-    num_workers: int = 8,
-    seed: int = 0,
-) -> ConversionInput:
-    """Lists, labels and checks every input image (`image_files.accept_image`), so that
-    every refusal comes before the first write.
-
-    Raises:
-      FileNotFoundError: a folder or the labels file is missing.
-      InputError: labels that do not match the images, a class folder or a split
-        without an accepted image.
-    """
-    summaries = {"train": SplitSummary(), "validation": SplitSummary()}
-    train_candidates, synsets = find_train_images(input_dir, summaries["train"])
-    validation_candidates = find_validation_images(input_dir, synsets, validation_labels, summaries["validation"])
-    accepted: dict[str, list[ImageEntry]] = {"train": [], "validation": []}
-    jobs = [(split, candidate) for split, candidates in (("train", train_candidates),
-                                                         ("validation", validation_candidates))
-            for candidate in candidates]
-    progress = tqdm.tqdm(total=len(jobs), desc="checking", unit="img", disable=None)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for (split, (path, synset, label)), outcome in zip(jobs, pool.map(lambda job: _accept(job[1][0]), jobs)):
-            if isinstance(outcome, str):
-                summaries[split].skipped.append(f"{path}: {outcome}")
-            else:
-                accepted[split].append(ImageEntry(path, synset, label, outcome))
-            progress.update(1)
-    progress.close()
-    per_class = {synset: 0 for synset in synsets}
-    for entry in accepted["train"]:
-        per_class[entry.synset] += 1
-    empty = [synset for synset, count in per_class.items() if count == 0]
-    if empty:
-        raise InputError(
-            f"Class folder {os.path.join(input_dir, 'train', empty[0])!r} has no readable image"
-            f"{f' (nor do {len(empty) - 1} other class folders)' if len(empty) > 1 else ''}; every folder in "
-            "train/ is a class, and an empty one shifts the labels after it. Remove it or add its images.")
-    if not accepted["validation"]:
-        raise InputError(f"No readable validation image in {input_dir!r} "
-                         f"({len(summaries['validation'].skipped)} skipped).")
-    # A fixed seed keeps the shard contents identical across resumed runs.
-    random.Random(seed).shuffle(accepted["train"])
-    return ConversionInput(accepted["train"], accepted["validation"], synsets, summaries)
-
-
-def _accept(path: str) -> image_files.AcceptedImage | str:
-    """The acceptance rule's verdict on one file, or why it is skipped."""
-    not_a_file = _not_a_file(path)
-    if not_a_file is not None:
-        return not_a_file
-    try:
-        with tf.io.gfile.GFile(path, "rb") as file:
-            data = file.read()
-        return image_files.accept_image(data, path)
-    except UnreadableImageError as error:
-        return str(error).removeprefix(f"{path}: ")
-    except (OSError, tf.errors.OpError) as error:
-        return f"cannot be read ({getattr(error, 'message', error)})"
 
 
 def convert_shard(entries: Sequence[ImageEntry], path: str) -> SplitSummary:
@@ -565,8 +216,8 @@ def convert(
                 f"{len(entries)} (--{split}_shards).")
     tf.io.gfile.makedirs(output_dir)
     with held_exclusively(output_dir, "conversion"):
-        check_no_other_shard_set(output_dir, "train", train_shards)
-        check_no_other_shard_set(output_dir, "validation", validation_shards)
+        shard_set.check_one_shard_set_to_write(output_dir, "train", train_shards)
+        shard_set.check_one_shard_set_to_write(output_dir, "validation", validation_shards)
         plan = conversion_plan(input_dir, found.train, found.validation, train_shards, validation_shards)
         check_same_plan(output_dir, plan)
         remove_temporary_files(output_dir)

@@ -6,8 +6,9 @@ Usage:
 Reads every shard that `DIR/manifest.json` lists (written by `training.prepare_imagenet`
 and `training.demo_data`): each record's CRC, the record count, the size and the SHA-256
 of the file, and looks for files that a split's pattern matches but the manifest does not
-list. The trainer checks only names and sizes when it starts, since hashing all of
-ImageNet takes minutes (docs/design.md, "Checking the shards"). --decode_images also
+list (`training.shard_set.verify_shards`, by the rules the trainer applies at start). The
+trainer checks only names and sizes when it starts, since hashing all of ImageNet takes
+minutes (docs/design.md, "Checking the shards"). --decode_images also
 decodes every image completely, naming each record whose JPEG fails to decode or that
 the trainer would skip unread (not a complete JPEG: `preprocessing.is_decodable_jpeg`,
 the graph side of the rule in `lambda_keras.data.image_files`). Prints one line per
@@ -23,7 +24,7 @@ import time
 from typing import Sequence
 
 from lambda_keras import cli
-from lambda_keras.data import manifest
+from training import shard_set
 
 
 @cli.entry_point("python -m training.verify_data")
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Also decode every image completely (about a core-hour for ImageNet).")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    problems = manifest.verify_shards(args.data_dir, args.num_workers, args.decode_images)
+    problems = shard_set.verify_shards(args.data_dir, args.num_workers, args.decode_images)
     for problem in problems:
         print(problem)
     seconds = time.perf_counter() - start

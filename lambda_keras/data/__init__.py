@@ -9,11 +9,12 @@ import it; import its modules by name:
   training and the evaluation (and serving) transforms;
 - `lambda_keras.data.records`: the tf.Example layout of the ImageNet TFRecord shards,
   written by `training.prepare_imagenet` and `training.demo_data` and read by
-  `training.input_pipeline`;
+  `training.tfrecord_source`;
 - `lambda_keras.data.image_files`: which image files are acceptable (what TensorFlow
   decodes, up to 50 MP) and their 8-bit RGB pixels, the rule the converter applies;
 - `lambda_keras.data.manifest`: the `manifest.json` those writers put next to the
-  shards (record counts, sizes, checksums, label map), which the pipeline checks.
+  shards (record counts, sizes, checksums, label map), against which
+  `training.shard_set` checks them.
 
 `imagenet_classes.txt` (the 1000 ImageNet class names) also lives here; it is read by
 `lambda_keras.imagenet_utils` without TensorFlow.

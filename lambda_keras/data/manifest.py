@@ -1,9 +1,10 @@
 """The manifest of a TFRecord folder: which shards make up each split, and what they hold.
 
 `training.prepare_imagenet` and `training.demo_data` write `manifest.json` next to the
-shards once every shard is complete; `training.input_pipeline` checks the shards it is
-about to read against it, and `verify_shards` (``python -m training.verify_data DIR``)
-reads every shard to check it completely. The file, schema version 1:
+shards once every shard is complete; `training.shard_set` holds the rules the shards
+are checked by against it: by name and size before the pipeline reads them, and
+completely (`describe_shard` of each) by ``python -m training.verify_data DIR``. The
+file, schema version 1:
 
   {
     "schema_version": 1,
@@ -36,7 +37,6 @@ import tensorflow as tf
 
 from lambda_keras.cli import UserError
 from lambda_keras.data import records
-from lambda_keras.data.records import TEMP_MARKER
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -179,55 +179,3 @@ def describe_shards(paths: Sequence[str], num_workers: int = 8) -> list[ShardInf
     """`describe_shard` of each path, read by `num_workers` threads, in the order given."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
         return list(pool.map(describe_shard, paths))
-
-
-def verify_shards(directory: str, num_workers: int = 8, decode_images: bool = False) -> list[str]:
-    """Checks a TFRecord folder against its manifest by reading every shard.
-
-    With `decode_images`, also decodes every record's image completely
-    (`records.undecodable_images`): about a core-hour for ImageNet.
-
-    Returns:
-      One line per problem, naming the file: a shard missing, unreadable (truncated or
-      failing a CRC check), or whose record count, size or SHA-256 differs from the
-      manifest's; a file that a split's `<split>-*` pattern matches but the manifest
-      does not list (a stray file, or a temporary file of an interrupted conversion).
-      An empty list when everything matches.
-
-    Raises:
-      ManifestError: the folder has no manifest, or it cannot be read.
-    """
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise ManifestError(f"No {MANIFEST_NAME} in {directory!r}: nothing to verify the shards against.")
-    listed = manifest.shards()
-    present = set(tf.io.gfile.listdir(directory))
-    problems = [
-        f"{os.path.join(directory, name)}: not listed in {MANIFEST_NAME} (a stray file"
-        + (", or a temporary file of an interrupted conversion)" if TEMP_MARKER in name else ")")
-        for name in sorted(present - set(listed))
-        if any(name.startswith(f"{split}-") or name.startswith(f"{TEMP_MARKER}{split}-") for split in manifest.splits)
-    ]
-    problems += [
-        f"{os.path.join(directory, name)}: missing ({MANIFEST_NAME} lists it with "
-        f"{listed[name].num_records} records)"
-        for name in sorted(set(listed) - present)
-    ]
-
-    def check(name: str) -> list[str]:
-        path = os.path.join(directory, name)
-        try:
-            actual = describe_shard(path)
-        except tf.errors.DataLossError as error:
-            return [f"{path}: unreadable ({error.message})"]
-        expected = listed[name]
-        return [
-            f"{path}: {field} is {getattr(actual, field)}, {MANIFEST_NAME} says {getattr(expected, field)}"
-            for field in ("num_records", "size_bytes", "sha256")
-            if getattr(actual, field) != getattr(expected, field)
-        ] + (records.undecodable_images(path) if decode_images else [])
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for shard_problems in pool.map(check, sorted(set(listed) & present)):
-            problems += shard_problems
-    return problems

@@ -2,8 +2,9 @@
 
 The one place that defines how an image and its label are stored: `image_example` and
 `write_records_atomically` write records (`training.prepare_imagenet`,
-`training.demo_data`), `parse_example` reads them back (`training.input_pipeline`), and
-`shard_name` / `parse_shard_name` name the files. One record per image:
+`training.demo_data`), `parse_example` reads them back (`training.tfrecord_source`), and
+`shard_name` / `parse_shard_name` name the files (the rules over a folder's set of
+shards are `training.shard_set`'s). One record per image:
 
   image/encoded (JPEG bytes), image/class/label (int64, 1..N in the reference),
   image/class/synset, image/height, image/width, image/channels (3),
@@ -55,7 +56,9 @@ _SHARD_NAME = re.compile(r"(?P<split>.+)-(?P<index>\d{5})-of-(?P<num_shards>\d{5
 
 
 class ShardSetError(UserError, ValueError):
-    """A folder holds shards of a split from a set with another shard count."""
+    """A writer refuses to change a folder's shard set: shards of another count or plan
+    are there (`training.shard_set.check_one_shard_set_to_write`), or an argument would
+    give an unusable set."""
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -83,27 +86,6 @@ def remove_temporary_files(directory: str) -> int:
     for name in stale:
         tf.io.gfile.remove(os.path.join(directory, name))
     return len(stale)
-
-
-def check_no_other_shard_set(directory: str, split: str, num_shards: int) -> None:
-    """Refuses to write `num_shards` shards of `split` next to a set of another count.
-
-    Both sets would match the trainer's `<split>-*` pattern, so every image would be
-    read twice. Shards of the same count are the same set: a rerun resumes it.
-
-    Raises:
-      ShardSetError: naming a shard of the other set and both counts.
-    """
-    if not tf.io.gfile.isdir(directory):
-        return
-    for name in sorted(tf.io.gfile.listdir(directory)):
-        parsed = parse_shard_name(name)
-        if parsed is not None and parsed[0] == split and parsed[2] != num_shards:
-            raise ShardSetError(
-                f"{os.path.join(directory, name)!r} belongs to a set of {parsed[2]} {split} shards; "
-                f"writing {num_shards} {split} shards into {directory!r} would mix the two sets. Use "
-                f"{parsed[2]} {split} shards to resume that set, or write into an empty folder."
-            )
 
 
 def image_example(
