@@ -147,6 +147,23 @@ def test_classifier_preset_round_trip_gives_identical_predictions(tmp_path):
         LambdaResNetImageClassifierPreprocessor)
 
 
+def test_backbone_name_is_the_class_name_and_old_presets_keep_theirs(tmp_path):
+    """The default name is Keras' snake case of the class (KerasHub's harness checks it);
+    a preset saved with the earlier default, "lambda_resnet_backbone", loads unchanged."""
+    assert demo_backbone().name.startswith("lambda_res_net_backbone")
+    model = classifier()
+    old_backbone = demo_backbone(name="lambda_resnet_backbone")
+    old_backbone.set_weights(model.backbone.get_weights())
+    old = LambdaResNetImageClassifier(backbone=old_backbone, num_classes=5, preprocessor=model.preprocessor)
+    old.output_dense.set_weights(model.output_dense.get_weights())
+    images = np.random.default_rng(8).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    expected = old.predict(images, verbose=0)
+    old.save_to_preset(tmp_path / "old")
+    loaded = keras_hub.models.ImageClassifier.from_preset(str(tmp_path / "old"))
+    assert loaded.backbone.name == "lambda_resnet_backbone"
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+
+
 def test_save_to_preset_never_overwrites(tmp_path):
     model = classifier()
     preset = tmp_path / "preset"

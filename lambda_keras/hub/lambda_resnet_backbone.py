@@ -89,7 +89,9 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
             "lambda_layer": None if lambda_layer is None else dict(lambda_layer),
         }
         image_shape = tuple(image_shape)
-        kwargs.setdefault("name", "lambda_resnet_backbone")
+        # No default name: Keras names the model after its class ("lambda_res_net_backbone",
+        # as KerasHub's ResNetBackbone is "res_net_backbone"). Presets saved with the earlier
+        # default, "lambda_resnet_backbone", keep that name in their config and load as before.
         # === Functional model: the builder's graph, without the classifier ===
         network = build_model(model_config, input_shape=image_shape, include_top=False, dtype_policy=dtype)
         levels = pyramid_outputs(network)
