@@ -164,6 +164,34 @@ def test_backbone_name_is_the_class_name_and_old_presets_keep_theirs(tmp_path):
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
 
 
+def test_presets_carry_keras_hub_metadata_and_the_eval_transform(tmp_path):
+    from lambda_keras.hub.lambda_resnet_presets import preset_entry
+
+    model = classifier()
+    model.save_to_preset(tmp_path / "classifier")
+    metadata = json.loads((tmp_path / "classifier" / "metadata.json").read_text())
+    count = model.backbone.count_params()
+    # KerasHub's own fields, and those of a KerasHub preset entry.
+    assert metadata["parameter_count"] == metadata["params"] == count == 5_288_832
+    assert metadata["tasks"] == ["ImageClassifier"] and metadata["path"] == "lambda_resnet"
+    assert metadata["description"].startswith(
+        "LambdaResNet without its classifier, blocks per stage [1, 1, 1, 1], lambda blocks [[], [], [1], [1]]")
+    transform = metadata["eval_transform"]
+    assert (transform["image_size"], transform["crop_padding"], transform["interpolation"]) == ([64, 64], 8, "bilinear")
+    np.testing.assert_array_equal(
+        transform["scale"], (1 / np.array(preprocessing.STDDEV_RGB, np.float32)).tolist())
+    assert preset_entry(tmp_path / "classifier", "kaggle://owner/lambda_resnet/keras/tiny/1") == {
+        "metadata": {key: metadata[key] for key in ("description", "params", "path")},
+        "kaggle_handle": "kaggle://owner/lambda_resnet/keras/tiny/1",
+    }
+    # A backbone alone: the same entry fields, no transform.
+    model.backbone.save_to_preset(tmp_path / "backbone")
+    backbone_metadata = json.loads((tmp_path / "backbone" / "metadata.json").read_text())
+    assert {key: backbone_metadata[key] for key in ("description", "params", "path")} == (
+        preset_entry(tmp_path / "classifier", "")["metadata"])
+    assert "eval_transform" not in backbone_metadata
+
+
 def test_save_to_preset_never_overwrites(tmp_path):
     model = classifier()
     preset = tmp_path / "preset"
