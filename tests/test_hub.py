@@ -276,7 +276,7 @@ def test_retinanet_label_encoding_decodes_back_to_the_ground_truth_boxes():
 def test_retinanet_heads_start_at_the_anchors_with_the_prior_probability():
     """Box deltas start near 0 (boxes at their anchors), class probabilities near 0.01.
 
-    KerasHub 0.29 alone starts the box deltas at -log(99) = -4.6 and the class logits
+    KerasHub (0.29-0.32) alone starts the box deltas at -log(99) = -4.6 and the class logits
     at 0 (its prior bias sits on the box head).
     """
     detector = retinanet(prior_probability=0.01, seed=0)
