@@ -44,7 +44,8 @@ class LambdaResNetImageConverter(keras_hub.layers.ImageConverter):
     """RGB images in [0, 255] -> the normalised, centre-cropped input of a LambdaResNet.
 
     Takes ``[batch, height, width, 3]`` or ``[height, width, 3]`` (any size, uint8 or
-    float) and returns float32 ``[batch, image_size, image_size, 3]``.
+    float), or a list of images of different sizes, and returns float32 ``[batch,
+    image_size, image_size, 3]``, eagerly or inside ``tf.data`` under any Keras backend.
 
     Args:
       image_size: ``(side, side)``, the square model input; None skips the crop and the
