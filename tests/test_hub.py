@@ -147,6 +147,51 @@ def test_classifier_preset_round_trip_gives_identical_predictions(tmp_path):
         LambdaResNetImageClassifierPreprocessor)
 
 
+def test_backbone_name_is_the_class_name_and_old_presets_keep_theirs(tmp_path):
+    """The default name is Keras' snake case of the class (KerasHub's harness checks it);
+    a preset saved with the earlier default, "lambda_resnet_backbone", loads unchanged."""
+    assert demo_backbone().name.startswith("lambda_res_net_backbone")
+    model = classifier()
+    old_backbone = demo_backbone(name="lambda_resnet_backbone")
+    old_backbone.set_weights(model.backbone.get_weights())
+    old = LambdaResNetImageClassifier(backbone=old_backbone, num_classes=5, preprocessor=model.preprocessor)
+    old.output_dense.set_weights(model.output_dense.get_weights())
+    images = np.random.default_rng(8).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    expected = old.predict(images, verbose=0)
+    old.save_to_preset(tmp_path / "old")
+    loaded = keras_hub.models.ImageClassifier.from_preset(str(tmp_path / "old"))
+    assert loaded.backbone.name == "lambda_resnet_backbone"
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+
+
+def test_presets_carry_keras_hub_metadata_and_the_eval_transform(tmp_path):
+    from lambda_keras.hub.lambda_resnet_presets import preset_entry
+
+    model = classifier()
+    model.save_to_preset(tmp_path / "classifier")
+    metadata = json.loads((tmp_path / "classifier" / "metadata.json").read_text())
+    count = model.backbone.count_params()
+    # KerasHub's own fields, and those of a KerasHub preset entry.
+    assert metadata["parameter_count"] == metadata["params"] == count == 5_288_832
+    assert metadata["tasks"] == ["ImageClassifier"] and metadata["path"] == "lambda_resnet"
+    assert metadata["description"].startswith(
+        "LambdaResNet without its classifier, blocks per stage [1, 1, 1, 1], lambda blocks [[], [], [1], [1]]")
+    transform = metadata["eval_transform"]
+    assert (transform["image_size"], transform["crop_padding"], transform["interpolation"]) == ([64, 64], 8, "bilinear")
+    np.testing.assert_array_equal(
+        transform["scale"], (1 / np.array(preprocessing.STDDEV_RGB, np.float32)).tolist())
+    assert preset_entry(tmp_path / "classifier", "kaggle://owner/lambda_resnet/keras/tiny/1") == {
+        "metadata": {key: metadata[key] for key in ("description", "params", "path")},
+        "kaggle_handle": "kaggle://owner/lambda_resnet/keras/tiny/1",
+    }
+    # A backbone alone: the same entry fields, no transform.
+    model.backbone.save_to_preset(tmp_path / "backbone")
+    backbone_metadata = json.loads((tmp_path / "backbone" / "metadata.json").read_text())
+    assert {key: backbone_metadata[key] for key in ("description", "params", "path")} == (
+        preset_entry(tmp_path / "classifier", "")["metadata"])
+    assert "eval_transform" not in backbone_metadata
+
+
 def test_save_to_preset_never_overwrites(tmp_path):
     model = classifier()
     preset = tmp_path / "preset"
@@ -231,7 +276,7 @@ def test_retinanet_label_encoding_decodes_back_to_the_ground_truth_boxes():
 def test_retinanet_heads_start_at_the_anchors_with_the_prior_probability():
     """Box deltas start near 0 (boxes at their anchors), class probabilities near 0.01.
 
-    KerasHub 0.29 alone starts the box deltas at -log(99) = -4.6 and the class logits
+    KerasHub (0.29-0.32) alone starts the box deltas at -log(99) = -4.6 and the class logits
     at 0 (its prior bias sits on the box head).
     """
     detector = retinanet(prior_probability=0.01, seed=0)

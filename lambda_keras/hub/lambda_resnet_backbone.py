@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import keras_hub
 
+from lambda_keras.hub.lambda_resnet_presets import PRESET_PATH, describe_backbone, update_metadata
 from lambda_keras.models.builder import build_model
 from lambda_keras.models.features import pyramid_outputs
 from lambda_keras.models.model_config import LambdaLayerConfig, ModelConfig
@@ -85,7 +86,9 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
             "activation": activation,
         })
         image_shape = tuple(image_shape)
-        kwargs.setdefault("name", "lambda_resnet_backbone")
+        # No default name: Keras names the model after its class ("lambda_res_net_backbone",
+        # as KerasHub's ResNetBackbone is "res_net_backbone"). Presets saved with the earlier
+        # default, "lambda_resnet_backbone", keep that name in their config and load as before.
         # === Functional model: the builder's graph, without the classifier ===
         network = build_model(model_config, input_shape=image_shape, include_top=False, dtype_policy=dtype)
         levels = pyramid_outputs(network)
@@ -108,10 +111,17 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
     def save_to_preset(self, preset_dir: str | os.PathLike, max_shard_size: int | float | None = 10) -> None:
         """Writes ``config.json``, ``model.weights.h5`` and ``metadata.json`` to ``preset_dir``.
 
-        The directory appears complete or not at all (see :func:`staged_preset_dir`).
+        ``metadata.json`` holds KerasHub's fields and a KerasHub preset entry's
+        (``description``, ``params``, ``path``; see ``lambda_resnet_presets``). The
+        directory appears complete or not at all (see :func:`staged_preset_dir`).
         """
         with staged_preset_dir(preset_dir) as staging:
             super().save_to_preset(staging, max_shard_size=max_shard_size)
+            update_metadata(staging, {
+                "description": describe_backbone(self.model_config),
+                "params": self.count_params(),
+                "path": PRESET_PATH,
+            })
 
 
 # Directories this process is filling with a preset right now: a task's save writes its

@@ -15,6 +15,8 @@ from typing import Any
 import keras
 import keras_hub
 import numpy as np
+from keras import ops
+from keras_hub.src.utils.tensor_utils import in_tf_function
 
 from lambda_keras.data import preprocessing
 from lambda_keras.hub.lambda_resnet_backbone import LambdaResNetBackbone
@@ -42,7 +44,8 @@ class LambdaResNetImageConverter(keras_hub.layers.ImageConverter):
     """RGB images in [0, 255] -> the normalised, centre-cropped input of a LambdaResNet.
 
     Takes ``[batch, height, width, 3]`` or ``[height, width, 3]`` (any size, uint8 or
-    float) and returns float32 ``[batch, image_size, image_size, 3]``.
+    float), or a list of images of different sizes, and returns float32 ``[batch,
+    image_size, image_size, 3]``, eagerly or inside ``tf.data`` under any Keras backend.
 
     Args:
       image_size: ``(side, side)``, the square model input; None skips the crop and the
@@ -81,10 +84,25 @@ class LambdaResNetImageConverter(keras_hub.layers.ImageConverter):
         if isinstance(inputs, dict):
             raise ValueError("LambdaResNetImageConverter takes images only, not bounding boxes.")
         images = inputs
+        if isinstance(images, (list, tuple)):
+            try:
+                images = np.asarray(images)
+            except ValueError:
+                # Images of different sizes: each is cropped and resized, then stacked.
+                if self.image_size is None:
+                    raise ValueError("Images of different sizes need an `image_size` to be batched.") from None
+                return ops.concatenate([self.call(np.asarray(image)[None]) for image in images], axis=0)
         if self.image_size is not None:
             images = self._center_crop(images)
         # Float before resizing: Keras' resize rounds integer images back to integers.
-        images = self.resizing.backend.cast(images, self.compute_dtype)
+        # Inside tf.data (or any tf.function) the images are TensorFlow tensors, whatever
+        # the Keras backend: TensorFlow casts them there, as KerasHub's own converter does.
+        if in_tf_function():
+            import tensorflow as tf
+
+            images = tf.cast(images, self.compute_dtype)
+        else:
+            images = ops.cast(images, self.compute_dtype)
         return super().call(images)
 
     def _center_crop(self, images):

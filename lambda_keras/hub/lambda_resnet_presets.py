@@ -1,7 +1,8 @@
-"""Built-in presets of ``LambdaResNetBackbone``: none.
+"""Presets of ``LambdaResNetBackbone``: the metadata KerasHub's carry; no built-in ones.
 
 No weights of the paper's models were published and nothing is downloaded, so no preset
-names a remote (Kaggle or Hugging Face) handle. A KerasHub preset entry would read::
+names a remote (Kaggle or Hugging Face) handle and ``backbone_presets`` is empty. A
+KerasHub built-in entry (``keras_hub/src/models/resnet/resnet_presets.py``) reads::
 
     "<name>": {
         "metadata": {"description": "...", "params": <count>, "path": "lambda_resnet"},
@@ -10,6 +11,77 @@ names a remote (Kaggle or Hugging Face) handle. A KerasHub preset entry would re
 
 Local presets need no entry: ``model.save_to_preset(directory)`` writes one and
 ``keras_hub.models.ImageClassifier.from_preset(directory)`` (or ``Backbone``) reads it.
+Their ``metadata.json`` holds KerasHub's fields (``parameter_count``, versions, tasks)
+and the entry's (``description``, ``params``, ``path``), and a classifier's also the
+evaluation transform its preprocessor applies (``eval_transform``);
+:func:`preset_entry` turns a saved preset into a ``backbone_presets`` entry once its
+weights are uploaded.
 """
 
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+PRESET_PATH = "lambda_resnet"
+METADATA_FILE = "metadata.json"
+# What the backbone takes: the input of every LambdaResNet (LambdaResNetImageConverter).
+BACKBONE_INPUT = "RGB normalised by the ImageNet mean and standard deviation"
+
 backbone_presets: dict[str, dict] = {}
+
+
+def _value(model_config: Any, key: str) -> Any:
+    if isinstance(model_config, Mapping):
+        return model_config.get(key)
+    return getattr(model_config, key, None)
+
+
+def describe_backbone(model_config: Any) -> str:
+    """A one-line description of a backbone's model config, as KerasHub's presets have."""
+    architecture = _value(model_config, "architecture")
+    parts = [f"{architecture} without its classifier"]
+    if _value(model_config, "blocks_per_stage") is not None:
+        parts.append(f"blocks per stage {list(_value(model_config, 'blocks_per_stage'))}")
+    if _value(model_config, "lambda_blocks") is not None:
+        parts.append(f"lambda blocks {[list(s) for s in _value(model_config, 'lambda_blocks')]}")
+    if _value(model_config, "placement") is not None:
+        parts.append(f"placement {_value(model_config, 'placement')}")
+    if _value(model_config, "lambda_layer"):
+        parts.append(f"lambda layer {dict(_value(model_config, 'lambda_layer'))}")
+    return f"{', '.join(parts)}; input {BACKBONE_INPUT}. Weights as saved (none were published)."
+
+
+def eval_transform(image_converter: Any) -> dict[str, Any]:
+    """The evaluation transform a ``LambdaResNetImageConverter`` applies, as plain data."""
+    size = image_converter.image_size
+    return {
+        "function": "lambda_keras.data.preprocessing.preprocess_decoded_for_eval",
+        "image_size": None if size is None else [int(s) for s in size],
+        "crop_padding": int(image_converter.crop_padding),
+        "interpolation": image_converter.interpolation,
+        "scale": None if image_converter.scale is None else list(image_converter.scale),
+        "offset": None if image_converter.offset is None else list(image_converter.offset),
+    }
+
+
+def update_metadata(preset_dir: str | os.PathLike, fields: Mapping[str, Any]) -> None:
+    """Adds ``fields`` to the ``metadata.json`` KerasHub wrote in ``preset_dir``."""
+    path = os.path.join(preset_dir, METADATA_FILE)
+    with open(path) as file:
+        metadata = json.load(file)
+    metadata.update(fields)
+    with open(path, "w") as file:
+        file.write(json.dumps(metadata, indent=4))
+
+
+def preset_entry(preset_dir: str | os.PathLike, kaggle_handle: str) -> dict[str, Any]:
+    """The ``backbone_presets`` entry of a saved preset uploaded to ``kaggle_handle``."""
+    with open(os.path.join(preset_dir, METADATA_FILE)) as file:
+        metadata = json.load(file)
+    return {
+        "metadata": {key: metadata[key] for key in ("description", "params", "path")},
+        "kaggle_handle": kaggle_handle,
+    }

@@ -17,7 +17,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-# Not exported by KerasHub 0.29; its detector builds one from these same arguments.
+# Not exported by KerasHub (0.29-0.32); its detector builds one from these same arguments.
 from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabelEncoder
 from lambda_keras.hub.lambda_resnet_backbone import LambdaResNetBackbone
 from lambda_keras.hub.lambda_resnet_image_converter import EVAL_OFFSET, EVAL_SCALE
@@ -108,7 +108,7 @@ def initialize_heads(
 
     Kernels are drawn from N(0, 0.01^2); biases are zero except the class head's output
     bias ``-log((1 - p) / p)``, so that every anchor starts with foreground probability
-    ``p`` and decodes to itself. KerasHub 0.29's ``RetinaNetObjectDetector`` draws the
+    ``p`` and decodes to itself. KerasHub's ``RetinaNetObjectDetector`` (0.29-0.32) draws the
     kernels from N(0, 0.05^2) and gives the prior bias to the box head, not the class
     head: every box starts 4.6 anchor sides up and left of its anchor with 1% of its
     size, which the training does not fully undo.
