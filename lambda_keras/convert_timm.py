@@ -35,13 +35,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from lambda_keras import cli
+from lambda_keras.atomic_files import written_atomically
 from lambda_keras.cli import UserError
 from lambda_keras.models.variants import TIMM_VARIANTS
 
@@ -270,18 +270,10 @@ def build_converted_model(state: dict[str, np.ndarray], model_name: str):
 
 def write_weights(model, output: str | os.PathLike) -> None:
     """``model.save_weights(output)``, under a temporary name beside it and renamed."""
-    output = os.fspath(output)
-    folder, name = os.path.split(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial.weights.h5", dir=folder)
-    os.close(descriptor)
-    try:
+    output = os.path.abspath(os.fspath(output))
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    with written_atomically(output, suffix=".weights.h5") as temporary:
         model.save_weights(temporary, overwrite=True)
-        os.replace(temporary, output)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def convert(checkpoint: str | os.PathLike, model_name: str, output: str | os.PathLike) -> None:

@@ -27,6 +27,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from lambda_keras import atomic_files
 from lambda_keras.data import manifest, records
 from training import demo_data, prepare_imagenet, shard_set
 from training.errors import DataIntegrityError
@@ -385,7 +386,7 @@ def test_killed_converter_leaves_no_file_the_trainer_reads_and_resumes(tmp_path,
     assert result.returncode == -signal.SIGKILL
 
     names = sorted(os.listdir(output))
-    temporaries = [name for name in names if records.TEMP_MARKER in name]
+    temporaries = [name for name in names if atomic_files.TEMP_MARKER in name]
     assert temporaries and all(name.startswith(".tmp-train-00002-of-00004-") for name in temporaries)
     assert [name for name in names if name.startswith("train-")] == ["train-00000-of-00004", "train-00001-of-00004"]
     assert manifest.MANIFEST_NAME not in names
@@ -403,7 +404,7 @@ def test_killed_converter_leaves_no_file_the_trainer_reads_and_resumes(tmp_path,
     assert prepare_imagenet.main(["--input", input_dir, "--output", str(output), "--train_shards", "4",
                                   "--validation_shards", "2", "--num_workers", "1"]) == 0
     assert "train: wrote 6 images in 2 shards; 2 shards were already complete" in capfd.readouterr().out
-    assert not [name for name in os.listdir(output) if records.TEMP_MARKER in name]
+    assert not [name for name in os.listdir(output) if atomic_files.TEMP_MARKER in name]
     assert shard_set.verify_shards(str(output)) == []
     labels, counter = read_validation(config)
     assert len(labels) == 12 and counter.count == 0

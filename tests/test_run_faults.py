@@ -20,6 +20,7 @@ import pytest
 from run_control import free_ports
 import tensorflow as tf
 
+from lambda_keras import atomic_files
 from lambda_keras.data import manifest, records
 from training import callbacks as callbacks_lib
 from training import config as config_lib
@@ -130,7 +131,7 @@ def test_a_disk_too_full_for_the_next_backup_ends_the_run_in_one_line(digits_dir
 def test_orphaned_temporary_checkpoints_are_removed_when_training_starts(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
-    orphan = checkpoints / f"{callbacks_lib.TEMPORARY_PREFIX}0123abcd.keras"
+    orphan = checkpoints / f"{atomic_files.TEMP_MARKER}0123abcd.keras"
     orphan.write_bytes(b"half a model")
     kept = checkpoints / "last.keras"
     kept.write_bytes(b"the previous checkpoint")

@@ -7,18 +7,17 @@ import io
 import math
 import os
 import time
-import uuid
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from lambda_keras.atomic_files import TEMP_MARKER, write_text_atomically, written_atomically
 from training.errors import DivergedError, StorageError
 from training.input_pipeline import SkippedRecordCounter
 
 
-TEMPORARY_PREFIX = ".tmp-"
 # Room for the CSV log, TensorBoard events and file-system overhead beside the state.
 _FREE_SPACE_MARGIN_BYTES = 4 * 2**20
 
@@ -53,7 +52,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         # A run killed while saving leaves its temporary file; nothing else writes them.
-        pattern = os.path.join(os.path.dirname(self.filepath), f"{TEMPORARY_PREFIX}*.keras")
+        pattern = os.path.join(os.path.dirname(self.filepath), f"{TEMP_MARKER}*.keras")
         for orphan in tf.io.gfile.glob(pattern):
             tf.io.gfile.remove(orphan)
 
@@ -184,15 +183,9 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 def save_atomically(model: keras.Model, filepath: str) -> None:
     """`model.save(filepath)` through a temporary file renamed into place."""
-    folder = os.path.dirname(filepath)
-    tf.io.gfile.makedirs(folder)
-    temporary = os.path.join(folder, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}.keras")
-    try:
+    tf.io.gfile.makedirs(os.path.dirname(filepath))
+    with written_atomically(filepath, suffix=".keras") as temporary:
         model.save(temporary)
-        tf.io.gfile.rename(temporary, filepath, overwrite=True)
-    finally:
-        if tf.io.gfile.exists(temporary):
-            tf.io.gfile.remove(temporary)
 
 
 class TrainingStats(keras.callbacks.Callback):
@@ -295,7 +288,4 @@ class EpochLog(keras.callbacks.Callback):
         writer = csv.DictWriter(text, self._columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self._rows)
-        temporary = f"{self.filepath}{TEMPORARY_PREFIX}{uuid.uuid4().hex}"
-        with tf.io.gfile.GFile(temporary, "w") as file:
-            file.write(text.getvalue())
-        tf.io.gfile.rename(temporary, self.filepath, overwrite=True)
+        write_text_atomically(self.filepath, text.getvalue())

@@ -178,7 +178,8 @@ class ExperimentConfig:
     model_dir: where checkpoints, logs, the backup and the config copy go (local or
       gs://); the CLI's --model_dir overrides it.
     demo_data: write the scikit-learn digits (training.demo_data) into input.data_dir
-      first when it holds no training shards.
+      first when it holds no finished demo data (`python -m training.train` does, before
+      the run starts).
     """
 
     model: ModelConfig

@@ -32,14 +32,15 @@ from sklearn.datasets import load_digits
 
 from lambda_keras import cli
 from lambda_keras.data import manifest
+from lambda_keras.atomic_files import remove_temporary_files
 from lambda_keras.data.records import (
     ShardSetError,
     image_example,
-    remove_temporary_files,
     shard_name,
     write_records_atomically,
 )
 from training import shard_set
+from training.folder_lock import held_exclusively
 from training.input_config import InputConfig
 
 NUM_CLASSES = 10
@@ -68,6 +69,19 @@ def _check_arguments(output_dir: str, image_size: int, shards: dict[str, int], f
         raise ShardSetError(f"--first_label {first_label}: must be in [0, {MAX_FIRST_LABEL}] (labels are int32).")
     if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
         raise ShardSetError(f"--output {output_dir} is a file, not a folder.")
+
+
+def ensure_demo_data(data_dir: str, image_size: int = DEFAULT_IMAGE_SIZE) -> dict[str, int] | None:
+    """Writes the demo data into `data_dir` unless a finished write is there (its
+    manifest; a half-written folder is redone), holding the folder's lock meanwhile.
+
+    Returns:
+      `write_demo_data`'s counts, or None when the data were already there.
+    """
+    if manifest.read_manifest(data_dir) is not None:
+        return None
+    with held_exclusively(data_dir, "demo data writer"):
+        return write_demo_data(data_dir, image_size=image_size)
 
 
 def digit_images(image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:

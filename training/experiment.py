@@ -23,7 +23,7 @@ import tensorflow as tf
 import yaml
 
 from lambda_keras import models, recipe
-from lambda_keras.data import manifest, records
+from lambda_keras.atomic_files import write_text_atomically
 from training import callbacks as callbacks_lib
 from training import config as config_lib
 from training import folder_lock, input_pipeline, optimization, preflight, strategies
@@ -66,8 +66,6 @@ def run_experiment(
     replicas = strategy.num_replicas_in_sync
     check_batch_sizes(config, replicas)
     resolve_steps_per_execution(config, strategy)
-    if config.demo_data:
-        _write_demo_data_if_missing(config)
     preflight.check_data(config.input, replicas, strategies.input_pipelines(strategy))
     if not strategies.is_chief(strategy):
         return _run_experiment(config, strategy)
@@ -92,9 +90,7 @@ def _run_experiment(
           f"learning rate {optimization.peak_learning_rate(config):g}", flush=True)
     if chief:
         tf.io.gfile.makedirs(config.model_dir)
-        with records.written_atomically(os.path.join(config.model_dir, "config.yaml")) as temp_path:
-            with tf.io.gfile.GFile(temp_path, "w") as file:
-                file.write(config.to_yaml())
+        write_text_atomically(os.path.join(config.model_dir, "config.yaml"), config.to_yaml())
     if config.train.seed is not None:
         keras.utils.set_random_seed(config.train.seed)
     keras.config.set_dtype_policy(precision)
@@ -138,9 +134,7 @@ def _run_experiment(
         "skipped_eval_files": sorted(skipped_eval.skipped_files),
     }
     if chief:
-        with records.written_atomically(os.path.join(config.model_dir, "eval_results.json")) as temp_path:
-            with tf.io.gfile.GFile(temp_path, "w") as file:
-                json.dump(results, file, indent=2)
+        write_text_atomically(os.path.join(config.model_dir, "eval_results.json"), json.dumps(results, indent=2))
     return model, results
 
 
@@ -432,18 +426,3 @@ def _best_logged_value(csv_path: str, key: str) -> float | None:
             except ValueError:  # CSVLogger writes "NA" for epochs without validation.
                 continue
     return max((value for value in values if value == value), default=None)
-
-
-def _write_demo_data_if_missing(config: ExperimentConfig) -> None:
-    # A folder the demo writer finished has its manifest; a half-written one is redone.
-    if manifest.read_manifest(config.input.data_dir) is not None:
-        return
-    # Imported here: it needs scikit-learn, which only the demo uses.
-    from training import demo_data  # pylint: disable=import-outside-toplevel
-
-    try:
-        with folder_lock.held_exclusively(config.input.data_dir, "demo data writer"):
-            written = demo_data.write_demo_data(config.input.data_dir, image_size=config.input.image_size)
-    except records.ShardSetError as error:
-        raise DataIntegrityError(str(error)) from None
-    print(f"Wrote the digits demo data ({written}) to {config.input.data_dir}", flush=True)

@@ -75,14 +75,13 @@ from lambda_keras import cli
 from lambda_keras.cli import UserError
 from lambda_keras.data import image_files, manifest
 from lambda_keras.data.image_files import UnreadableImageError
+from lambda_keras.atomic_files import remove_temporary_files, write_text_atomically
 from lambda_keras.data.records import (
     ShardSetError,
     image_example,
     parse_shard_name,
-    remove_temporary_files,
     shard_name,
     write_records_atomically,
-    written_atomically,
 )
 from training import shard_set
 from training.errors import InputError
@@ -222,8 +221,9 @@ def convert(
         check_same_plan(output_dir, plan)
         remove_temporary_files(output_dir)
         manifest.remove_manifest(output_dir)
-        _write_text(os.path.join(output_dir, PLAN_FILE), json.dumps(plan, indent=2) + "\n")
-        _write_text(os.path.join(output_dir, SYNSETS_FILE), "".join(f"{synset}\n" for synset in found.synsets))
+        write_text_atomically(os.path.join(output_dir, PLAN_FILE), json.dumps(plan, indent=2) + "\n")
+        write_text_atomically(os.path.join(output_dir, SYNSETS_FILE),
+                              "".join(f"{synset}\n" for synset in found.synsets))
         return _convert_splits(output_dir, found, train_shards, validation_shards, num_workers)
 
 
@@ -282,11 +282,6 @@ def check_same_plan(output_dir: str, plan: dict[str, Any]) -> None:
             f"{', '.join(differences)}: another --seed or another set of input images); resuming it "
             "would mix the two. Rerun with the same input and --seed, or write into an empty folder."
         )
-
-
-def _write_text(path: str, text: str) -> None:
-    with written_atomically(path) as temp_path, tf.io.gfile.GFile(temp_path, "w") as file:
-        file.write(text)
 
 
 def _convert_splits(

@@ -37,6 +37,7 @@ from typing import Iterable, Mapping
 
 import tensorflow as tf
 
+from lambda_keras.atomic_files import TEMP_MARKER
 from lambda_keras.data import manifest, records
 from lambda_keras.data.manifest import MANIFEST_NAME, ShardInfo
 from training.errors import ConfigError, DataIntegrityError
@@ -101,7 +102,7 @@ def other_shard_set(directory: str, names: Iterable[str], writing: tuple[str, in
 
 def stray(name: str) -> str:
     """What a file that belongs to no shard set is: a temporary file of a writer, or a stray file."""
-    return "a temporary file of an interrupted conversion" if records.TEMP_MARKER in name else "a stray file"
+    return "a temporary file of an interrupted conversion" if TEMP_MARKER in name else "a stray file"
 
 
 def unlisted(name: str) -> str:
@@ -340,7 +341,7 @@ def _names_without_manifest(data_dir: str, matched: list[str]) -> tuple[list[str
     two_sets = other_shard_set(data_dir, matched)
     if two_sets is not None:
         raise DataIntegrityError(two_sets)
-    problems = {name: stray(name) for name in matched if records.TEMP_MARKER in name}
+    problems = {name: stray(name) for name in matched if TEMP_MARKER in name}
     names = {name for name in matched if name not in problems}
     for name in list(names):
         folder, file_name = os.path.split(name)
@@ -413,7 +414,7 @@ def verify_shards(directory: str, num_workers: int = 8, decode_images: bool = Fa
     listed = shard_manifest.shards()
     present = [
         name for name in tf.io.gfile.listdir(directory)
-        if any(name.startswith((f"{split}-", f"{records.TEMP_MARKER}{split}-")) for split in shard_manifest.splits)
+        if any(name.startswith((f"{split}-", f"{TEMP_MARKER}{split}-")) for split in shard_manifest.splits)
     ]
     to_read = sorted(set(listed) & set(present))
 

@@ -149,6 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("model_dir is empty: pass --model_dir DIR or set model_dir.")
     # Checked before training so that a long run cannot end in these errors.
     export_model = _export_function(args.export_dir) if args.export_dir else None
+    if config.demo_data:
+        # Imported here: it needs scikit-learn, which only the demo uses.
+        from training import demo_data  # pylint: disable=import-outside-toplevel
+
+        written = demo_data.ensure_demo_data(config.input.data_dir, config.input.image_size)
+        if written:
+            print(f"Wrote the digits demo data ({written}) to {config.input.data_dir}", flush=True)
     strategy = strategies.create_strategy(
         config.runtime.strategy, config.runtime.tpu, config.runtime.worker_start_timeout_seconds
     )

@@ -35,8 +35,8 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
+from lambda_keras.atomic_files import write_text_atomically
 from lambda_keras.cli import UserError
-from lambda_keras.data import records
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -147,8 +147,7 @@ def read_manifest(directory: str) -> Manifest | None:
 def write_manifest(directory: str, manifest: Manifest) -> str:
     """Writes `manifest` to directory/manifest.json atomically; returns the path."""
     path = manifest_path(directory)
-    with records.written_atomically(path) as temp_path, tf.io.gfile.GFile(temp_path, "w") as file:
-        file.write(manifest.to_json())
+    write_text_atomically(path, manifest.to_json())
     return path
 
 

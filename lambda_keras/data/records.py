@@ -21,14 +21,12 @@ pipeline can name the byte offset at which a damaged file stops being readable.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import uuid
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import tensorflow as tf
 
+from lambda_keras.atomic_files import written_atomically
 from lambda_keras.cli import UserError
 from lambda_keras.data import preprocessing
 
@@ -41,10 +39,6 @@ CHANNELS_KEY = "image/channels"
 COLORSPACE_KEY = "image/colorspace"
 FORMAT_KEY = "image/format"
 FILENAME_KEY = "image/filename"
-
-# Starts the name of a file being written: a file whose name contains it is never a
-# complete shard, and no shard pattern (`train-*`, `validation-*`) matches it.
-TEMP_MARKER = ".tmp-"
 
 # Why `undecodable_images` names a record that the training reader would skip unread.
 _NOT_A_JPEG = "not a complete JPEG with a readable header"
@@ -72,20 +66,6 @@ def parse_shard_name(name: str) -> tuple[str, int, int] | None:
     if match is None:
         return None
     return match["split"], int(match["index"]), int(match["num_shards"])
-
-
-def temporary_path(path: str) -> str:
-    """A unique name in the folder of `path` to write it under before renaming it to `path`."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f"{TEMP_MARKER}{name}-{uuid.uuid4().hex}")
-
-
-def remove_temporary_files(directory: str) -> int:
-    """Deletes the files an interrupted writer left half-written in `directory`; returns how many."""
-    stale = [name for name in tf.io.gfile.listdir(directory) if TEMP_MARKER in name]
-    for name in stale:
-        tf.io.gfile.remove(os.path.join(directory, name))
-    return len(stale)
 
 
 def image_example(
@@ -172,25 +152,11 @@ def undecodable_images(path: str) -> list[str]:
     return problems
 
 
-@contextlib.contextmanager
-def written_atomically(path: str) -> Iterator[str]:
-    """A temporary path beside `path` to write; renamed over `path` when the block ends
-    without an error, removed when it raises, so `path` is never half-written."""
-    temp_path = temporary_path(path)
-    try:
-        yield temp_path
-        tf.io.gfile.rename(temp_path, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(temp_path):
-            tf.io.gfile.remove(temp_path)
-        raise
-
-
 def write_records_atomically(path: str, records: Iterable[bytes]) -> int:
     """Writes serialized records to `path` via a temporary file and a rename.
 
     The file under `path` appears only once all records are written; on any error the
-    temporary file (`temporary_path`) is removed. Returns the number of records written.
+    temporary file (`lambda_keras.atomic_files.temporary_path`) is removed. Returns the number of records written.
     """
     count = 0
     with written_atomically(path) as temp_path, tf.io.TFRecordWriter(temp_path) as writer:
