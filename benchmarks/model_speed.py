@@ -17,7 +17,7 @@ all-conv throughput (4980 / 7240 ex/s) and LambdaResNet-101 at >= 1.0x ResNet-10
 with SE (4040 / 4000 ex/s). We record what we measure, whatever it is.
 
 Writes ``benchmarks/results/model_speed.csv`` and ``model_speed.png`` and prints
-the README's markdown table. Every row records the CPU, AVX-512, oneDNN and backend.
+the markdown table of docs/benchmarks.md. Every row records the CPU, AVX-512, oneDNN and backend.
 
 ``--backends`` instead times LambdaResNet50 (``--image-size``, e.g. 64) under each Keras
 backend on this CPU: TensorFlow with oneDNN on and off, JAX and PyTorch, each in its
@@ -190,7 +190,7 @@ def peer_python() -> str:
     default = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
     python = os.environ.get("LAMBDA_KERAS_PEER_PYTHON") or str(default)
     if not Path(python).is_file():
-        sys.exit(f"--timm needs the peer venv's python at {python} (README 'Pretrained weights')")
+        sys.exit(f"--timm needs the peer venv's python at {python} (see docs/testing.md)")
     return python
 
 

@@ -17,7 +17,7 @@
 
 The model is untrained (speed does not depend on the weights); the JPEGs are
 (size + 32)^2 pixels, as ImageNet validation images roughly are after a short-side
-resize. Writes benchmarks/results/serving_speed.csv and prints the README table.
+resize. Writes benchmarks/results/serving_speed.csv and prints the table of docs/benchmarks.md.
 
     python benchmarks/serving_speed.py                        # LambdaResNet50 at 224, 60 s, 8 threads
     python benchmarks/serving_speed.py --model tiny --seconds 5   # the quick check

@@ -228,8 +228,8 @@ def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:
         # there; on a TPU VM the TPU devices are listed before initialisation.
         raise StrategyError(
             "--strategy tpu: no TPU found (--tpu local, and TensorFlow lists no TPU "
-            "devices). On a Cloud TPU VM install tensorflow-tpu==2.20.* (see the "
-            "README); elsewhere pass --tpu NAME or use --strategy gpu / cpu."
+            "devices). On a Cloud TPU VM install tensorflow-tpu==2.20.* (see "
+            "docs/training.md); elsewhere pass --tpu NAME or use --strategy gpu / cpu."
         )
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)

@@ -24,9 +24,9 @@ from lambda_keras.models.model_config import (
 # How "auto" picks: for each platform and for inference or training, the
 # implementation for inputs of up to so many positions n = H * W (or L), first match
 # wins. CPU and GPU crossovers were measured by benchmarks/auto_crossovers.py,
-# layer_speed.py and gpu_check.py (README tables, docs/design.md); the TPU one is the
-# paper's (Section 5: einsum up to n = 85^2 on TPUv3). A CPU without the dilated
-# convolution kernel (TensorFlow with oneDNN off) runs the folded convolution, slow
+# layer_speed.py and gpu_check.py (docs/benchmarks.md, docs/platforms.md,
+# docs/design.md); the TPU one is the paper's (Section 5: einsum up to n = 85^2 on
+# TPUv3). A CPU without the dilated convolution kernel (TensorFlow with oneDNN off) runs the folded convolution, slow
 # there, so the banded product runs further; GPUs run small-channel convolutions
 # slowly too. The banded product's memory grows with the width, so past the largest
 # size measured (80x80) and for unknown sizes the convolution runs: no tensor of it

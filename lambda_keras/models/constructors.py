@@ -440,7 +440,7 @@ def _docstring(variant: Variant) -> str:
     if pretrained is not None:
         paragraphs.append(
             f"Takes the converted ImageNet weights of ``{pretrained.pretrained}`` (timm's ``{pretrained.model}``, "
-            f"top-1 {pretrained.top1} at {pretrained.image_size}, README 'Pretrained weights')."
+            f"top-1 {pretrained.top1} at {pretrained.image_size}, docs/models.md, 'Pretrained weights')."
         )
     # The first line follows the opening quotes; the others are indented like the Args.
     summary = "\n\n".join(

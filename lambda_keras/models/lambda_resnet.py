@@ -38,7 +38,7 @@ from lambda_keras.models.model_config import (
     ModelConfig,
 )
 
-# The constructors' keyword shorthands for fields of their `lambda_layer` (README,
+# The constructors' keyword shorthands for fields of their `lambda_layer` (docs/models.md,
 # Tables 9-12): the field's own name, with a `lambda_` prefix where the bare name would
 # read as the whole model's (its batch norms, its pooling).
 LAMBDA_LAYER_KEYWORDS = {
