@@ -75,6 +75,7 @@ DECODE_ERROR = "The image could not be decoded: image_bytes must be a complete J
 # Every real photo fits (a 50 MP camera frame); a decompression bomb (a small PNG of
 # 16000x16000) would take gigabytes to decode.
 DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_TOP_K = 5
 # A gigapixel decodes to 3 GB: a cap above it protects nothing.
 MAX_MAX_PIXELS = 1_000_000_000
 TOO_LARGE_ERROR = "The image is too large to serve: its header declares more pixels than max_pixels"
@@ -144,7 +145,7 @@ def export_model(
     export_dir: str | os.PathLike,
     version: int | None = None,
     image_size: int | None = None,
-    top_k: int = 5,
+    top_k: int | None = None,
     class_names: Sequence[str] | None = None,
     crop_padding: int | None = None,
     checkpoint: str = "last",
@@ -165,6 +166,7 @@ def export_model(
         model's input size. A size other than the model's rebuilds it for that input
         (the weights must fit it).
       top_k: number of classes in the top_k_* outputs (at most the class count).
+        Default: DEFAULT_TOP_K, or every class of a model with fewer.
       class_names: one name per class. Default: the ImageNet names for 1000 classes,
         else "class_<i>".
       crop_padding: evaluation crop padding. Default: the model_dir's config.yaml,
@@ -212,7 +214,7 @@ def export_model(
         model_name=export_dir.rsplit("/", 1)[-1] if url else export_dir.name,
         image_size=image_size, crop_padding=crop_padding, classes=classes,
         class_names=class_names if class_names is not None else default_class_names(classes),
-        top_k=top_k, warmup=warmup, max_pixels=max_pixels,
+        top_k=min(DEFAULT_TOP_K, classes) if top_k is None else top_k, warmup=warmup, max_pixels=max_pixels,
         interpolation=eval_transform.interpolation if eval_transform else "bilinear",
         resize_first=eval_transform.resize_first if eval_transform else False,
     )
@@ -512,7 +514,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", type=_integer_at_least(1), help="default: the next free version number")
     parser.add_argument("--image_size", type=_integer_at_least(1), help="default: the training image size")
     parser.add_argument("--crop_padding", type=_integer_at_least(0), help="default: the training eval_crop_padding")
-    parser.add_argument("--top_k", type=_integer_at_least(1), default=5)
+    parser.add_argument("--top_k", type=_integer_at_least(1),
+                        help=f"classes in the top_k_* outputs (default: {DEFAULT_TOP_K}, or all of fewer)")
     parser.add_argument("--max_pixels", type=_integer_at_least(1), default=DEFAULT_MAX_PIXELS,
                         help="largest image (height x width) serving_default decodes (default: 50 MP)")
     parser.add_argument("--class_names", help="text file, one class name per line")

@@ -474,6 +474,16 @@ def test_a_model_with_non_finite_weights_is_refused_in_one_line(exported, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_with_fewer_classes_than_the_default_top_k_exports_them_all(tmp_path):
+    """A 3-class run's export after training, with no --top_k: every class, not a refusal."""
+    model = LambdaResNet((1, 1, 1, 1), ((), (), (), ()), input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), classes=3)
+    path = saved_model.export_model(model, tmp_path / "three", crop_padding=CROP_PADDING, warmup=False)
+    outputs = tf.saved_model.load(str(path)).signatures["serving_default"](
+        image_bytes=tf.constant([encode_jpeg(make_image(40, 40, 0))]))
+    assert outputs["top_k_labels"].numpy().tolist() == [[label.encode() for label in sorted(
+        ["class_0", "class_1", "class_2"], key=lambda name: -outputs["probabilities"].numpy()[0][int(name[-1])])]]
+
+
 def test_predict_names_the_image_that_cannot_be_decoded(exported, images, tmp_path, capsys):
     from export import predict
 
