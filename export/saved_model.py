@@ -58,7 +58,8 @@ from lambda_keras import cli
 from lambda_keras.cli import UserError
 from lambda_keras.data import preprocessing
 from lambda_keras.models.finite_weights import non_finite_weights
-from lambda_keras.models.variants import EvalTransform, published_eval_transform
+from lambda_keras.data.preprocessing import EvalTransform
+from lambda_keras.models.variants import published_eval_transform
 
 SERVING_DEFAULT = "serving_default"
 SERVE_IMAGES = "serve_images"
@@ -94,50 +95,36 @@ class ServingSpec:
 
     Attributes:
       model_name: the model's name on the server (BASE/NAME's NAME), in the warm-up requests.
-      image_size: the model's input height and width (>= 1).
-      crop_padding: the evaluation crop padding (>= 0), see `preprocessing.center_crop_window`.
+      eval_transform: the evaluation transform serving applies to every image
+        (`preprocessing.EvalTransform`: input size, crop padding, resize
+        interpolation and order).
       classes: the model's output classes.
       class_names: one name per class.
       top_k: classes in the top_k_* outputs, in [1, classes].
       warmup: write assets.extra/tf_serving_warmup_requests.
       max_pixels: the largest image (height x width, read from the file's header
         before decoding) that serving_default decodes; larger ones are refused.
-      interpolation: the evaluation resize, one of `preprocessing.INTERPOLATIONS`.
-      resize_first: the evaluation transform resizes the shorter side, then crops
-        (timm's order; `preprocessing.resize_then_center_crop`), rather than crop,
-        then resize.
 
     Raises:
       ExportError: a value out of range or class names that do not fit the classes.
     """
 
     model_name: str
-    image_size: int
-    crop_padding: int
+    eval_transform: EvalTransform
     classes: int
     class_names: tuple[str, ...]
     top_k: int
     warmup: bool
     max_pixels: int = DEFAULT_MAX_PIXELS
-    interpolation: str = "bilinear"
-    resize_first: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
-        if not 1 <= self.image_size <= preprocessing.MAX_IMAGE_SIZE:
-            raise ExportError(f"image_size must be in [1, {preprocessing.MAX_IMAGE_SIZE}], not {self.image_size}.")
-        # The centre crop keeps image_size / (image_size + padding) of the shorter side: at least half.
-        if not 0 <= self.crop_padding <= self.image_size:
-            raise ExportError(f"crop_padding must be in [0, image_size={self.image_size}], not {self.crop_padding}.")
         if len(self.class_names) != self.classes:
             raise ExportError(f"{len(self.class_names)} class names for a model with {self.classes} classes.")
         if not 1 <= self.top_k <= self.classes:
             raise ExportError(f"top_k must be in [1, {self.classes}], not {self.top_k}.")
         if not 1 <= self.max_pixels <= MAX_MAX_PIXELS:
             raise ExportError(f"max_pixels must be in [1, {MAX_MAX_PIXELS}], not {self.max_pixels}.")
-        if self.interpolation not in preprocessing.INTERPOLATIONS:
-            raise ExportError(f"interpolation must be one of {preprocessing.INTERPOLATIONS}, "
-                              f"not {self.interpolation!r}.")
 
 
 def export_model(
@@ -162,24 +149,23 @@ def export_model(
         a URL of a filesystem TensorFlow writes (``gs://...``); NAME is also the
         model name in the warm-up requests.
       version: positive integer; None takes the highest existing version + 1.
-      image_size: serving resolution. Default: the model_dir's config.yaml, else the
-        model's input size. A size other than the model's rebuilds it for that input
-        (the weights must fit it).
+      image_size: serving resolution, replacing the evaluation transform's. A size
+        other than the model's rebuilds it for that input (the weights must fit it).
       top_k: number of classes in the top_k_* outputs (at most the class count).
         Default: DEFAULT_TOP_K, or every class of a model with fewer.
       class_names: one name per class. Default: the ImageNet names for 1000 classes,
         else "class_<i>".
-      crop_padding: evaluation crop padding. Default: the model_dir's config.yaml,
-        else 32 (the ImageNet recipe). The trainer passes its input config's
-        image_size and eval_crop_padding.
+      crop_padding: evaluation crop padding, replacing the evaluation transform's.
       checkpoint: for a model_dir, which of checkpoints/{last,best}.keras to export.
       warmup: write assets.extra/tf_serving_warmup_requests.
       max_pixels: the largest image serving_default decodes (see `ServingSpec`).
-      eval_transform: the evaluation transform of the model's weights (resize
-        interpolation and order, and defaults for image_size and crop_padding).
-        Default: the published weights' transform for a model named after one of
-        timm's (`variants.published_eval_transform`, e.g. "lambda_resnet50ts": 256,
-        bicubic, crop_pct 0.95), else bilinear crop-then-resize.
+      eval_transform: the evaluation transform serving applies
+        (`preprocessing.EvalTransform`; the trainer passes its input config's).
+        Default: a training model_dir's (its config.yaml), else the published
+        weights' for a model named after one of timm's
+        (`variants.published_eval_transform`, e.g. "lambda_resnet50ts": 256, bicubic,
+        crop_pct 0.95), else bilinear crop-then-resize at the model's input size with
+        padding 32 (the ImageNet recipe; at most the size).
 
     Returns:
       The version directory that was written (a ``Path``; a ``str`` for a URL).
@@ -196,29 +182,18 @@ def export_model(
     if diverged:
         raise ExportError(f"{len(diverged)} weight(s) of the model are NaN or infinite, the first {diverged[0]}: "
                           "its training diverged; export a checkpoint from before the divergence.")
-    if eval_transform is None and "eval_interpolation" in run_config:  # a training model_dir's
-        eval_transform = EvalTransform(run_config["image_size"], run_config["eval_crop_padding"],
-                                       run_config["eval_interpolation"], run_config["eval_resize_first"])
-    eval_transform = eval_transform or published_eval_transform(model.name)
-    image_size = (image_size or run_config.get("image_size") or (eval_transform and eval_transform.image_size)
-                  or model.input_shape[1])
-    if not image_size:
-        raise ExportError("The model's input size is not fixed: pass image_size.")
-    if crop_padding is None:
-        crop_padding = run_config.get("eval_crop_padding", eval_transform.crop_padding if eval_transform else 32)
+    eval_transform = _serving_transform(model, run_config, eval_transform, image_size, crop_padding)
     url = _is_url(export_dir)
     export_dir = str(export_dir).rstrip("/") if url else Path(export_dir)
     # The class count does not depend on the input size: bad arguments are refused before the copy is built.
     classes = model.output_shape[-1]
     spec = ServingSpec(
         model_name=export_dir.rsplit("/", 1)[-1] if url else export_dir.name,
-        image_size=image_size, crop_padding=crop_padding, classes=classes,
+        eval_transform=eval_transform, classes=classes,
         class_names=class_names if class_names is not None else default_class_names(classes),
         top_k=min(DEFAULT_TOP_K, classes) if top_k is None else top_k, warmup=warmup, max_pixels=max_pixels,
-        interpolation=eval_transform.interpolation if eval_transform else "bilinear",
-        resize_first=eval_transform.resize_first if eval_transform else False,
     )
-    serving_model = float32_copy(model, image_size)
+    serving_model = float32_copy(model, eval_transform.image_size)
 
     if url:
         return _export_to_url(export_dir, version, serving_model, spec)
@@ -239,6 +214,28 @@ def export_model(
     return final
 
 
+def _serving_transform(model: keras.Model, run_config: dict[str, Any], eval_transform: EvalTransform | None,
+                       image_size: int | None, crop_padding: int | None) -> EvalTransform:
+    """The one transform serving applies: `eval_transform`, else the training run's
+    (its config.yaml), else the published weights' for a model named after them, else
+    bilinear crop-then-resize at the model's input size with padding 32; `image_size` and
+    `crop_padding` given explicitly replace that transform's own."""
+    size = image_size or model.input_shape[1]
+    try:
+        if eval_transform is None and run_config:
+            eval_transform = EvalTransform.from_input_config(run_config)
+        eval_transform = eval_transform or published_eval_transform(model.name)
+        if eval_transform is None:
+            if not size:
+                raise KeyError("the model's input size is not fixed: pass image_size")
+            eval_transform = EvalTransform(size, min(32, size))
+        changes = {key: value for key, value in (("image_size", image_size), ("crop_padding", crop_padding))
+                   if value is not None}
+        return eval_transform.replace(**changes)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(f"The evaluation transform does not hold: {error}") from None
+
+
 def _make_readable_by_all(directory: Path) -> None:
     """Gives the export (mkdtemp makes it rwx------) the modes a server run by another user reads."""
     directory.chmod(DIRECTORY_MODE)
@@ -253,7 +250,8 @@ def _write_version(directory: Path, serving_model: keras.Model, spec: ServingSpe
         from export import warmup as warmup_lib  # needs tensorflow-serving-api
 
         warmup_lib.write_warmup_requests(
-            directory, model_name=spec.model_name, image_size=spec.image_size + spec.crop_padding
+            directory, model_name=spec.model_name,
+            image_size=spec.eval_transform.image_size + spec.eval_transform.crop_padding
         )
 
 
@@ -358,11 +356,12 @@ def float32_copy(model: keras.Model, image_size: int | None = None) -> keras.Mod
 def build_archive(model: keras.Model, spec: ServingSpec) -> keras.export.ExportArchive:
     """The ExportArchive with the two signatures (module doc) around a float32 model.
 
-    `model` maps float32 [batch, spec.image_size, spec.image_size, 3] normalised images
-    to [batch, classes] probabilities (softmax classifier) or logits (no activation).
+    `model` maps float32 [batch, image_size, image_size, 3] normalised images (the
+    spec's transform's size) to [batch, classes] probabilities (softmax classifier) or
+    logits (no activation).
     """
-    image_size, crop_padding, top_k = spec.image_size, spec.crop_padding, spec.top_k
-    transform = {"interpolation": spec.interpolation, "resize_first": spec.resize_first}
+    image_size, crop_padding, top_k = spec.eval_transform.image_size, spec.eval_transform.crop_padding, spec.top_k
+    transform = {"interpolation": spec.eval_transform.interpolation, "resize_first": spec.eval_transform.resize_first}
     activation = getattr(model.layers[-1], "activation", None)
     activation_name = getattr(activation, "__name__", None)
     if activation_name not in ("softmax", "linear"):

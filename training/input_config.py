@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from lambda_keras.data.preprocessing import MAX_IMAGE_SIZE
+from lambda_keras.data.preprocessing import MAX_IMAGE_SIZE, EvalTransform
 from training.errors import ConfigError, check_finite_numbers, fail
 
 SOURCES = ("tfrecord", "tfds")
@@ -164,6 +164,11 @@ class InputConfig:
         if self.label_offset is None:
             return DEFAULT_LABEL_OFFSETS[self.source]
         return self.label_offset
+
+    @property
+    def eval_transform(self) -> EvalTransform:
+        """The evaluation transform of this input (what the serving export applies too)."""
+        return EvalTransform(self.image_size, self.eval_crop_padding, self.eval_interpolation, self.eval_resize_first)
 
     @property
     def mixup_or_cutmix(self) -> bool:

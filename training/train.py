@@ -164,13 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if strategies.is_jax(strategy):
             version_dir = _export_under_tensorflow(config.model_dir, args.export_dir)
         else:
-            from lambda_keras.models.variants import EvalTransform
-
-            version_dir = export_model(model=model, export_dir=args.export_dir, image_size=config.input.image_size,
-                                       crop_padding=config.input.eval_crop_padding,
-                                       eval_transform=EvalTransform(
-                                           config.input.image_size, config.input.eval_crop_padding,
-                                           config.input.eval_interpolation, config.input.eval_resize_first))
+            version_dir = export_model(model=model, export_dir=args.export_dir,
+                                       eval_transform=config.input.eval_transform)
         print(f"Exported the model for serving to {version_dir}")
     print(f"Validation top-1 {results['top1']:.4f}, top-5 {results['top5']:.4f} "
           f"(EMA weights: {config.train.use_ema}); everything is in {config.model_dir}")

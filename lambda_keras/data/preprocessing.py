@@ -12,7 +12,9 @@ Pixel values are RGB in [0, 255] until `normalize_image`.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -48,6 +50,61 @@ ImageFn = Callable[[tf.Tensor], tf.Tensor]
 MAX_IMAGE_SIZE = 4096
 # Evaluation resizes: bilinear (the TPU ResNet recipe's) or bicubic (timm's).
 INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """How evaluation images are made from RGB images of any size, before the
+    ImageNet mean/std normalisation that every model shares: what training validates
+    with (`training.input_config.InputConfig.eval_transform`), what the serving export
+    applies, and what published weights were measured with.
+
+    image_size: the model's input height and width, in [1, MAX_IMAGE_SIZE].
+    crop_padding: the centre crop keeps ``image_size / (image_size + crop_padding)``
+      of the shorter side; in [0, image_size], so at least half of it.
+    interpolation: "bilinear" (the paper's recipe) or "bicubic" (timm's).
+    resize_first: False: crop, then resize the crop to ``image_size`` (the TPU ResNet
+      recipe); True: resize the shorter side to ``image_size + crop_padding``
+      (antialiased), then crop ``image_size`` from the centre (timm's, torchvision's
+      ``Resize`` then ``CenterCrop``).
+
+    Raises:
+      ValueError: naming the first field out of range.
+    """
+
+    image_size: int
+    crop_padding: int
+    interpolation: str = "bilinear"
+    resize_first: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not (
+                1 <= self.image_size <= MAX_IMAGE_SIZE):
+            raise ValueError(f"image_size must be an integer in [1, {MAX_IMAGE_SIZE}], not {self.image_size!r}.")
+        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or not (
+                0 <= self.crop_padding <= self.image_size):
+            raise ValueError(f"crop_padding must be an integer in [0, image_size={self.image_size}], "
+                             f"not {self.crop_padding!r}.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}.")
+        if not isinstance(self.resize_first, bool):
+            raise ValueError(f"resize_first must be true or false, not {self.resize_first!r}.")
+
+    @classmethod
+    def from_input_config(cls, input_section: Mapping[str, Any]) -> "EvalTransform":
+        """The transform of a training run, from its config.yaml ``input`` section."""
+        return cls(input_section["image_size"], input_section["eval_crop_padding"],
+                   input_section.get("eval_interpolation", "bilinear"), input_section.get("eval_resize_first", False))
+
+    def replace(self, **changes: Any) -> "EvalTransform":
+        """A copy with ``changes`` (checked like a new transform)."""
+        return dataclasses.replace(self, **changes)
+
+
+def timm_eval_transform(image_size: int, crop_pct: float) -> EvalTransform:
+    """timm's evaluation transform: shorter side to ``floor(image_size / crop_pct)``,
+    bicubic, then the centre ``image_size`` square."""
+    return EvalTransform(image_size, math.floor(image_size / crop_pct) - image_size, "bicubic", resize_first=True)
 
 
 def is_complete_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:

@@ -19,8 +19,8 @@ Pure data: importing this module does not import Keras.
 from __future__ import annotations
 
 import dataclasses
-import math
 
+from lambda_keras.data.preprocessing import EvalTransform, timm_eval_transform
 from lambda_keras.models.model_config import (
     FACTORIES,
     GENERIC,
@@ -167,33 +167,6 @@ VARIANTS_BY_NAME: dict[str, Variant] = {variant.name: variant for variant in VAR
 VARIANT_CONFIGS: dict[str, ModelConfig] = {variant.name: variant.config for variant in VARIANTS}
 # Every constructor a training config may name.
 ARCHITECTURES: tuple[str, ...] = FACTORIES + tuple(VARIANTS_BY_NAME)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalTransform:
-    """How evaluation images are made from RGB images of any size, before the
-    ImageNet mean/std normalisation that every model shares.
-
-    image_size: the model's input height and width.
-    crop_padding: the centre crop keeps ``image_size / (image_size + crop_padding)``
-      of the shorter side.
-    interpolation: "bilinear" (the paper's recipe) or "bicubic" (timm's).
-    resize_first: False: crop, then resize the crop to ``image_size`` (the TPU ResNet
-      recipe); True: resize the shorter side to ``image_size + crop_padding``
-      (antialiased), then crop ``image_size`` from the centre (timm's, torchvision's
-      ``Resize`` then ``CenterCrop``).
-    """
-
-    image_size: int
-    crop_padding: int
-    interpolation: str = "bilinear"
-    resize_first: bool = False
-
-
-def timm_eval_transform(image_size: int, crop_pct: float) -> EvalTransform:
-    """timm's evaluation transform: shorter side to ``floor(image_size / crop_pct)``,
-    bicubic, then the centre ``image_size`` square."""
-    return EvalTransform(image_size, math.floor(image_size / crop_pct) - image_size, "bicubic", resize_first=True)
 
 
 @dataclasses.dataclass(frozen=True)
