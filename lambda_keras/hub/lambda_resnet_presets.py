@@ -20,10 +20,13 @@ weights are uploaded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from lambda_keras.models.model_config import LambdaLayerConfig, ModelConfig
 
 PRESET_PATH = "lambda_resnet"
 METADATA_FILE = "metadata.json"
@@ -33,24 +36,20 @@ BACKBONE_INPUT = "RGB normalised by the ImageNet mean and standard deviation"
 backbone_presets: dict[str, dict] = {}
 
 
-def _value(model_config: Any, key: str) -> Any:
-    if isinstance(model_config, Mapping):
-        return model_config.get(key)
-    return getattr(model_config, key, None)
-
-
-def describe_backbone(model_config: Any) -> str:
-    """A one-line description of a backbone's model config, as KerasHub's presets have."""
-    architecture = _value(model_config, "architecture")
-    parts = [f"{architecture} without its classifier"]
-    if _value(model_config, "blocks_per_stage") is not None:
-        parts.append(f"blocks per stage {list(_value(model_config, 'blocks_per_stage'))}")
-    if _value(model_config, "lambda_blocks") is not None:
-        parts.append(f"lambda blocks {[list(s) for s in _value(model_config, 'lambda_blocks')]}")
-    if _value(model_config, "placement") is not None:
-        parts.append(f"placement {_value(model_config, 'placement')}")
-    if _value(model_config, "lambda_layer"):
-        parts.append(f"lambda layer {dict(_value(model_config, 'lambda_layer'))}")
+def describe_backbone(model_config: ModelConfig) -> str:
+    """A one-line description of a backbone's model config, as KerasHub's presets have:
+    its layout and the lambda layer arguments that differ from `LambdaLayerConfig`'s
+    defaults."""
+    values = model_config.to_dict()
+    parts = [f"{values['architecture']} without its classifier"]
+    for key, label in (("blocks_per_stage", "blocks per stage"), ("lambda_blocks", "lambda blocks"),
+                       ("placement", "placement")):
+        if values.get(key) is not None:
+            parts.append(f"{label} {values[key]}")
+    defaults = dataclasses.asdict(LambdaLayerConfig())
+    changed = {key: value for key, value in (values.get("lambda_layer") or {}).items() if defaults.get(key) != value}
+    if changed:
+        parts.append(f"lambda layer {changed}")
     return f"{', '.join(parts)}; input {BACKBONE_INPUT}. Weights as saved (none were published)."
 
 
