@@ -28,7 +28,7 @@ KEYS = sorted(f"{section}.{field.name}" for section, cls in SECTIONS.items() for
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # What a user may type after `key=`: YAML scalars and lists, hostile ones first.
-HOSTILE_TEXTS = [".nan", ".inf", "-.inf", "1e400", "-1e400", "nan", "inf", "1e-4", "1E+3", "-0.0", "0", "-1",
+HOSTILE_TEXTS = [".nan", ".inf", "-.inf", "1e400", "-1e400", "1e30", "nan", "inf", "1e-4", "1E+3", "-0.0", "0", "-1",
                  "9223372036854775808", "-9223372036854775809", "4294967296", "99999999999", "true", "false",
                  "null", "[]", "[1, 2]", "[0.5, .nan]", "{}", "'3'", "三", "a b", "''", "0x10", "1_000"]
 VALUE_TEXTS = st.one_of(
@@ -67,16 +67,27 @@ def test_any_set_value_is_refused_naming_its_key_or_used_as_given(key, text):
     if isinstance(expected, list):
         expected = tuple(expected)
     assert value == expected or (isinstance(value, tuple) and value == tuple(float(item) for item in expected))
-    assert all(math.isfinite(number) and abs(number) < 2**63 for number in _numbers(value)), (key, value)
+    assert all(math.isfinite(number) and (isinstance(number, float) or abs(number) < 2**63)
+               for number in _numbers(value)), (key, value)
     # What is saved as config.yaml reads back as the same config.
     assert config_lib.from_dict(config_lib.load_yaml(config.to_yaml())) == config
 
 
+def _hint(key):
+    section, name = key.split(".")
+    return typing.get_type_hints(SECTIONS[section])[name]
+
+
+NUMERIC_KEYS = [key for key in KEYS if _hint(key) in (float, int, typing.Optional[int], typing.Optional[float])]
+
+
 @PROPERTY_SETTINGS
-@given(key=st.sampled_from([key for key in KEYS if typing.get_type_hints(SECTIONS[key.split(".")[0]])[
-    key.split(".")[1]] in (float, int, typing.Optional[int], typing.Optional[float])]),
-    value=st.sampled_from([math.nan, math.inf, -math.inf, 2**64, -(2**64), 1e300]))
+@given(key=st.sampled_from(NUMERIC_KEYS), value=st.sampled_from([math.nan, math.inf, -math.inf, 2**64, -(2**64)]))
 def test_no_non_finite_or_out_of_range_number_reaches_a_run(key, value):
+    """NaN and infinities, anywhere; integers beyond 64 bits where an integer is read
+    (a float key takes 2**64 as the finite number it is)."""
+    if isinstance(value, int) and _hint(key) in (float, typing.Optional[float]):
+        value = math.inf
     section, name = key.split(".")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_lib.from_dict({**_demo().to_dict(), section: {**_demo().to_dict()[section], name: value}})
@@ -103,7 +114,9 @@ def test_yaml_is_read_strictly(tmp_path):
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=st.sampled_from(KEYS), text=st.sampled_from([".nan", ".inf", "-1e400", "99999999999999999999", "[]"]))
+# input.data_dir is the command line's --data_dir, which overrides --set.
+@given(key=st.sampled_from([key for key in KEYS if key != "input.data_dir"]),
+       text=st.sampled_from([".nan", ".inf", "-1e400", "[]", "{}"]))
 def test_cli_refuses_in_one_line_before_creating_anything(tmp_path_factory, capsys, key, text):
     capsys.readouterr()  # The fixture lives across examples: start from an empty capture.
     folder = tmp_path_factory.mktemp("run")

@@ -337,7 +337,7 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         _fail(key, value, "must be an integer")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if abs(value) < _INT64_LIMIT and math.isfinite(value):
+            if math.isfinite(value):
                 return float(value)
             _fail(key, value, "must be a finite number")
         _fail(key, value, "must be a number")
