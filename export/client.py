@@ -154,12 +154,6 @@ def _http_url(text: str) -> str:
     return text
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
-    return int(text)
-
-
 def _positive_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -177,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.add_argument("--rest", type=_http_url, help="REST server, e.g. http://localhost:8501")
     server.add_argument("--grpc", help="gRPC server, e.g. localhost:8500")
     parser.add_argument("--model", required=True, help="model name on the server")
-    parser.add_argument("--version", type=_positive_int, help="default: the server's latest version")
+    parser.add_argument("--version", type=cli.integer_at_least(1), help="default: the server's latest version")
     parser.add_argument("--timeout", type=_positive_seconds, default=30.0, help="seconds (default 30)")
     parser.add_argument("images", nargs="+", help="JPEG or PNG files")
     args = parser.parse_args(argv)

@@ -494,15 +494,6 @@ def _is_url(path: str | os.PathLike) -> bool:
     return "://" in str(path)
 
 
-def _integer_at_least(minimum: int):
-    """An argparse type: an integer >= minimum, else the usual one-line usage error."""
-    def parse(text: str) -> int:
-        if not text.lstrip("-").isdigit() or int(text) < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, not {text!r}")
-        return int(text)
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(
         prog="python -m export.saved_model",
@@ -510,12 +501,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", required=True, help=".keras file or training model_dir")
     parser.add_argument("--output", required=True, help="BASE/NAME; writes BASE/NAME/<version>/")
-    parser.add_argument("--version", type=_integer_at_least(1), help="default: the next free version number")
-    parser.add_argument("--image_size", type=_integer_at_least(1), help="default: the training image size")
-    parser.add_argument("--crop_padding", type=_integer_at_least(0), help="default: the training eval_crop_padding")
-    parser.add_argument("--top_k", type=_integer_at_least(1),
+    parser.add_argument("--version", type=cli.integer_at_least(1), help="default: the next free version number")
+    parser.add_argument("--image_size", type=cli.integer_at_least(1), help="default: the training image size")
+    parser.add_argument("--crop_padding", type=cli.integer_at_least(0), help="default: the training eval_crop_padding")
+    parser.add_argument("--top_k", type=cli.integer_at_least(1),
                         help=f"classes in the top_k_* outputs (default: {DEFAULT_TOP_K}, or all of fewer)")
-    parser.add_argument("--max_pixels", type=_integer_at_least(1), default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max_pixels", type=cli.integer_at_least(1), default=DEFAULT_MAX_PIXELS,
                         help="largest image (height x width) serving_default decodes (default: 50 MP)")
     parser.add_argument("--class_names", help="text file, one class name per line")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",

@@ -37,6 +37,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {_one_line(message)} (see --help)\n")
 
 
+def integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum, else the one-line usage error."""
+
+    def parse(text: str) -> int:
+        if not text.lstrip("-").isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, not {text!r}")
+        return int(text)
+
+    return parse
+
+
 def entry_point(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Wraps `main(argv) -> exit status` in the boundary described in the module doc."""
 

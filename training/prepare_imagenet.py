@@ -58,7 +58,6 @@ worker threads (the decoders and the TFRecord writer release the GIL for the hea
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import hashlib
 import io
@@ -321,13 +320,6 @@ def format_summary(summaries: dict[str, SplitSummary]) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1, else the usual one-line usage error."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
-    return int(text)
-
-
 PROG = "python -m training.prepare_imagenet"
 
 
@@ -336,9 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="ImageNet folder (train/, val/).")
     parser.add_argument("--output", required=True, help="Output folder (local or gs://).")
-    parser.add_argument("--train_shards", type=_positive_int, default=TRAIN_SHARDS)
-    parser.add_argument("--validation_shards", type=_positive_int, default=VALIDATION_SHARDS)
-    parser.add_argument("--num_workers", type=_positive_int, default=os.cpu_count() or 1)
+    parser.add_argument("--train_shards", type=cli.integer_at_least(1), default=TRAIN_SHARDS)
+    parser.add_argument("--validation_shards", type=cli.integer_at_least(1), default=VALIDATION_SHARDS)
+    parser.add_argument("--num_workers", type=cli.integer_at_least(1), default=os.cpu_count() or 1)
     parser.add_argument("--validation_labels", default=None,
                         help="Default: INPUT/synset_labels.txt.")
     parser.add_argument("--seed", type=int, default=0,
