@@ -1,5 +1,6 @@
 """The named constructors, keras.applications-style: one thin function per row of
-``variants.VARIANTS``, and ``HybridResNet50``.
+``variants.VARIANTS``, and ``HybridResNet50``; the factories ``LambdaResNet`` and
+``LambdaMobileNetV2`` come from their modules.
 
 As in Keras' ``applications/resnet.py`` (``ResNet50`` calls ``ResNet`` with its stack
 and its name), each named constructor keeps the standard signature and calls
@@ -25,6 +26,7 @@ from lambda_keras.models.lambda_resnet import (
     build_network,
     lambda_layer_config,
 )
+from lambda_keras.models.mobilenet_v2 import LambdaMobileNetV2
 from lambda_keras.models.model_config import (
     HYBRID_DEFAULT_PLACEMENT,
     STAGE_NAMES,
@@ -384,7 +386,7 @@ def HybridResNet50(
 CONSTRUCTORS: dict[str, Callable[..., keras.Model]] = {
     function.__name__: function
     for function in (
-        LambdaResNet, HybridResNet50,
+        LambdaResNet, HybridResNet50, LambdaMobileNetV2,
         LambdaResNet50, LambdaResNet101, LambdaResNet152, LambdaResNet200, LambdaResNet270, LambdaResNet350,
         LambdaResNet420,
         LambdaResNet101C4, LambdaResNet152C4, LambdaResNet200C4, LambdaResNet270C4, LambdaResNet350C4,

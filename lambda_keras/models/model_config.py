@@ -7,6 +7,7 @@ these classes (or, for the layer's batch-norm arguments, by the same check funct
 YAML ``model`` section or a backbone's saved config is a :meth:`ModelConfig.to_dict`::
 
     architecture: LambdaResNet              # a name in variants.ARCHITECTURES
+    alpha: 0.5                              # LambdaMobileNetV2 only
     blocks_per_stage: [1, 1, 1, 1]          # the generic factory only
     lambda_blocks: [[], [], [1], [1]]       # the generic factory only (1-based)
     placement: LLLL                         # HybridResNet50 only
@@ -30,9 +31,13 @@ from lambda_keras.cli import UserError
 
 GENERIC = "LambdaResNet"
 HYBRID = "HybridResNet50"
-# The constructors that are not rows of variants.VARIANTS: the generic factory and the
-# Section 5.1 study.
-FACTORIES = (GENERIC, HYBRID)
+MOBILENET_V2 = "LambdaMobileNetV2"
+# The constructors that are not rows of variants.VARIANTS: the generic factory, the
+# Section 5.1 study and the MobileNet-v2 of Appendix D.3.2.
+FACTORIES = (GENERIC, HYBRID, MOBILENET_V2)
+# The ResNet options LambdaMobileNetV2 has no counterpart for (its blocks are
+# keras.applications.MobileNetV2's: ReLU6, no SE, no stochastic depth).
+RESNET_ONLY = ("activation", "se_ratio")
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 # Bottleneck widths of c2-c5; a stage outputs 4x its width.
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -222,10 +227,17 @@ def _named_config(architecture: str, placement: str | None = None) -> ModelConfi
     return _variants().VARIANT_CONFIGS[architecture]
 
 
+# Appendix D.3.2: the lightweight lambda block's lambda convolution, a 5x5 scope with
+# |k| = 32 and |h| = 4 (|u| = 1, the default).
+MOBILENET_V2_LAMBDA_LAYER = LambdaLayerConfig(key_dim=32, num_heads=4, scope_size=5)
+
+
 def architecture_lambda_layer(architecture: str) -> LambdaLayerConfig:
     """The lambda layers ``architecture`` builds unless told otherwise: its row's in
-    ``variants.VARIANT_CONFIGS`` (the paper's, or timm's for timm's rows), the paper's
-    for the factories."""
+    ``variants.VARIANT_CONFIGS`` (the paper's, or timm's for timm's rows), Appendix
+    D.3.2's for LambdaMobileNetV2, the paper's for the ResNet factories."""
+    if architecture == MOBILENET_V2:
+        return MOBILENET_V2_LAMBDA_LAYER
     if architecture in FACTORIES:
         return LambdaLayerConfig()
     return _named_config(architecture).lambda_layer
@@ -285,7 +297,9 @@ class ModelConfig:
       (``variants.ARCHITECTURES``). "LambdaResNet" is the generic factory and needs
       ``blocks_per_stage`` and ``lambda_blocks``; "HybridResNet50" takes ``placement``;
       the named ones take neither: each stands for its complete generic config in
-      ``variants.VARIANT_CONFIGS``.
+      ``variants.VARIANT_CONFIGS``. "LambdaMobileNetV2" (Appendix D.3.2) takes
+      ``alpha``, ``dropout_rate``, the batch-norm options and ``lambda_layer``.
+    alpha: LambdaMobileNetV2's width multiplier, positive; None: 1.0.
     blocks_per_stage: bottlenecks in c2, c3, c4, c5 (generic factory only).
     lambda_blocks: per stage, the sorted 1-based indices of the blocks with a lambda
       layer (generic factory only; Table 18 reads 1-based, docs/design.md).
@@ -299,10 +313,12 @@ class ModelConfig:
       stage, in [0, 1]; None: the architecture's (0.25 in c2/c3 for the LambdaResNets,
       Appendix E.1; 0.25 for ResNet-RS; none otherwise).
     dropout_rate: dropout before the classifier, in [0, 1).
-    stochastic_depth_rate: the rate of c5, in [0, 1); stage ``c<s>`` gets ``s / 5`` of it.
+    stochastic_depth_rate: the rate of c5, in [0, 1); stage ``c<s>`` gets ``s / 5`` of it
+      (ResNets only).
     norm_momentum: momentum of every batch norm, the lambda layers' included, in
-      [0, 1); None: 0.9.
-    norm_epsilon: epsilon of every batch norm, positive; None: 1e-5.
+      [0, 1); None: 0.9 (LambdaMobileNetV2: 0.999, keras.applications').
+    norm_epsilon: epsilon of every batch norm, positive; None: 1e-5
+      (LambdaMobileNetV2: 1e-3).
     lambda_layer: the lambda layers' arguments. Given as None (the architecture's,
       :func:`architecture_lambda_layer`) or as a mapping of some of them (overrides of
       those), it holds the resolved ``LambdaLayerConfig`` once constructed.
@@ -312,6 +328,7 @@ class ModelConfig:
     """
 
     architecture: str = "LambdaResNet50"
+    alpha: float | None = None
     blocks_per_stage: tuple[int, ...] | None = None
     lambda_blocks: tuple[tuple[int, ...], ...] | None = None
     placement: str | None = None
@@ -342,12 +359,26 @@ class ModelConfig:
         if not (isinstance(architecture, str)
                 and (architecture in FACTORIES or architecture in _variants().VARIANT_CONFIGS)):
             _fail("architecture", architecture, f"one of {_variants().ARCHITECTURES}")
-        only_for = {"blocks_per_stage": GENERIC, "lambda_blocks": GENERIC, "base": GENERIC, "placement": HYBRID}
+        only_for = {"blocks_per_stage": GENERIC, "lambda_blocks": GENERIC, "base": GENERIC, "placement": HYBRID,
+                    "alpha": MOBILENET_V2}
         for key, owner in only_for.items():
             if getattr(self, key) is not None and architecture != owner:
                 raise ModelConfigError(
                     f"`{key}` applies only to {owner}, not {architecture}. Received: {key}={getattr(self, key)!r}", key
                 )
+        if architecture == MOBILENET_V2:
+            for key in RESNET_ONLY:
+                if getattr(self, key) is not None:
+                    received = f"Received: {key}={getattr(self, key)!r}"
+                    raise ModelConfigError(f"`{key}` applies only to the ResNets, not {architecture}. {received}", key)
+            if self.stochastic_depth_rate != 0:
+                raise ModelConfigError(
+                    f"`stochastic_depth_rate` applies only to the ResNets, not {architecture}. "
+                    f"Received: stochastic_depth_rate={self.stochastic_depth_rate!r}",
+                    "stochastic_depth_rate",
+                )
+        if self.alpha is not None:
+            self._set("alpha", check_number("alpha", self.alpha, lambda alpha: alpha > 0, "a positive number"))
         if architecture == GENERIC:
             missing = [key for key in ("blocks_per_stage", "lambda_blocks") if getattr(self, key) is None]
             if missing:
@@ -383,6 +414,8 @@ class ModelConfig:
     def _check_heads_divide_widths(self) -> None:
         # A lambda layer's |h| queries split its output channels, the stage width
         # (Section 3.2: |v| = d / |h|), in every stage that has lambda layers.
+        if self.architecture == MOBILENET_V2:
+            return  # its widths follow from alpha; its lambda layers check them when built
         widths = [width for width, indices in zip(STAGE_WIDTHS, self.layout()[1]) if indices]
         num_heads = self.lambda_layer.num_heads
         if any(width % num_heads for width in widths):
@@ -393,9 +426,15 @@ class ModelConfig:
             )
 
     def layout(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
-        """``(blocks_per_stage, lambda_blocks)`` of the network this config names, for
-        every architecture (lambda block indices 1-based): the generic factory's own
-        fields, or those of the complete config a named architecture stands for."""
+        """``(blocks_per_stage, lambda_blocks)`` of the network this config names, for a
+        ResNet (lambda block indices 1-based): the generic factory's own fields, or those
+        of the complete config a named architecture stands for.
+
+        Raises:
+          ValueError: for LambdaMobileNetV2, which has no ResNet stages.
+        """
+        if self.architecture == MOBILENET_V2:
+            raise ValueError(f"{MOBILENET_V2} has no ResNet stages (its block table is variants.MOBILENET_V2_BLOCKS).")
         if self.architecture == GENERIC:
             return self.blocks_per_stage, self.lambda_blocks
         named = _named_config(self.architecture, self.placement)

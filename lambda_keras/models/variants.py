@@ -168,6 +168,29 @@ VARIANT_CONFIGS: dict[str, ModelConfig] = {variant.name: variant.config for vari
 # Every constructor a training config may name.
 ARCHITECTURES: tuple[str, ...] = FACTORIES + tuple(VARIANTS_BY_NAME)
 
+# LambdaMobileNetV2 (Appendix D.3.2) is a factory, not a row: its width multiplier
+# ``alpha`` scales every block. Its blocks are keras.applications.MobileNetV2's (Sandler
+# et al. 2018, Table 2): per group, expansion t, output channels c (times alpha),
+# repeats n and the first block's stride s; 17 inverted bottlenecks in all.
+MOBILENET_V2_BLOCKS: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+# "Replace the 10th and 16th inverted bottlenecks" (Appendix D.3.2), counted from 1 over
+# the 17: Keras' block_9 (64 -> 64 channels at 1/16 of the input) and block_15
+# (160 -> 160 at 1/32). docs/design.md, "LambdaMobileNetV2: reading Appendix D.3.2".
+MOBILENET_V2_LAMBDA_BLOCKS: tuple[int, ...] = (10, 16)
+# Trainable parameters at alpha 1.0 with 1000 classes (BN scale and offset counted).
+MOBILENET_V2_PARAMETERS = 3_206_680
+MOBILENET_V2_PAPER = ("3.21", "Table 17")
+# keras.applications.MobileNetV2(weights=None)'s, Table 17's "3.50" for the plain network.
+KERAS_MOBILENET_V2_PARAMETERS = 3_504_872
+
 
 @dataclasses.dataclass(frozen=True)
 class TimmSpec:
