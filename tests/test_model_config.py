@@ -257,5 +257,10 @@ def test_every_architecture_is_a_valid_config_with_its_defaults():
     for architecture in variants.ARCHITECTURES:
         extra = {"blocks_per_stage": (1, 1, 1, 1), "lambda_blocks": ((), (), (), (1,))}
         extra = extra if architecture == GENERIC else {}
-        blocks, lambda_blocks = ModelConfig(architecture=architecture, **extra).layout()
+        config = ModelConfig(architecture=architecture, **extra)
+        if architecture == "LambdaMobileNetV2":  # no ResNet stages: its blocks are MOBILENET_V2_BLOCKS
+            with pytest.raises(ValueError, match="no ResNet stages"):
+                config.layout()
+            continue
+        blocks, lambda_blocks = config.layout()
         assert len(blocks) == len(lambda_blocks) == 4
