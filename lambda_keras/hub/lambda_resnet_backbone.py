@@ -26,8 +26,9 @@ from lambda_keras.models.builder import build_model
 from lambda_keras.models.features import pyramid_outputs
 from lambda_keras.models.model_config import LambdaLayerConfig, ModelConfig
 
-# A model config's classifier dropout: a backbone has no classifier.
-_CLASSIFIER_KEY = "dropout_rate"
+# A model config's keys a ResNet backbone has no argument for: the classifier's dropout
+# (a backbone has no classifier) and LambdaMobileNetV2's width multiplier.
+_NOT_BACKBONE_KEYS = ("dropout_rate", "alpha")
 
 
 @keras.saving.register_keras_serializable(package="lambda_keras")
@@ -103,7 +104,8 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         model_config = self.model_config.to_dict()
-        del model_config[_CLASSIFIER_KEY]
+        for key in _NOT_BACKBONE_KEYS:
+            del model_config[key]
         config.update(model_config)
         config["image_shape"] = self.image_shape
         return config

@@ -35,9 +35,9 @@ MOBILENET_V2 = "LambdaMobileNetV2"
 # The constructors that are not rows of variants.VARIANTS: the generic factory, the
 # Section 5.1 study and the MobileNet-v2 of Appendix D.3.2.
 FACTORIES = (GENERIC, HYBRID, MOBILENET_V2)
-# The ResNet options LambdaMobileNetV2 has no counterpart for (its blocks are
+# The ResNet options LambdaMobileNetV2 takes unset or 0 only (its blocks are
 # keras.applications.MobileNetV2's: ReLU6, no SE, no stochastic depth).
-RESNET_ONLY = ("activation", "se_ratio")
+RESNET_ONLY = ("activation", "se_ratio", "stochastic_depth_rate")
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 # Bottleneck widths of c2-c5; a stage outputs 4x its width.
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -368,15 +368,11 @@ class ModelConfig:
                 )
         if architecture == MOBILENET_V2:
             for key in RESNET_ONLY:
-                if getattr(self, key) is not None:
-                    received = f"Received: {key}={getattr(self, key)!r}"
-                    raise ModelConfigError(f"`{key}` applies only to the ResNets, not {architecture}. {received}", key)
-            if self.stochastic_depth_rate != 0:
-                raise ModelConfigError(
-                    f"`stochastic_depth_rate` applies only to the ResNets, not {architecture}. "
-                    f"Received: stochastic_depth_rate={self.stochastic_depth_rate!r}",
-                    "stochastic_depth_rate",
-                )
+                value = getattr(self, key)
+                if value is not None and value != 0:
+                    raise ModelConfigError(
+                        f"`{key}` applies only to the ResNets, not {architecture}. Received: {key}={value!r}", key
+                    )
         if self.alpha is not None:
             self._set("alpha", check_number("alpha", self.alpha, lambda alpha: alpha > 0, "a positive number"))
         if architecture == GENERIC:
