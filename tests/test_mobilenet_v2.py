@@ -16,6 +16,7 @@ from lambda_keras.layers import kernel_support
 from lambda_keras.models import LambdaMobileNetV2, ModelConfig, ModelConfigError, build_model, multiply_adds
 from lambda_keras.models.variants import KERAS_MOBILENET_V2_PARAMETERS, MOBILENET_V2_PARAMETERS
 from random_weights import randomize
+from training import config as config_lib
 
 structural = pytest.mark.structural
 SIZE, ALPHA = 64, 0.35
@@ -205,3 +206,14 @@ def test_model_config_names_it():
         with pytest.raises(ModelConfigError) as raised:
             ModelConfig.from_dict(values)
         assert raised.value.key == key
+
+
+@structural
+def test_a_recipe_trains_it_with_set():
+    nulls = ["model.blocks_per_stage=null", "model.lambda_blocks=null", "model.lambda_layer=null"]
+    config = config_lib.load_config("demo", ["model.architecture=LambdaMobileNetV2", *nulls, "model.alpha=0.5"],
+                                    model_dir="/tmp/unused")
+    assert config.model == ModelConfig("LambdaMobileNetV2", alpha=0.5)
+    # The demo's ResNet layout is named as the key at fault.
+    with pytest.raises(config_lib.ConfigError, match="`blocks_per_stage` applies only to LambdaResNet"):
+        config_lib.load_config("demo", ["model.architecture=LambdaMobileNetV2"], model_dir="/tmp/unused")
