@@ -6,9 +6,10 @@ features, or ``TF_ENABLE_ONEDNN_OPTS=0``) the op raises "Current CPU implementat
 do not yet support dilation rates larger than 1". The lambda convolution then runs its
 folded form, which every platform has. JAX, PyTorch and XLA have the dilated kernel.
 
-An export to a portable format (ONNX, LiteRT) is a platform of its own: LiteRT's
-builtin ``TRANSPOSE_CONV`` has no dilation, so a graph traced for it must not hold the
-dilated form either. ``builtin_ops_only()`` says so for the duration of a trace.
+An export to a portable format (ONNX, LiteRT) needs more: LiteRT's builtin
+``TRANSPOSE_CONV`` has no dilation, so a graph traced for it must not hold the dilated
+form either. ``builtin_ops_only()`` says so for the duration of a trace; which
+implementation ``"auto"`` picks stays the host platform's.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ _builtin_ops_only_depth = 0
 
 @contextlib.contextmanager
 def builtin_ops_only() -> Iterator[None]:
-    """Within the block, layers traced (or run) choose only kernels that every export
-    runtime has as a builtin op: ``has_dilated_transposed_convolution()`` is False, so
-    the lambda convolution traces its folded form (the same numbers).
+    """Within the block, layers traced (or run) use only kernels that every export
+    runtime has as a builtin op (``builtin_ops_only_active()``): the lambda convolution
+    traces its folded form (the same numbers).
 
     Wrap ``model.export(..., format="litert")`` (or ``"onnx"``) in it when the model
     holds lambda layers with ``implementation="conv"`` (or ``"auto"`` at sizes that pick
@@ -42,14 +43,13 @@ def builtin_ops_only() -> Iterator[None]:
         _builtin_ops_only_depth -= 1
 
 
-def has_dilated_transposed_convolution() -> bool:
-    """Whether ``ops.conv_transpose`` with a dilation rate runs on this process's CPU
-    (``_probe_dilated_transposed_convolution``), and no ``builtin_ops_only()`` block is open."""
-    return _builtin_ops_only_depth == 0 and _probe_dilated_transposed_convolution()
+def builtin_ops_only_active() -> bool:
+    """Whether a ``builtin_ops_only()`` block is open."""
+    return _builtin_ops_only_depth > 0
 
 
 @functools.cache
-def _probe_dilated_transposed_convolution() -> bool:
+def has_dilated_transposed_convolution() -> bool:
     """Whether ``ops.conv_transpose`` with a dilation rate runs on this process's CPU.
 
     Under the TensorFlow backend a one-pixel transposed convolution runs eagerly on

@@ -62,14 +62,17 @@ def _rsqrt_clipped(squared_norms):
 
 def _convolution_form() -> str:
     """The lambda convolution form this platform runs fastest: the dilated one where
-    its kernel exists, else the folded one."""
+    its kernel exists, else the folded one; the folded one in a graph traced for an
+    export (``kernel_support.builtin_ops_only``)."""
+    if kernel_support.builtin_ops_only_active():
+        return "folded"
     return "dilated" if kernel_support.has_dilated_transposed_convolution() else "folded"
 
 
 def _auto_platform() -> str:
     """The ``AUTO_CROSSOVERS`` table of this process's platform."""
     accelerator = kernel_support.accelerator()
-    if accelerator == "cpu" and _convolution_form() == "folded":
+    if accelerator == "cpu" and not kernel_support.has_dilated_transposed_convolution():
         return "cpu_without_dilated_convolution"
     return accelerator if accelerator in AUTO_CROSSOVERS else "cpu"
 
