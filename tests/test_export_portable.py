@@ -69,14 +69,8 @@ def export_and_compare(model: keras.Model, folder: Path, export_format: str) -> 
     return float(np.max(np.abs(actual - keras_outputs(model, pixels))))
 
 
-# tf2onnx's einsum optimiser searches every letter order of the banded product's
-# eight-letter einsum once per process, 1-3 minutes (docs/design.md).
-LAYER_CASES = [pytest.param(implementation, export_format,
-                            marks=[pytest.mark.slow] if (implementation, export_format) == ("banded", "onnx") else [])
-               for implementation in IMPLEMENTATIONS for export_format in portable.FORMATS]
-
-
-@pytest.mark.parametrize("implementation, export_format", LAYER_CASES)
+@pytest.mark.parametrize("export_format", portable.FORMATS)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_lambda_layer_file_matches_keras(implementation, export_format, tmp_path):
     model = lambda_layer_model(implementation)
     assert export_and_compare(model, tmp_path, export_format) <= portable.FLOAT_TOLERANCE

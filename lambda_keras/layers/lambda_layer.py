@@ -365,15 +365,21 @@ class LambdaLayer(keras.layers.Layer):
         extent_h, extent_w = table.shape[0], table.shape[1]
         batch = ops.shape(values)[0]
         columns, columns_valid = relative_positions.offset_indices(width, extent_w)
-        # toeplitz[a, x, w, k, u] = R[a, w - x + T_w // 2] where that offset is in the table.
-        toeplitz = ops.take(table, columns, axis=1) * ops.cast(columns_valid, table.dtype)[None, :, :, None, None]
+        # toeplitz[a, x, w, u, k] = R[a, w - x + T_w // 2] where that offset is in the table.
+        toeplitz = ops.take(ops.swapaxes(table, -1, -2), columns, axis=1) * ops.cast(
+            columns_valid, table.dtype)[None, :, :, None, None]
         maps = ops.reshape(values, (batch, height, width, self.intra_depth, self.value_dim))
         half = extent_h // 2
         maps = ops.pad(maps, ((0, 0), (half, half), (0, 0), (0, 0), (0, 0)))
         # value_rows[b, y, a] = the value row at offset a - T_h // 2 from query row y.
         rows = ops.arange(height, dtype="int32")[:, None] + ops.arange(extent_h, dtype="int32")[None, :]
         value_rows = ops.take(maps, rows, axis=1)  # [b, H, T_h, W, u, v]
-        lambdas = ops.einsum("axwku,byawuv->byxkv", toeplitz, value_rows)
+        # The einsum axwuk,byawuv->byxkv with (w, u) and (b, y) merged by free reshapes:
+        # six letters, not eight, for tf2onnx's einsum optimiser, which tries every
+        # letter order once per process (8! of them took minutes; docs/design.md).
+        toeplitz = ops.reshape(toeplitz, (extent_h, width, -1, self.key_dim))  # [T_h, W, W u, k]
+        value_rows = ops.reshape(value_rows, (batch * height, extent_h, -1, self.value_dim))  # [b H, T_h, W u, v]
+        lambdas = ops.einsum("axck,nacv->nxkv", toeplitz, value_rows)
         return ops.reshape(lambdas, (batch, -1, self.key_dim, self.value_dim))
 
     def _content_lambda(self, keys, values):
