@@ -182,7 +182,7 @@ def export_model(
     if diverged:
         raise ExportError(f"{len(diverged)} weight(s) of the model are NaN or infinite, the first {diverged[0]}: "
                           "its training diverged; export a checkpoint from before the divergence.")
-    eval_transform = _serving_transform(model, run_config, eval_transform, image_size, crop_padding)
+    eval_transform = serving_transform(model, run_config, eval_transform, image_size, crop_padding)
     url = _is_url(export_dir)
     export_dir = str(export_dir).rstrip("/") if url else Path(export_dir)
     # The class count does not depend on the input size: bad arguments are refused before the copy is built.
@@ -214,7 +214,7 @@ def export_model(
     return final
 
 
-def _serving_transform(model: keras.Model, run_config: dict[str, Any], eval_transform: EvalTransform | None,
+def serving_transform(model: keras.Model, run_config: dict[str, Any], eval_transform: EvalTransform | None,
                        image_size: int | None, crop_padding: int | None) -> EvalTransform:
     """The one transform serving applies: `eval_transform`, else the training run's
     (its config.yaml), else the published weights' for a model named after them, else

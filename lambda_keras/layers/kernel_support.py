@@ -5,13 +5,47 @@ its oneDNN path: with oneDNN off (TensorFlow's default on CPUs without AVX-512-c
 features, or ``TF_ENABLE_ONEDNN_OPTS=0``) the op raises "Current CPU implementations
 do not yet support dilation rates larger than 1". The lambda convolution then runs its
 folded form, which every platform has. JAX, PyTorch and XLA have the dilated kernel.
+
+An export to a portable format (ONNX, LiteRT) needs more: LiteRT's builtin
+``TRANSPOSE_CONV`` has no dilation, so a graph traced for it must not hold the dilated
+form either. ``builtin_ops_only()`` says so for the duration of a trace; which
+implementation ``"auto"`` picks stays the host platform's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Iterator
 
 import keras
+
+# Open builtin_ops_only() blocks; a counter so that nested blocks (an export that
+# traces twice) leave it right.
+_builtin_ops_only_depth = 0
+
+
+@contextlib.contextmanager
+def builtin_ops_only() -> Iterator[None]:
+    """Within the block, layers traced (or run) use only kernels that every export
+    runtime has as a builtin op (``builtin_ops_only_active()``): the lambda convolution
+    traces its folded form (the same numbers).
+
+    Wrap ``model.export(..., format="litert")`` (or ``"onnx"``) in it when the model
+    holds lambda layers with ``implementation="conv"`` (or ``"auto"`` at sizes that pick
+    the convolution); ``export.portable`` does.
+    """
+    global _builtin_ops_only_depth  # pylint: disable=global-statement
+    _builtin_ops_only_depth += 1
+    try:
+        yield
+    finally:
+        _builtin_ops_only_depth -= 1
+
+
+def builtin_ops_only_active() -> bool:
+    """Whether a ``builtin_ops_only()`` block is open."""
+    return _builtin_ops_only_depth > 0
 
 
 @functools.cache

@@ -62,14 +62,17 @@ def _rsqrt_clipped(squared_norms):
 
 def _convolution_form() -> str:
     """The lambda convolution form this platform runs fastest: the dilated one where
-    its kernel exists, else the folded one."""
+    its kernel exists, else the folded one; the folded one in a graph traced for an
+    export (``kernel_support.builtin_ops_only``)."""
+    if kernel_support.builtin_ops_only_active():
+        return "folded"
     return "dilated" if kernel_support.has_dilated_transposed_convolution() else "folded"
 
 
 def _auto_platform() -> str:
     """The ``AUTO_CROSSOVERS`` table of this process's platform."""
     accelerator = kernel_support.accelerator()
-    if accelerator == "cpu" and _convolution_form() == "folded":
+    if accelerator == "cpu" and not kernel_support.has_dilated_transposed_convolution():
         return "cpu_without_dilated_convolution"
     return accelerator if accelerator in AUTO_CROSSOVERS else "cpu"
 
@@ -362,15 +365,21 @@ class LambdaLayer(keras.layers.Layer):
         extent_h, extent_w = table.shape[0], table.shape[1]
         batch = ops.shape(values)[0]
         columns, columns_valid = relative_positions.offset_indices(width, extent_w)
-        # toeplitz[a, x, w, k, u] = R[a, w - x + T_w // 2] where that offset is in the table.
-        toeplitz = ops.take(table, columns, axis=1) * ops.cast(columns_valid, table.dtype)[None, :, :, None, None]
+        # toeplitz[a, x, w, u, k] = R[a, w - x + T_w // 2] where that offset is in the table.
+        toeplitz = ops.take(ops.swapaxes(table, -1, -2), columns, axis=1) * ops.cast(
+            columns_valid, table.dtype)[None, :, :, None, None]
         maps = ops.reshape(values, (batch, height, width, self.intra_depth, self.value_dim))
         half = extent_h // 2
         maps = ops.pad(maps, ((0, 0), (half, half), (0, 0), (0, 0), (0, 0)))
         # value_rows[b, y, a] = the value row at offset a - T_h // 2 from query row y.
         rows = ops.arange(height, dtype="int32")[:, None] + ops.arange(extent_h, dtype="int32")[None, :]
         value_rows = ops.take(maps, rows, axis=1)  # [b, H, T_h, W, u, v]
-        lambdas = ops.einsum("axwku,byawuv->byxkv", toeplitz, value_rows)
+        # The einsum axwuk,byawuv->byxkv with (w, u) and (b, y) merged by free reshapes:
+        # six letters, not eight, for tf2onnx's einsum optimiser, which tries every
+        # letter order once per process (8! of them took minutes; docs/design.md).
+        toeplitz = ops.reshape(toeplitz, (extent_h, width, -1, self.key_dim))  # [T_h, W, W u, k]
+        value_rows = ops.reshape(value_rows, (batch * height, extent_h, -1, self.value_dim))  # [b H, T_h, W u, v]
+        lambdas = ops.einsum("axck,nacv->nxkv", toeplitz, value_rows)
         return ops.reshape(lambdas, (batch, -1, self.key_dim, self.value_dim))
 
     def _content_lambda(self, keys, values):
@@ -387,10 +396,10 @@ class LambdaLayer(keras.layers.Layer):
         if self.key_normalization == "l2":
             squared_norms = ops.sum(ops.square(keys), axis=1)  # [b, u, k]
             sums = ops.einsum("bmuk,bmuv->bukv", keys, values)
-            return ops.sum(sums * _rsqrt_clipped(squared_norms)[..., None], axis=1)
+            return ops.sum(sums * ops.expand_dims(_rsqrt_clipped(squared_norms), -1), axis=1)
         weights = ops.exp(keys - ops.max(keys, axis=1, keepdims=True))  # [b, m, u, k]
         sums = ops.einsum("bmuk,bmuv->bukv", weights, values)
-        return ops.sum(sums / ops.sum(weights, axis=1)[..., None], axis=1)
+        return ops.sum(sums / ops.expand_dims(ops.sum(weights, axis=1), -1), axis=1)
 
     def _causal_content_lambdas(self, keys, values, mask):
         """Per-query content lambdas over context positions ``<= n``, ``[b, n, k, v]``.
@@ -405,21 +414,21 @@ class LambdaLayer(keras.layers.Layer):
         are plain cumulative sums, divided by the running key norm for L2.
         """
         if self.key_normalization != "softmax":
-            prefix_sums = ops.cumsum(keys[..., None] * values[:, :, :, None, :], axis=1)  # [b, n, u, k, v]
+            prefix_sums = ops.cumsum(ops.expand_dims(keys, -1) * ops.expand_dims(values, 3), axis=1)  # [b, n, u, k, v]
             if self.key_normalization == "l2":
                 prefix_norms = _rsqrt_clipped(ops.cumsum(ops.square(keys), axis=1))
-                prefix_sums = prefix_sums * prefix_norms[..., None]
+                prefix_sums = prefix_sums * ops.expand_dims(prefix_norms, -1)
             return ops.sum(prefix_sums, axis=2)
-        present = ops.ones_like(keys) if mask is None else ops.cast(mask, keys.dtype)[:, :, None, None]
+        present = ops.ones_like(keys) if mask is None else ops.expand_dims(ops.cast(mask, keys.dtype), (2, 3))
         present = ops.broadcast_to(present, ops.shape(keys))
-        state = (keys, present, present[..., None] * values[:, :, :, None, :])  # [b, n, u, k(, v)]
+        state = (keys, present, ops.expand_dims(present, -1) * ops.expand_dims(values, 3))  # [b, n, u, k(, v)]
         length = keys.shape[1] if keys.shape[1] is not None else ops.shape(keys)[1]
         positions = ops.arange(length, dtype="int32")
 
         def scan_step(offset, state):
             # Combine every element with the partial result `offset` positions earlier.
             earlier_positions = ops.maximum(positions - offset, 0)
-            has_earlier = (positions >= offset)[None, :, None, None]
+            has_earlier = ops.reshape(positions >= offset, (1, -1, 1, 1))
             running_max, exp_sums, weighted_sums = state
             earlier_max = ops.where(
                 has_earlier, ops.take(running_max, earlier_positions, axis=1), _NO_CONTEXT
@@ -432,7 +441,7 @@ class LambdaLayer(keras.layers.Layer):
             return (
                 new_max,
                 exp_sums * scale + earlier_sums * earlier_scale,
-                weighted_sums * scale[..., None] + earlier_weighted * earlier_scale[..., None],
+                weighted_sums * ops.expand_dims(scale, -1) + earlier_weighted * ops.expand_dims(earlier_scale, -1),
             )
 
         if isinstance(length, int):  # static length: unrolled, XLA-friendly
@@ -449,7 +458,7 @@ class LambdaLayer(keras.layers.Layer):
         _, exp_sums, weighted_sums = state
         # Queries whose whole prefix is padding have no context: their lambda is 0.
         exp_sums = ops.maximum(exp_sums, ops.cast(1e-30, exp_sums.dtype))
-        return ops.sum(weighted_sums / exp_sums[..., None], axis=2)
+        return ops.sum(weighted_sums / ops.expand_dims(exp_sums, -1), axis=2)
 
     def _project(self, inputs, training):
         """Queries ``[b, n, h*k]``, keys ``[b, n, u*k]`` (None without content) and
@@ -537,14 +546,14 @@ class LambdaLayer(keras.layers.Layer):
         values = ops.reshape(values, (batch, -1, depth, value_dim))
         if mask is not None:
             mask = ops.reshape(ops.cast(mask, "bool"), (batch, -1))
-            values = values * ops.cast(mask, values.dtype)[:, :, None, None]
+            values = values * ops.expand_dims(ops.cast(mask, values.dtype), (2, 3))
 
         outputs = None
         if self.use_content:
             keys = ops.reshape(keys, (batch, -1, depth, key_dim))
             if mask is not None:
                 no_context = _NO_CONTEXT if self.key_normalization == "softmax" else 0.0
-                keys = ops.where(mask[:, :, None, None], keys, no_context)
+                keys = ops.where(ops.expand_dims(mask, (2, 3)), keys, no_context)
             if self.causal:
                 content_lambdas = self._causal_content_lambdas(keys, values, mask)
                 outputs = ops.einsum("bnhk,bnkv->bnhv", queries, content_lambdas)
@@ -565,9 +574,9 @@ class LambdaLayer(keras.layers.Layer):
                 position_outputs = self._position_outputs_einsum(queries, values, spatial_shape)
             if self.use_position_bias:
                 # bias[k] added to every column of lambda^p_n adds q_n . bias to every output.
-                position_outputs = position_outputs + ops.einsum(
-                    "bnhk,k->bnh", queries, self.position_bias
-                )[..., None]
+                position_outputs = position_outputs + ops.expand_dims(
+                    ops.einsum("bnhk,k->bnh", queries, self.position_bias), -1
+                )
             outputs = position_outputs if outputs is None else outputs + position_outputs
 
         # Head-major output channels: head * v + j (Figure 3).
