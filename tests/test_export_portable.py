@@ -23,6 +23,7 @@ from export.saved_model import ExportError
 from lambda_keras.data import preprocessing
 from lambda_keras.data.preprocessing import EvalTransform
 from lambda_keras.layers import LambdaLayer, kernel_support
+from lambda_keras.models import LambdaMobileNetV2
 from tests import test_export
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
@@ -47,6 +48,8 @@ def lambda_layer_model(implementation: str) -> keras.Model:
 
 MODELS: dict[str, Callable[[], keras.Model]] = {
     "lambda_resnet": test_export.tiny_model,
+    # Both lightweight lambda blocks at 32x32 (2x2 and 1x1 feature maps), at a quarter width.
+    "lambda_mobilenet_v2": lambda: LambdaMobileNetV2(alpha=0.25, input_shape=(32, 32, 3), classes=10),
 }
 
 
