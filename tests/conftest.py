@@ -39,6 +39,14 @@ if keras.backend.backend() == "tensorflow":
     )
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The platform runs (each a whole pytest of its own, the longest tests) first, then
+    the other tests marked slow: xdist's two workers start on the long ones, and the many
+    short tests fill the gaps at the end instead of a long test ending the run alone on
+    one core."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.path.name != "test_platforms.py"))
+
+
 def pytest_unconfigure(config):
     if _SESSION_JAX_CACHE is not None:
         shutil.rmtree(_SESSION_JAX_CACHE, ignore_errors=True)

@@ -23,12 +23,19 @@ import pytest
 from lambda_keras.layers import kernel_support
 
 TESTS = Path(__file__).resolve().parent
-LAYER_AND_MODEL_TESTS = ["test_lambda_layer.py", "test_models.py"]
+LAYER_AND_MODEL_TESTS = ["test_lambda_layer.py", "test_models.py", "test_mobilenet_v2.py"]
 # KerasHub's own model-test harness on lambda_keras.hub (skips itself without KerasHub):
 # in the JAX run, where the classifier's preprocessing meets tf.data under another
 # backend. Under PyTorch on CPU the harness skips its precision and quantization checks;
 # it passes there too (run by hand, see the file), left out to keep CI short.
 HUB_HARNESS_TESTS = ["test_hub_harness.py"]
+
+# Under JAX, compiling each eagerly run operation is most of the run's time. These tests
+# check numbers, gradients and structure, not XLA's optimisations, so they compile at
+# XLA's lowest optimisation level and without the persistent cache, whose writes cost
+# more than this single process gains (docs/design.md, "The test suite's time"). The
+# JAX trainings (tests/test_train_jax.py, tests/test_cross_backend.py) compile as users do.
+BACKEND_SETTINGS = {"jax": {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"}}
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,7 +47,9 @@ pytestmark = [
 
 
 def run_pytest(environment: dict, test_files: list[str], *options: str) -> None:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options,
+    # One process (-n 0): beside the outer run's two workers, inner workers would only
+    # import TensorFlow and the backend again and compile the same operations twice.
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *options,
                *(str(TESTS / f) for f in test_files)]
     result = subprocess.run(
         command, cwd=TESTS.parent, capture_output=True, text=True, timeout=1200,
@@ -65,6 +74,6 @@ def test_layer_and_models_with_onednn(onednn):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_layer_and_models_under_backend(backend):
     """NumPy-reference, gradient, pooling, model build/predict/step and fit tests."""
-    run_pytest({"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""},
+    run_pytest({"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", **BACKEND_SETTINGS.get(backend, {})},
                LAYER_AND_MODEL_TESTS + (HUB_HARNESS_TESTS if backend == "jax" else []),
                "-m", "not slow and not structural")
