@@ -14,6 +14,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from lambda_keras.layers import kernel_support
+
 
 def _window_counts(size: int, pool_size: int, strides: int) -> np.ndarray:
     """Real positions in each ``"same"`` window along one axis, and the padding before."""
@@ -102,7 +104,10 @@ class SymmetricMaxPooling2D(keras.layers.Layer):
     def call(self, inputs):
         spatial_axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
         paddings = [(self.padding, self.padding) if axis in spatial_axes else (0, 0) for axis in range(4)]
-        padded = ops.pad(inputs, paddings, constant_values=float("-inf"))
+        # Padding with the input's minimum gives the same maxima (every window holds an
+        # input position). Exports use it: LiteRT's XNNPACK refuses an int8 pad of -inf.
+        padding_value = ops.min(inputs) if kernel_support.builtin_ops_only_active() else float("-inf")
+        padded = ops.pad(inputs, paddings, constant_values=padding_value)
         return ops.max_pool(padded, self.pool_size, self.strides, padding="valid", data_format=self.data_format)
 
     def compute_output_shape(self, input_shape):
