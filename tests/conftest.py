@@ -40,11 +40,30 @@ if keras.backend.backend() == "tensorflow":
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The platform runs (each a whole pytest of its own, the longest tests) first, then
-    the other tests marked slow: xdist's two workers start on the long ones, and the many
-    short tests fill the gaps at the end instead of a long test ending the run alone on
-    one core."""
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.path.name != "test_platforms.py"))
+    """Each xdist worker starts on its share of the tests marked slow, the platform runs
+    (each a whole pytest of its own) first, and ends on short tests.
+
+    xdist's worksteal scheduler hands worker i the i-th contiguous block of the
+    collection and an idle worker steals from the end of another's queue. So the slow
+    tests are dealt out in turn to the head of each block, and the short ones fill the
+    blocks' ends, where stealing evens out the finish instead of one long test ending
+    the run alone on one core.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    # The JAX platform run, the longest, first: the next (a oneDNN run) goes to the other worker.
+    slow = sorted((item for item in items if item.get_closest_marker("slow")),
+                  key=lambda item: (item.path.name != "test_platforms.py", "jax" not in item.name))
+    short = [item for item in items if not item.get_closest_marker("slow")]
+    blocks: list[list] = [slow[worker::workers] for worker in range(workers)]
+    remaining = len(items)
+    for worker, block in enumerate(blocks):
+        size = remaining // (workers - worker)  # the size xdist sends this block's worker
+        fill = max(size - len(block), 0)
+        block.extend(short[:fill])
+        del short[:fill]
+        remaining -= len(block)
+    blocks[-1].extend(short)
+    items[:] = [item for block in blocks for item in block]
 
 
 def pytest_unconfigure(config):
