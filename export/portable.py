@@ -32,7 +32,8 @@ the evaluation transform.
 Right after writing, the file is loaded in its runtime (ONNX Runtime; the
 `ai-edge-litert` interpreter, which links no Flex delegate) and run on sample images
 (a fixed synthetic set, plus the calibration images when given); a float file whose
-outputs differ from Keras's by more than FLOAT_TOLERANCE is refused. ``--evaluate``
+outputs differ from Keras's by more than FLOAT_TOLERANCE is refused (for a softmax
+output, the difference of the log-probabilities, which is that of the logits). ``--evaluate``
 also prints the top-1 of Keras and of the file on ``--data_dir``'s validation split.
 The file and its contract are written under temporary names and renamed into place
 only after that check, so nothing half-written or unchecked is left.
@@ -342,7 +343,7 @@ def export_portable(
         except Exception as error:  # each runtime reports a graph it cannot run in its own way
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ExportError(f"The {export_format} file does not run in its runtime: {message}") from None
-        difference = float(np.max(np.abs(actual - expected)))
+        difference = output_difference(actual, expected, output_kind(model) == "probabilities")
         agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
         if not np.all(np.isfinite(actual)) or actual.shape != expected.shape:
             raise ExportError(f"The {export_format} file gives outputs of shape {actual.shape} with "
@@ -384,11 +385,29 @@ def _convert(network: keras.Model, path: str, export_format: str, quantization: 
             raise ExportError(f"The model needs an op LiteRT has no builtin for: {ops_line.strip()[:300]}") from None
 
 
+def output_kind(model: keras.Model) -> str:
+    """"probabilities" for a model ending in a softmax, else "logits"."""
+    activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", None)
+    return "probabilities" if activation == "softmax" else "logits"
+
+
+def output_difference(actual: np.ndarray, expected: np.ndarray, probabilities: bool) -> float:
+    """max |file - Keras| over [n, classes] outputs; for probabilities, of their logarithms.
+
+    An untrained 1000-class model's probabilities are all near 1e-3, where a wrong
+    logit moves them by less than any tolerance; in log space the difference is that
+    of the logits.
+    """
+    if probabilities:
+        smallest = np.finfo(np.float32).tiny
+        actual, expected = np.log(np.maximum(actual, smallest)), np.log(np.maximum(expected, smallest))
+    return float(np.max(np.abs(actual - expected)))
+
+
 def input_contract(model: keras.Model, network: keras.Model, file_name: str, export_format: str, quantization: str,
                    transform: EvalTransform, runtime: Runtime, difference: float, agreement: float,
                    samples: int) -> dict[str, Any]:
     """The JSON written beside the file (docs/serving.md, "ONNX and LiteRT files")."""
-    activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", None)
     classes = network.output_shape[-1]
     return {
         "file": file_name,
@@ -421,7 +440,7 @@ def input_contract(model: keras.Model, network: keras.Model, file_name: str, exp
             "name": runtime.output_name,
             "dtype": "float32",
             "shape": [None, classes],
-            "kind": "probabilities" if activation == "softmax" else "logits",
+            "kind": output_kind(model),
             "class_names": default_class_names(classes),
         },
         "check": {

@@ -24,6 +24,7 @@ from lambda_keras.data import preprocessing
 from lambda_keras.data.preprocessing import EvalTransform
 from lambda_keras.layers import LambdaLayer, SymmetricMaxPooling2D, kernel_support
 from lambda_keras.models import LambdaMobileNetV2
+from random_weights import randomize
 from tests import test_export
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
@@ -48,9 +49,22 @@ def lambda_layer_model(implementation: str) -> keras.Model:
 
 MODELS: dict[str, Callable[[], keras.Model]] = {
     "lambda_resnet": test_export.tiny_model,
-    # Both lightweight lambda blocks at 32x32 (2x2 and 1x1 feature maps), at a quarter width.
-    "lambda_mobilenet_v2": lambda: LambdaMobileNetV2(alpha=0.25, input_shape=(32, 32, 3), classes=10),
+    "lambda_mobilenet_v2": lambda: lambda_mobilenet_v2(),
 }
+
+
+def lambda_mobilenet_v2() -> keras.Model:
+    """LambdaMobileNetV2 at a quarter width and 64x64 (its lambda blocks at 4x4 and 2x2),
+    random weights, up to its second lambda block, pooled: [batch, 64, 64, 3] -> [batch, 40].
+
+    An untrained MobileNetV2's activations fade out before the classifier (its softmax
+    is uniform to the last bit, keras.applications' too), which would make any file
+    match; here zeroing the first lambda layer moves the outputs by 1.5e-3.
+    """
+    model = LambdaMobileNetV2(alpha=0.25, input_shape=(64, 64, 3), classes=10)
+    randomize(model, scale=0.3)
+    pooled = keras.layers.GlobalAveragePooling2D()(model.get_layer("block_15_add").output)
+    return keras.Model(model.input, pooled)
 
 
 def keras_outputs(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
@@ -173,3 +187,17 @@ def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="differs from Keras"):
         portable.export_portable(model, tmp_path / "m.tflite", "litert", eval_transform=EvalTransform(LAYER_SIZE, 0))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_check_compares_probabilities_as_logits():
+    """Near-uniform probabilities (an untrained 1000-class model's) hide a logit error
+    of 1e-3 from a plain difference; their logarithms show it."""
+    logits = np.random.default_rng(0).normal(0, 0.01, (4, 1000))
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits)).astype(np.float32)
+    moved = logits.copy()
+    moved[:, 0] += 1e-3
+    actual = keras.ops.convert_to_numpy(keras.ops.softmax(moved)).astype(np.float32)
+    assert np.max(np.abs(actual - expected)) < portable.FLOAT_TOLERANCE
+    assert portable.output_difference(actual, expected, probabilities=True) > portable.FLOAT_TOLERANCE
+    assert portable.output_difference(expected, expected, probabilities=True) == 0.0
+    assert portable.output_difference(logits + 1e-3, logits, probabilities=False) == pytest.approx(1e-3)
