@@ -33,7 +33,8 @@ Right after writing, the file is loaded in its runtime (ONNX Runtime; the
 `ai-edge-litert` interpreter, which links no Flex delegate) and run on sample images
 (a fixed synthetic set, plus the calibration images when given); a float file whose
 outputs differ from Keras's by more than FLOAT_TOLERANCE is refused (for a softmax
-output, the difference of the log-probabilities, which is that of the logits). ``--evaluate``
+output, the difference of the log-probabilities, which is that of the logits; a
+quantized file's probabilities, which may round to 0, are compared as they are). ``--evaluate``
 also prints the top-1 of Keras and of the file on ``--data_dir``'s validation split.
 The file and its contract are written under temporary names and renamed into place
 only after that check, so nothing half-written or unchecked is left.
@@ -343,7 +344,9 @@ def export_portable(
         except Exception as error:  # each runtime reports a graph it cannot run in its own way
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ExportError(f"The {export_format} file does not run in its runtime: {message}") from None
-        difference = output_difference(actual, expected, output_kind(model) == "probabilities")
+        # A quantized file's probabilities may round to 0: compared as they are.
+        difference = output_difference(actual, expected,
+                                       quantization == "none" and output_kind(model) == "probabilities")
         agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
         if not np.all(np.isfinite(actual)) or actual.shape != expected.shape:
             raise ExportError(f"The {export_format} file gives outputs of shape {actual.shape} with "
