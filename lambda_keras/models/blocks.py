@@ -79,6 +79,20 @@ def batch_norm(x, name: str, norm_options: dict, zero_gamma: bool = False):
     )(x)
 
 
+def lambda_layer(x, filters: int, norm_options: dict, name: str, strides: int = 1, **lambda_options):
+    """A ``LambdaLayer`` with ``filters`` outputs whose batch norms take ``norm_options``
+    (``momentum``, ``epsilon``, ``synchronized``), as the model's others do."""
+    return LambdaLayer(
+        filters,
+        strides=strides,
+        norm_momentum=norm_options["momentum"],
+        norm_epsilon=norm_options["epsilon"],
+        synchronized_batch_norm=norm_options["synchronized"],
+        name=name,
+        **lambda_options,
+    )(x)
+
+
 def activation_layer(x, activation: str, name: str):
     """``activation`` ("relu" or "silu", ``model_config.ACTIVATIONS``) as a layer named ``name``."""
     if activation == "relu":
@@ -230,15 +244,7 @@ def bottleneck_block(
     if lambda_options is None:
         x = conv2d(x, filters, 3, strides, name=f"{name}_2_conv")
     else:
-        x = LambdaLayer(
-            filters,
-            strides=strides,
-            norm_momentum=norm_options["momentum"],
-            norm_epsilon=norm_options["epsilon"],
-            synchronized_batch_norm=norm_options["synchronized"],
-            name=f"{name}_lambda",
-            **lambda_options,
-        )(x)
+        x = lambda_layer(x, filters, norm_options, f"{name}_lambda", strides, **lambda_options)
     # Appendix E.1: the lambda layer replaces the 3x3 conv
     # only; the BN and ReLU that followed the conv stay.
     x = batch_norm(x, f"{name}_2_bn", norm_options)

@@ -22,8 +22,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from lambda_keras.layers import LambdaLayer
-from lambda_keras.models.blocks import channel_axis
+from lambda_keras.models.blocks import batch_norm, channel_axis, lambda_layer
 from lambda_keras.models.input_shape import check_application_arguments
 from lambda_keras.models.lambda_resnet import lambda_layer_config
 from lambda_keras.models.model_config import (
@@ -55,10 +54,6 @@ def _strided_padding(x) -> tuple[tuple[int, int], tuple[int, int]]:
     return tuple((0 if size is None else size % 2, 1) for size in spatial)
 
 
-def _batch_norm(x, name: str, norm_options: Mapping[str, Any]):
-    return layers.BatchNormalization(axis=channel_axis(), name=name, **norm_options)(x)
-
-
 def inverted_bottleneck(x, expansion: int, filters: int, strides: int, block_id: int, norm_options: Mapping[str, Any]):
     """MobileNet-v2's inverted bottleneck, ``[b, H, W, c] -> [b, H/s, W/s, filters]``.
 
@@ -72,14 +67,14 @@ def inverted_bottleneck(x, expansion: int, filters: int, strides: int, block_id:
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
     if block_id:
         x = layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=f"{prefix}expand")(x)
-        x = _batch_norm(x, f"{prefix}expand_BN", norm_options)
+        x = batch_norm(x, f"{prefix}expand_BN", norm_options)
         x = layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
     if strides == 2:
         x = layers.ZeroPadding2D(_strided_padding(x), name=f"{prefix}pad")(x)
     x = layers.DepthwiseConv2D(
         3, strides=strides, padding="same" if strides == 1 else "valid", use_bias=False, name=f"{prefix}depthwise"
     )(x)
-    x = _batch_norm(x, f"{prefix}depthwise_BN", norm_options)
+    x = batch_norm(x, f"{prefix}depthwise_BN", norm_options)
     x = layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(x)
     return _project(inputs, x, filters, strides, prefix, norm_options)
 
@@ -97,15 +92,8 @@ def lightweight_lambda_block(
     """
     inputs = x
     prefix = f"block_{block_id}_"
-    x = LambdaLayer(
-        x.shape[channel_axis()],
-        norm_momentum=norm_options["momentum"],
-        norm_epsilon=norm_options["epsilon"],
-        synchronized_batch_norm=norm_options["synchronized"],
-        name=f"{prefix}lambda",
-        **lambda_options,
-    )(x)
-    x = _batch_norm(x, f"{prefix}lambda_BN", norm_options)
+    x = lambda_layer(x, x.shape[channel_axis()], norm_options, f"{prefix}lambda", **lambda_options)
+    x = batch_norm(x, f"{prefix}lambda_BN", norm_options)
     x = layers.ReLU(6.0, name=f"{prefix}lambda_relu")(x)
     return _project(inputs, x, filters, 1, prefix, norm_options)
 
@@ -114,7 +102,7 @@ def _project(inputs, x, filters: int, strides: int, prefix: str, norm_options: M
     """The linear 1x1 projection and BN closing a block, and the residual where the
     block keeps its input's shape."""
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{prefix}project")(x)
-    x = _batch_norm(x, f"{prefix}project_BN", norm_options)
+    x = batch_norm(x, f"{prefix}project_BN", norm_options)
     if strides == 1 and inputs.shape[channel_axis()] == filters:
         x = layers.Add(name=f"{prefix}add")([inputs, x])
     return x
@@ -219,7 +207,7 @@ def LambdaMobileNetV2(
         image = layers.Input(tensor=input_tensor, shape=input_shape, name="image")
 
     x = layers.Conv2D(make_divisible(32 * alpha), 3, strides=2, padding="same", use_bias=False, name="Conv1")(image)
-    x = _batch_norm(x, "bn_Conv1", norm_options)
+    x = batch_norm(x, "bn_Conv1", norm_options)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
 
     block_id = 0
@@ -236,7 +224,7 @@ def LambdaMobileNetV2(
 
     last_filters = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
     x = layers.Conv2D(last_filters, 1, use_bias=False, name="Conv_1")(x)
-    x = _batch_norm(x, "Conv_1_bn", norm_options)
+    x = batch_norm(x, "Conv_1_bn", norm_options)
     x = layers.ReLU(6.0, name="out_relu")(x)
 
     if include_top:
