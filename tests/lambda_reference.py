@@ -20,17 +20,17 @@ def batch_norm(x, gamma, beta, mean, variance, epsilon):
 
 def relative_embeddings(table, spatial_shape, causal=False):
     """``E[n, m, k, u]`` from a ``[*T, k, u]`` table, offset = context - query."""
-    extents = table.shape[:-2]
-    positions = list(itertools.product(*(range(size) for size in spatial_shape)))
+    extents = np.array(table.shape[:-2])
+    positions = np.array(list(itertools.product(*(range(size) for size in spatial_shape))))
     embeddings = np.zeros((len(positions), len(positions)) + table.shape[-2:])
     for query_index, query in enumerate(positions):
-        for context_index, context in enumerate(positions):
-            offset = tuple(c - q for c, q in zip(context, query))
-            if causal and offset[0] > 0:
-                continue
-            index = tuple(o + t // 2 for o, t in zip(offset, extents))
-            if all(0 <= i < t for i, t in zip(index, extents)):
-                embeddings[query_index, context_index] = table[index]
+        # One query at a time, every context position at once.
+        offsets = positions - query
+        index = offsets + extents // 2
+        inside = np.all((index >= 0) & (index < extents), axis=1)
+        if causal:
+            inside &= offsets[:, 0] <= 0
+        embeddings[query_index, inside] = table[tuple(index[inside].T)]
     return embeddings
 
 
@@ -96,22 +96,27 @@ def lambda_layer(
     lambdas = np.zeros((batch, positions, key_dim, value_dim))
     if use_content:
         keys = (flat @ weights["key_kernel"]).reshape(batch, positions, intra_depth, key_dim)
+        # The content lambda depends on the query only through the context it sees.
+        content_lambdas: dict[tuple[int, bytes], np.ndarray] = {}
         for b, n in itertools.product(range(batch), range(positions)):
             if not visible[b, n].any():
                 continue
-            keys_in_context = keys[b, visible[b, n]]  # [m', u, k]
-            if key_normalization == "softmax":  # over context positions
-                normalized = softmax(keys_in_context, axis=0)
-            elif key_normalization == "l2":
-                norms = np.sqrt((keys_in_context**2).sum(axis=0, keepdims=True))
-                normalized = keys_in_context / np.maximum(norms, 1e-6)
-            else:
-                normalized = keys_in_context
-            lambdas[b, n] += np.einsum("muk,muv->kv", normalized, values[b, visible[b, n]])
+            seen = (b, visible[b, n].tobytes())
+            if seen not in content_lambdas:
+                keys_in_context = keys[b, visible[b, n]]  # [m', u, k]
+                if key_normalization == "softmax":  # over context positions
+                    normalized = softmax(keys_in_context, axis=0)
+                elif key_normalization == "l2":
+                    norms = np.sqrt((keys_in_context**2).sum(axis=0, keepdims=True))
+                    normalized = keys_in_context / np.maximum(norms, 1e-6)
+                else:
+                    normalized = keys_in_context
+                content_lambdas[seen] = np.einsum("muk,muv->kv", normalized, values[b, visible[b, n]])
+            lambdas[b, n] += content_lambdas[seen]
     if use_position:
         embeddings = relative_embeddings(weights["position_embeddings"], spatial_shape, causal)
-        lambdas += np.einsum("nmku,bmuv->bnkv", embeddings, values)
-    outputs = np.einsum("bnhk,bnkv->bnhv", queries, lambdas)
+        lambdas += np.einsum("nmku,bmuv->bnkv", embeddings, values, optimize=True)
+    outputs = np.einsum("bnhk,bnkv->bnhv", queries, lambdas, optimize=True)
     return outputs.reshape((batch,) + tuple(spatial_shape) + (num_heads * value_dim,))
 
 
