@@ -74,8 +74,13 @@ def test_log_and_backup_agree_after_a_crash_at_any_point_of_an_epoch_end(digits_
         return callbacks[:position] + [Crash(epoch=1)] + callbacks[position:]
 
     monkeypatch.setattr(experiment, "build_callbacks", with_crash)
+    # Keras calls train_step once per trace of the train function.
+    traces = []
+    train_step = keras.Model.train_step
+    monkeypatch.setattr(keras.Model, "train_step", lambda model, data: traces.append(1) or train_step(model, data))
     with pytest.raises(KeyboardInterrupt):
         experiment.run_experiment(config, strategy)
+    assert len(traces) == 1  # a fresh run traces its train step once (build_and_compile builds the optimizer)
     # The backup's "epoch" is the next epoch to run: every epoch before it has its row,
     # and the crashed epoch has its row only when the crash came after the log.
     next_epoch = json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"]
@@ -87,6 +92,7 @@ def test_log_and_backup_agree_after_a_crash_at_any_point_of_an_epoch_end(digits_
     _, results = experiment.run_experiment(config, strategy)
     assert results["start_epoch"] == next_epoch
     assert _logged_epochs(tmp_path) == [0, 1, 2]  # each epoch once, none lost
+    assert len(traces) == 2  # and so does the resumed run
 
 
 def test_a_changed_config_is_refused_before_anything_is_written(digits_dir, tmp_path, capsys):
