@@ -29,11 +29,17 @@ from training import errors, experiment, folder_lock, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# What is tested is the run's files and messages, not the model: conv blocks only (a
+# lambda layer's graph takes longer to trace than the three short epochs take to train)
+# on the vanilla base (its 7x7 stem and 1x1 projection shortcuts are fewer layers to
+# trace than the ResNet-D ones, and fewer variables to save at every epoch's end).
+SMALL_MODEL = ["model.lambda_blocks=[[], [], [], []]", "model.base=vanilla"]
+SMALL_MODEL_FLAGS = [flag for override in SMALL_MODEL for flag in ("--set", override)]
+
+
 def _short_run(digits_dir, model_dir, *overrides):
-    # Conv blocks only: what is tested is the run's files, and a lambda layer's graph
-    # takes longer to trace than the three short epochs take to train.
     return config_lib.load_config("demo", [
-        "model.lambda_blocks=[[], [], [], []]",
+        *SMALL_MODEL,
         "train.epochs=3", "train.steps_per_epoch=3", "train.warmup_epochs=0", "train.validation_freq=10",
         "input.cache=false", *overrides,
     ], **{"input.data_dir": digits_dir, "model_dir": str(model_dir)})
@@ -122,9 +128,8 @@ def test_a_second_run_into_a_model_dir_in_use_is_refused(digits_dir, tmp_path, c
 
 def test_a_disk_too_full_for_the_next_backup_ends_the_run_in_one_line(digits_dir, small_disk, capsys):
     model_dir = small_disk("256k") / "model"
-    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(model_dir),
-             "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
-             "--set", "train.warmup_epochs=0"]
+    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(model_dir), *SMALL_MODEL_FLAGS,
+             "--set", "train.epochs=1", "--set", "train.warmup_epochs=0"]
     assert train.main(flags) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith(f"python -m training.train: error: {model_dir} has "), error
@@ -251,9 +256,9 @@ def test_a_diverged_epoch_saves_nothing_and_the_rerun_resumes_from_the_last_fini
 
 
 def test_a_huge_learning_rate_ends_the_run_in_one_line_and_the_corrected_rerun_trains(digits_dir, tmp_path, capsys):
-    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(tmp_path),
-             "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
-             "--set", "train.steps_per_epoch=3", "--set", "train.warmup_epochs=0", "--set", "input.cache=false"]
+    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(tmp_path), *SMALL_MODEL_FLAGS,
+             "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3", "--set", "train.warmup_epochs=0",
+             "--set", "input.cache=false"]
     assert train.main(flags + ["--set", "train.base_learning_rate=1.0e+30"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "Training diverged: the training loss is nan at step 2 of epoch 1" in error[0], error
@@ -294,7 +299,7 @@ def _unreadable_training_images(digits_dir, target):
 def test_a_training_split_without_one_usable_record_stops_in_one_line_instead_of_hanging(digits_dir, tmp_path):
     data_dir = _unreadable_training_images(digits_dir, tmp_path / "data")
     command = [sys.executable, "-m", "training.train", "--config", "demo", "--data_dir", str(data_dir),
-               "--model_dir", str(tmp_path / "model"), "--set", "model.lambda_blocks=[[], [], [], []]",
+               "--model_dir", str(tmp_path / "model"), *SMALL_MODEL_FLAGS,
                "--set", "train.epochs=1", "--set", "train.warmup_epochs=0"]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3"))
