@@ -141,17 +141,31 @@ def _top1(config, strategy, weights):
     return model.evaluate(validation, return_dict=True, verbose=0)["top1"]
 
 
+def _conv_demo(digits_dir, model_dir, *overrides):
+    return config_lib.load_config("demo", ["model.lambda_blocks=[[], [], [], []]", *overrides],
+                                  **{"input.data_dir": digits_dir, "model_dir": str(model_dir)})
+
+
+@pytest.fixture(scope="module")
+def one_device_reference(digits_dir, tmp_path_factory):
+    """Random weights of the conv-only demo and their validation top-1 on one device,
+    shared by the validation cases (one device counts the same whatever the batch)."""
+    keras.utils.set_random_seed(0)
+    config = _conv_demo(digits_dir, tmp_path_factory.mktemp("one_device"))
+    weights = experiment.build_model(config).get_weights()
+    top1 = _top1(config, tf.distribute.get_strategy(), weights)
+    keras.backend.clear_session()
+    return weights, top1
+
+
 @pytest.mark.parametrize("eval_batch", [66, 64])
-def test_mirrored_validation_with_an_empty_or_short_replica_batch_counts_every_example_once(digits_dir, tmp_path,
+def test_mirrored_validation_with_an_empty_or_short_replica_batch_counts_every_example_once(one_device_reference,
+                                                                                            digits_dir, tmp_path,
                                                                                             eval_batch):
     # 297 validation digits in batches of 33 per replica: 9 batches, so the last step
     # gives replica 1 no example; of 32: the last step gives replica 1 9 examples.
-    config = config_lib.load_config("demo", [
-        "model.lambda_blocks=[[], [], [], []]", f"input.eval_global_batch_size={eval_batch}",
-    ], **{"input.data_dir": digits_dir, "model_dir": str(tmp_path)})
-    weights = experiment.build_model(config).get_weights()
-    one_device = _top1(config, tf.distribute.get_strategy(), weights)
-    keras.backend.clear_session()
+    config = _conv_demo(digits_dir, tmp_path, f"input.eval_global_batch_size={eval_batch}")
+    weights, one_device = one_device_reference
     mirrored = _top1(config, tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]), weights)
     assert 0 < one_device < 1
     assert mirrored == one_device  # the same correct count over the same 297 examples
