@@ -29,11 +29,17 @@ from training import errors, experiment, folder_lock, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# What is tested is the run's files and messages, not the model: conv blocks only (a
+# lambda layer's graph takes longer to trace than the three short epochs take to train)
+# on the vanilla base (its 7x7 stem and 1x1 projection shortcuts are fewer layers to
+# trace than the ResNet-D ones, and fewer variables to save at every epoch's end).
+SMALL_MODEL = ["model.lambda_blocks=[[], [], [], []]", "model.base=vanilla"]
+SMALL_MODEL_FLAGS = [flag for override in SMALL_MODEL for flag in ("--set", override)]
+
+
 def _short_run(digits_dir, model_dir, *overrides):
-    # Conv blocks only: what is tested is the run's files, and a lambda layer's graph
-    # takes longer to trace than the three short epochs take to train.
     return config_lib.load_config("demo", [
-        "model.lambda_blocks=[[], [], [], []]",
+        *SMALL_MODEL,
         "train.epochs=3", "train.steps_per_epoch=3", "train.warmup_epochs=0", "train.validation_freq=10",
         "input.cache=false", *overrides,
     ], **{"input.data_dir": digits_dir, "model_dir": str(model_dir)})
@@ -59,7 +65,7 @@ def _logged_epochs(model_dir):
 @pytest.mark.parametrize("crash_point", ["before the log", "after the log", "after the backup"])
 def test_log_and_backup_agree_after_a_crash_at_any_point_of_an_epoch_end(digits_dir, tmp_path, monkeypatch,
                                                                            crash_point):
-    config = _short_run(digits_dir, tmp_path)
+    config = _short_run(digits_dir, tmp_path, "train.steps_per_epoch=1")  # what is tested happens at epoch ends
     strategy = tf.distribute.get_strategy()
     build_callbacks = experiment.build_callbacks
 
@@ -74,8 +80,13 @@ def test_log_and_backup_agree_after_a_crash_at_any_point_of_an_epoch_end(digits_
         return callbacks[:position] + [Crash(epoch=1)] + callbacks[position:]
 
     monkeypatch.setattr(experiment, "build_callbacks", with_crash)
+    # Keras calls train_step once per trace of the train function.
+    traces = []
+    train_step = keras.Model.train_step
+    monkeypatch.setattr(keras.Model, "train_step", lambda model, data: traces.append(1) or train_step(model, data))
     with pytest.raises(KeyboardInterrupt):
         experiment.run_experiment(config, strategy)
+    assert len(traces) == 1  # a fresh run traces its train step once (build_and_compile builds the optimizer)
     # The backup's "epoch" is the next epoch to run: every epoch before it has its row,
     # and the crashed epoch has its row only when the crash came after the log.
     next_epoch = json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"]
@@ -87,6 +98,7 @@ def test_log_and_backup_agree_after_a_crash_at_any_point_of_an_epoch_end(digits_
     _, results = experiment.run_experiment(config, strategy)
     assert results["start_epoch"] == next_epoch
     assert _logged_epochs(tmp_path) == [0, 1, 2]  # each epoch once, none lost
+    assert len(traces) == 2  # and so does the resumed run
 
 
 def test_a_changed_config_is_refused_before_anything_is_written(digits_dir, tmp_path, capsys):
@@ -116,9 +128,8 @@ def test_a_second_run_into_a_model_dir_in_use_is_refused(digits_dir, tmp_path, c
 
 def test_a_disk_too_full_for_the_next_backup_ends_the_run_in_one_line(digits_dir, small_disk, capsys):
     model_dir = small_disk("256k") / "model"
-    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(model_dir),
-             "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
-             "--set", "train.warmup_epochs=0"]
+    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(model_dir), *SMALL_MODEL_FLAGS,
+             "--set", "train.epochs=1", "--set", "train.warmup_epochs=0"]
     assert train.main(flags) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith(f"python -m training.train: error: {model_dir} has "), error
@@ -245,9 +256,9 @@ def test_a_diverged_epoch_saves_nothing_and_the_rerun_resumes_from_the_last_fini
 
 
 def test_a_huge_learning_rate_ends_the_run_in_one_line_and_the_corrected_rerun_trains(digits_dir, tmp_path, capsys):
-    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(tmp_path),
-             "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
-             "--set", "train.steps_per_epoch=3", "--set", "train.warmup_epochs=0", "--set", "input.cache=false"]
+    flags = ["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(tmp_path), *SMALL_MODEL_FLAGS,
+             "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3", "--set", "train.warmup_epochs=0",
+             "--set", "input.cache=false"]
     assert train.main(flags + ["--set", "train.base_learning_rate=1.0e+30"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "Training diverged: the training loss is nan at step 2 of epoch 1" in error[0], error
@@ -288,7 +299,7 @@ def _unreadable_training_images(digits_dir, target):
 def test_a_training_split_without_one_usable_record_stops_in_one_line_instead_of_hanging(digits_dir, tmp_path):
     data_dir = _unreadable_training_images(digits_dir, tmp_path / "data")
     command = [sys.executable, "-m", "training.train", "--config", "demo", "--data_dir", str(data_dir),
-               "--model_dir", str(tmp_path / "model"), "--set", "model.lambda_blocks=[[], [], [], []]",
+               "--model_dir", str(tmp_path / "model"), *SMALL_MODEL_FLAGS,
                "--set", "train.epochs=1", "--set", "train.warmup_epochs=0"]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3"))

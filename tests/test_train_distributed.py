@@ -89,9 +89,11 @@ def test_multi_worker_mirrored_two_processes_end_with_the_same_weights(digits_di
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     # Validation batches of 37 per worker: worker 0 reads 149 digits (5 steps), worker 1
-    # 148 (4 steps); padded, both run 5 steps, worker 1's last batch all padding.
-    overrides = ["train.epochs=1", "train.steps_per_epoch=3", "train.warmup_epochs=0",
-                 "input.eval_global_batch_size=74"]
+    # 148 (4 steps); padded, both run 5 steps, worker 1's last batch all padding. Conv
+    # blocks only: what is tested is the workers' agreement, not the model (the lambda
+    # layers' synchronized batch norm is checked against one device in the Mirrored test).
+    overrides = ["model.lambda_blocks=[[], [], [], []]", "train.epochs=1", "train.steps_per_epoch=3",
+                 "train.warmup_epochs=0", "input.eval_global_batch_size=74"]
     workers = []
     for index in range(2):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
@@ -139,17 +141,31 @@ def _top1(config, strategy, weights):
     return model.evaluate(validation, return_dict=True, verbose=0)["top1"]
 
 
+def _conv_demo(digits_dir, model_dir, *overrides):
+    return config_lib.load_config("demo", ["model.lambda_blocks=[[], [], [], []]", *overrides],
+                                  **{"input.data_dir": digits_dir, "model_dir": str(model_dir)})
+
+
+@pytest.fixture(scope="module")
+def one_device_reference(digits_dir, tmp_path_factory):
+    """Random weights of the conv-only demo and their validation top-1 on one device,
+    shared by the validation cases (one device counts the same whatever the batch)."""
+    keras.utils.set_random_seed(0)
+    config = _conv_demo(digits_dir, tmp_path_factory.mktemp("one_device"))
+    weights = experiment.build_model(config).get_weights()
+    top1 = _top1(config, tf.distribute.get_strategy(), weights)
+    keras.backend.clear_session()
+    return weights, top1
+
+
 @pytest.mark.parametrize("eval_batch", [66, 64])
-def test_mirrored_validation_with_an_empty_or_short_replica_batch_counts_every_example_once(digits_dir, tmp_path,
+def test_mirrored_validation_with_an_empty_or_short_replica_batch_counts_every_example_once(one_device_reference,
+                                                                                            digits_dir, tmp_path,
                                                                                             eval_batch):
     # 297 validation digits in batches of 33 per replica: 9 batches, so the last step
     # gives replica 1 no example; of 32: the last step gives replica 1 9 examples.
-    config = config_lib.load_config("demo", [
-        "model.lambda_blocks=[[], [], [], []]", f"input.eval_global_batch_size={eval_batch}",
-    ], **{"input.data_dir": digits_dir, "model_dir": str(tmp_path)})
-    weights = experiment.build_model(config).get_weights()
-    one_device = _top1(config, tf.distribute.get_strategy(), weights)
-    keras.backend.clear_session()
+    config = _conv_demo(digits_dir, tmp_path, f"input.eval_global_batch_size={eval_batch}")
+    weights, one_device = one_device_reference
     mirrored = _top1(config, tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"]), weights)
     assert 0 < one_device < 1
     assert mirrored == one_device  # the same correct count over the same 297 examples

@@ -2,14 +2,13 @@
 
 `training.preflight.problems` decides from record counts, batch sizes, replicas, hosts
 and labels; the property test compares it with an independent oracle that simulates
-the pipeline's batching on lists. The end-to-end cases run the CLI in a subprocess and
-check the one line and the untouched model_dir. `_padded_to_whole_batches` (the
+the pipeline's batching on lists. The end-to-end cases run the CLI (`train.main`, in this
+process: the refusal comes before any training) and check its exit status, the one line on
+stderr and the untouched model_dir. `_padded_to_whole_batches` (the
 validation padding for several replicas) is checked the same way on small datasets.
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,9 +18,7 @@ from hypothesis import strategies as st
 
 from lambda_keras.data import manifest, records
 from training import config as config_lib
-from training import experiment, input_pipeline, preflight
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from training import experiment, input_pipeline, preflight, train
 
 
 def _full_steps(records: int, per_replica_batch: int, replicas_per_host: int) -> int:
@@ -83,21 +80,35 @@ def test_preflight_decision_equals_the_oracle(plan):
     assert all("\n" not in problem for problem in found)
 
 
-def _run_cli(tmp_path, data_dir, *overrides):
+@pytest.fixture()
+def run_cli(tmp_path, capfd):
+    """Runs `python -m training.train` as `train.main` with the demo config and `overrides`
+    on a data folder; returns (exit status, stderr, model_dir). capfd takes what is written
+    to the stderr file descriptor too (TensorFlow's C++ logs), as a subprocess's stderr would."""
     model_dir = tmp_path / "model"
-    command = [sys.executable, "-m", "training.train", "--config", "demo", "--data_dir", str(data_dir),
-               "--model_dir", str(model_dir), "--set", "model.lambda_blocks=[[], [], [], []]",
-               "--set", "train.epochs=1", "--set", "train.warmup_epochs=0"]
-    for override in overrides:
-        command += ["--set", override]
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3"))
-    return run, model_dir
+    # train.main selects the Keras backend through os.environ; put back as found.
+    environment = {key: os.environ.get(key) for key in ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS")}
+
+    def run(data_dir, *overrides):
+        argv = ["--config", "demo", "--data_dir", str(data_dir), "--model_dir", str(model_dir),
+                "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
+                "--set", "train.warmup_epochs=0"]
+        for override in overrides:
+            argv += ["--set", override]
+        status = train.main(argv)
+        return status, capfd.readouterr().err, model_dir
+
+    yield run
+    for key, value in environment.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
-def _error_line(run) -> str:
-    lines = [line for line in run.stderr.splitlines() if line.startswith("python -m training.train: error: ")]
-    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+def _error_line(status, stderr) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("python -m training.train: error: ")]
+    assert status == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
     return lines[0]
 
 
@@ -106,11 +117,11 @@ def _error_line(run) -> str:
     ("input.num_classes=5", "outside [0, 5) (input.num_classes)"),
     ("input.eval_global_batch_size=512", "with input.eval_drop_remainder=true"),
 ])
-def test_data_that_cannot_feed_the_run_are_refused_before_model_dir_exists(digits_dir, tmp_path, override,
+def test_data_that_cannot_feed_the_run_are_refused_before_model_dir_exists(digits_dir, run_cli, override,
                                                                             expected):
     extra = ["input.eval_drop_remainder=true"] if "eval_global" in override else []
-    run, model_dir = _run_cli(tmp_path, digits_dir, override, *extra)
-    assert expected in _error_line(run)
+    status, stderr, model_dir = run_cli(digits_dir, override, *extra)
+    assert expected in _error_line(status, stderr)
     assert not model_dir.exists()
 
 
@@ -137,10 +148,10 @@ def _relabelled_copy(digits_dir, target, image_key):
     return target
 
 
-def test_records_without_our_feature_keys_are_refused_from_their_first_record(digits_dir, tmp_path):
+def test_records_without_our_feature_keys_are_refused_from_their_first_record(digits_dir, tmp_path, run_cli):
     data_dir = _relabelled_copy(digits_dir, tmp_path / "data", "image/jpeg")
-    run, model_dir = _run_cli(tmp_path, data_dir)
-    assert "its first record has no image bytes under input.image_key='image/encoded'" in _error_line(run)
+    status, stderr, model_dir = run_cli(data_dir)
+    assert "its first record has no image bytes under input.image_key='image/encoded'" in _error_line(status, stderr)
     assert not model_dir.exists()
 
 

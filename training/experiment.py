@@ -348,6 +348,12 @@ def build_and_compile(
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile,
         )
+        if not jax and not tf.distribute.has_strategy():
+            # Under a tf.distribute strategy Keras builds the optimizer before fit traces the
+            # train step; without one it builds it inside that first trace, and TensorFlow
+            # traces a function that creates variables twice (the second time to run it
+            # without creating them). Built here, the same variables: one trace.
+            model.optimizer.build(model.trainable_variables)
     return model
 
 
