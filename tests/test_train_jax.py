@@ -2,7 +2,8 @@
 
 Each run is a fresh process: the backend is chosen before Keras is imported, and this
 test process runs TensorFlow. XLA_FLAGS gives JAX one or two host CPU devices, so the
-two-device DataParallel path runs without an accelerator.
+two-device DataParallel path runs without an accelerator; tests/jax_data_parallel_worker.py
+compares one device with two in one process.
 """
 
 import csv
@@ -40,20 +41,18 @@ def _jax_env(devices: int = 1) -> dict:
                 PYTHONPATH=REPO, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def _train_steps(devices: int, digits_dir: str, tmp_path, steps: int) -> dict:
-    output = tmp_path / f"devices_{devices}.npz"
-    run = subprocess.run(
-        [sys.executable, DATA_PARALLEL_WORKER, digits_dir, str(tmp_path / f"model_{devices}"), str(output), str(steps)],
-        cwd=REPO, env=_jax_env(devices), capture_output=True, text=True, timeout=300,
-    )
+def _data_parallel_worker(*args: str) -> str:
+    """Runs tests/jax_data_parallel_worker.py (one and two devices in one process); its stdout."""
+    run = subprocess.run([sys.executable, DATA_PARALLEL_WORKER, *args],
+                         cwd=REPO, env=_jax_env(2), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
-    return dict(np.load(output))
+    return run.stdout
 
 
 def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
     steps = 3
-    one = _train_steps(1, digits_dir, tmp_path, steps)
-    two = _train_steps(2, digits_dir, tmp_path, steps)
+    _data_parallel_worker("train", digits_dir, str(tmp_path / "model"), str(tmp_path / "devices"), str(steps))
+    one, two = (dict(np.load(tmp_path / f"devices_{devices}.npz")) for devices in (1, 2))
     assert (int(one["replicas"]), int(two["replicas"])) == (1, 2)
     # The same global batch of 64, split 32 + 32 over the two devices.
     assert one["losses"][0] > 1.0 and len(one["losses"]) == steps
@@ -139,30 +138,13 @@ def test_a_remote_tpu_name_under_jax_is_refused_in_one_line(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-EVALUATE_WORKER = r"""
-import sys
-import keras
-from training import config as config_lib, experiment, strategies
-
-config = config_lib.load_config("demo", ["model.lambda_blocks=[[], [], [], []]", "input.eval_global_batch_size=66"],
-                                **{"input.data_dir": sys.argv[1], "model_dir": sys.argv[2]})
-strategy = strategies.create_strategy("cpu")
-keras.utils.set_random_seed(0)
-_, validation, _, _ = experiment.build_datasets(config, strategy)
-model = experiment.build_and_compile(config, strategy)
-print(strategy.num_replicas_in_sync, repr(model.evaluate(validation, return_dict=True, verbose=0)["top1"]))
-"""
-
-
 def test_two_device_validation_with_an_empty_device_batch_counts_every_example_once(digits_dir, tmp_path):
     # 297 digits in steps of 66: the last step holds 33, all on device 0 of two;
     # before the padding, two devices dropped those 33 (drop_remainder).
+    lines = _data_parallel_worker("evaluate", digits_dir, str(tmp_path / "model")).strip().splitlines()[-2:]
     top1 = {}
-    for devices in (1, 2):
-        run = subprocess.run([sys.executable, "-c", EVALUATE_WORKER, digits_dir, str(tmp_path / f"model_{devices}")],
-                             cwd=REPO, env=_jax_env(devices), capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-4000:]
-        replicas, value = run.stdout.split()[-2:]
+    for devices, line in zip((1, 2), lines):
+        replicas, value = line.split()
         assert int(replicas) == devices
         top1[devices] = float(value)
     assert 0 < top1[1] < 1 and top1[2] == top1[1]
