@@ -74,11 +74,17 @@ def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
 
 @pytest.mark.slow
 def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp_path):
-    """The demo recipe plus --backend jax: killed mid-epoch, rerun, >= 95% top-1, served."""
+    """The demo recipe plus --backend jax, in 3 epochs: killed mid-epoch, rerun, >= 80%
+    top-1, served."""
     model_dir = str(tmp_path / "model")
+    # 3 of the recipe's 8 epochs, killed and resumed as here: 90.6-96.0% top-1 in 8 runs
+    # (train and input seeds 0 to 5, seed 0 three times), every sample digit right in the 5
+    # runs that predicted them; 2 epochs gave 76-88%. The recipe's own 95% is
+    # tests/test_train_demo.py's (TensorFlow).
+    epochs = 3
     command = [
         sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
-        "--data_dir", digits_dir, "--model_dir", model_dir,
+        "--data_dir", digits_dir, "--model_dir", model_dir, "--set", f"train.epochs={epochs}",
     ]
     # Backups every 5 steps until the kill; the rerun backs up at epoch ends.
     killed_at = kill_at_mid_epoch_backup(command + ["--set", f"train.backup_every_steps={BACKUP_EVERY}"],
@@ -93,13 +99,13 @@ def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp
     assert "with the jax backend" in resumed.stdout and "JAX DataParallel on CPU" in resumed.stdout
     assert f"Training starts at epoch 2, optimizer step {steps_at_backup} (resumed from the backup)" in resumed.stdout
     results = json.loads((tmp_path / "model" / "eval_results.json").read_text())
-    assert results["top1"] >= 0.95, results
+    assert results["top1"] >= 0.8, results
     assert (results["start_epoch"], results["start_step"]) == (1, steps_at_backup)
     # As under TensorFlow: the step counter continues from the backup, the interrupted
     # epoch is redone in full, and epoch 0 is not repeated.
-    assert results["final_step"] == steps_at_backup + 7 * steps_per_epoch
+    assert results["final_step"] == steps_at_backup + (epochs - 1) * steps_per_epoch
     with open(os.path.join(model_dir, "train_log.csv")) as file:
-        assert [int(row["epoch"]) for row in csv.DictReader(file)] == list(range(8))
+        assert [int(row["epoch"]) for row in csv.DictReader(file)] == list(range(epochs))
 
     # The JAX checkpoint exports (this process, TensorFlow) and serves what JAX predicts.
     samples = [np.asarray(Image.open(os.path.join(digits_dir, "samples", f"digit_{digit}.jpg")).convert("RGB"))
