@@ -3,7 +3,8 @@
 Each run is a fresh process: the backend is chosen before Keras is imported, and this
 test process runs TensorFlow. XLA_FLAGS gives JAX one or two host CPU devices, so the
 two-device DataParallel path runs without an accelerator; tests/jax_data_parallel_worker.py
-compares one device with two in one process.
+compares one device with two in one process. --export_dir under JAX is checked on the
+demo run, whose trained weights make "serves what JAX predicts" a real comparison.
 """
 
 import csv
@@ -74,8 +75,8 @@ def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
 
 @pytest.mark.slow
 def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp_path):
-    """The demo recipe plus --backend jax, in 3 epochs: killed mid-epoch, rerun, >= 80%
-    top-1, served."""
+    """The demo recipe plus --backend jax, in 3 epochs: killed mid-epoch, rerun with
+    --export_dir, >= 80% top-1, and the export serves what JAX predicts."""
     model_dir = str(tmp_path / "model")
     # 3 of the recipe's 8 epochs, killed and resumed as here: 90.6-96.0% top-1 in 8 runs
     # (train and input seeds 0 to 5, seed 0 three times), every sample digit right in the 5
@@ -94,7 +95,9 @@ def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp
     with open(os.path.join(model_dir, "train_log.csv")) as file:
         assert [row["epoch"] for row in csv.DictReader(file)] == ["0"]
 
-    resumed = subprocess.run(command, cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
+    export_dir = tmp_path / "export" / "digits"
+    resumed = subprocess.run(command + ["--export_dir", str(export_dir)],
+                             cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "with the jax backend" in resumed.stdout and "JAX DataParallel on CPU" in resumed.stdout
     assert f"Training starts at epoch 2, optimizer step {steps_at_backup} (resumed from the backup)" in resumed.stdout
@@ -107,7 +110,14 @@ def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp
     with open(os.path.join(model_dir, "train_log.csv")) as file:
         assert [int(row["epoch"]) for row in csv.DictReader(file)] == list(range(epochs))
 
-    # The JAX checkpoint exports (this process, TensorFlow) and serves what JAX predicts.
+    # --export_dir under JAX: the last checkpoint, exported by a TensorFlow subprocess,
+    # serves JPEG bytes and serves what JAX predicts.
+    version_dir = export_dir / "1"
+    assert f"Exported the model for serving to {version_dir}" in resumed.stdout
+    signatures = tf.saved_model.load(str(version_dir)).signatures
+    with open(os.path.join(digits_dir, "samples", "digit_3.jpg"), "rb") as file:
+        probabilities = signatures["serving_default"](image_bytes=tf.constant([file.read()]))["probabilities"].numpy()
+    assert probabilities.shape == (1, 10) and np.isfinite(probabilities).all()
     samples = [np.asarray(Image.open(os.path.join(digits_dir, "samples", f"digit_{digit}.jpg")).convert("RGB"))
                for digit in range(10)]
     pixels = np.stack([preprocessing.preprocess_decoded_for_eval(tf.constant(image), 32, 4).numpy()
@@ -120,9 +130,7 @@ def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp
     )
     assert predicted.returncode == 0, predicted.stderr[-4000:]
     jax_probabilities = np.load(tmp_path / "jax.npy")
-    version_dir = saved_model.export_model(model_dir, tmp_path / "export")
-    serve_images = tf.saved_model.load(str(version_dir)).signatures[saved_model.SERVE_IMAGES]
-    served = serve_images(images=tf.constant(np.stack(samples)))["probabilities"].numpy()
+    served = signatures[saved_model.SERVE_IMAGES](images=tf.constant(np.stack(samples)))["probabilities"].numpy()
     np.testing.assert_allclose(served, jax_probabilities, atol=1e-5)
     assert (jax_probabilities.argmax(axis=1) == np.arange(10)).sum() >= 8
 
@@ -156,29 +164,14 @@ def test_two_device_validation_with_an_empty_device_batch_counts_every_example_o
     assert 0 < top1[1] < 1 and top1[2] == top1[1]
 
 
-def _short_jax_run(digits_dir, tmp_path, *flags):
+def test_a_diverging_jax_run_ends_in_one_line_with_exit_2(digits_dir, tmp_path):
     command = [sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
                "--data_dir", digits_dir, "--model_dir", str(tmp_path / "model"),
                "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
                "--set", "train.steps_per_epoch=3", "--set", "train.warmup_epochs=0", "--set", "input.cache=false",
-               *flags]
-    return subprocess.run(command, cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
-
-
-def test_a_diverging_jax_run_ends_in_one_line_with_exit_2(digits_dir, tmp_path):
-    run = _short_jax_run(digits_dir, tmp_path, "--set", "train.base_learning_rate=1.0e+30")
+               "--set", "train.base_learning_rate=1.0e+30"]
+    run = subprocess.run(command, cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
     errors = [line for line in run.stderr.splitlines() if line.startswith("python -m training.train: error:")]
     assert run.returncode == 2 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert "Training diverged: the training loss is nan at step 2 of epoch 1" in errors[0]
     assert not (tmp_path / "model" / "checkpoints").exists()
-
-
-def test_jax_training_with_export_dir_exports_a_servable_model(digits_dir, tmp_path):
-    run = _short_jax_run(digits_dir, tmp_path, "--export_dir", str(tmp_path / "export" / "digits"))
-    assert run.returncode == 0, run.stderr[-4000:]
-    version_dir = tmp_path / "export" / "digits" / "1"
-    assert f"Exported the model for serving to {version_dir}" in run.stdout
-    serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    with open(os.path.join(digits_dir, "samples", "digit_3.jpg"), "rb") as file:
-        probabilities = serve(image_bytes=tf.constant([file.read()]))["probabilities"].numpy()
-    assert probabilities.shape == (1, 10) and np.isfinite(probabilities).all()
