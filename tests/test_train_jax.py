@@ -142,13 +142,16 @@ def test_backend_flag_in_a_process_that_imported_keras_says_so(tmp_path, capsys)
 
 
 def test_a_remote_tpu_name_under_jax_is_refused_in_one_line(tmp_path):
+    # demo_data=false: the refusal comes before any data is read; otherwise the run would
+    # first write the demo data into the recipe's data_dir (under /tmp, shared).
     run = subprocess.run(
         [sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax", "--tpu", "my-tpu",
-         "--model_dir", str(tmp_path)],
+         "--data_dir", str(tmp_path / "data"), "--set", "demo_data=false", "--model_dir", str(tmp_path / "model")],
         cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 2
     assert "--tpu my-tpu: under --backend jax the program runs on the TPU VM itself" in run.stderr
+    assert not (tmp_path / "model").exists()
     assert "Traceback" not in run.stderr
 
 
