@@ -26,14 +26,27 @@ from training import train
 DATA_PARALLEL_WORKER = os.path.join(REPO, "tests", "jax_data_parallel_worker.py")
 BACKUP_EVERY = 5
 
-PREDICT_WORKER = r"""
+# The resumed demo run, then JAX's predictions with its last checkpoint in the same
+# process (TensorFlow, Keras and JAX imported once): `python -m training.train FLAGS` run
+# by runpy, as -m runs it, then keras.saving.load_model.
+#   python -c RESUME_THEN_PREDICT PIXELS.npy PREDICTIONS.npy CHECKPOINT FLAGS...
+RESUME_THEN_PREDICT = r"""
+import runpy
 import sys
+
+pixels, predictions, checkpoint = sys.argv[1:4]
+del sys.argv[1:4]
+try:
+    runpy.run_module("training.train", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    if exit.code:
+        raise
+
 import keras
 import numpy as np
-import lambda_keras  # registers the package's layers for loading
 
-model = keras.saving.load_model(sys.argv[1], compile=False)
-np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+model = keras.saving.load_model(checkpoint, compile=False)
+np.save(predictions, model.predict(np.load(pixels), verbose=0))
 """
 
 
@@ -83,21 +96,28 @@ def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp
     # runs that predicted them; 2 epochs gave 76-88%. The recipe's own 95% is
     # tests/test_train_demo.py's (TensorFlow).
     epochs = 3
-    command = [
-        sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
-        "--data_dir", digits_dir, "--model_dir", model_dir, "--set", f"train.epochs={epochs}",
-    ]
+    flags = ["--config", "demo", "--backend", "jax", "--data_dir", digits_dir, "--model_dir", model_dir,
+             "--set", f"train.epochs={epochs}"]
     # Backups every 5 steps until the kill; the rerun backs up at epoch ends.
-    killed_at = kill_at_mid_epoch_backup(command + ["--set", f"train.backup_every_steps={BACKUP_EVERY}"],
-                                         _jax_env(), model_dir, epoch=1)
+    killed_at = kill_at_mid_epoch_backup(
+        [sys.executable, "-m", "training.train", *flags, "--set", f"train.backup_every_steps={BACKUP_EVERY}"],
+        _jax_env(), model_dir, epoch=1)
     steps_per_epoch = 1500 // 64
     steps_at_backup = steps_per_epoch + killed_at["batch"] + 1
     with open(os.path.join(model_dir, "train_log.csv")) as file:
         assert [row["epoch"] for row in csv.DictReader(file)] == ["0"]
 
+    samples = [np.asarray(Image.open(os.path.join(digits_dir, "samples", f"digit_{digit}.jpg")).convert("RGB"))
+               for digit in range(10)]
+    pixels = np.stack([preprocessing.preprocess_decoded_for_eval(tf.constant(image), 32, 4).numpy()
+                       for image in samples])
+    np.save(tmp_path / "pixels.npy", pixels)
     export_dir = tmp_path / "export" / "digits"
-    resumed = subprocess.run(command + ["--export_dir", str(export_dir)],
-                             cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-c", RESUME_THEN_PREDICT, str(tmp_path / "pixels.npy"), str(tmp_path / "jax.npy"),
+         os.path.join(model_dir, "checkpoints", "last.keras"), *flags, "--export_dir", str(export_dir)],
+        cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "with the jax backend" in resumed.stdout and "JAX DataParallel on CPU" in resumed.stdout
     assert f"Training starts at epoch 2, optimizer step {steps_at_backup} (resumed from the backup)" in resumed.stdout
@@ -118,17 +138,6 @@ def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp
     with open(os.path.join(digits_dir, "samples", "digit_3.jpg"), "rb") as file:
         probabilities = signatures["serving_default"](image_bytes=tf.constant([file.read()]))["probabilities"].numpy()
     assert probabilities.shape == (1, 10) and np.isfinite(probabilities).all()
-    samples = [np.asarray(Image.open(os.path.join(digits_dir, "samples", f"digit_{digit}.jpg")).convert("RGB"))
-               for digit in range(10)]
-    pixels = np.stack([preprocessing.preprocess_decoded_for_eval(tf.constant(image), 32, 4).numpy()
-                       for image in samples])
-    np.save(tmp_path / "pixels.npy", pixels)
-    checkpoint = os.path.join(model_dir, "checkpoints", "last.keras")
-    predicted = subprocess.run(
-        [sys.executable, "-c", PREDICT_WORKER, checkpoint, str(tmp_path / "pixels.npy"), str(tmp_path / "jax.npy")],
-        cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert predicted.returncode == 0, predicted.stderr[-4000:]
     jax_probabilities = np.load(tmp_path / "jax.npy")
     served = signatures[saved_model.SERVE_IMAGES](images=tf.constant(np.stack(samples)))["probabilities"].numpy()
     np.testing.assert_allclose(served, jax_probabilities, atol=1e-5)
