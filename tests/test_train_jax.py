@@ -2,7 +2,9 @@
 
 Each run is a fresh process: the backend is chosen before Keras is imported, and this
 test process runs TensorFlow. XLA_FLAGS gives JAX one or two host CPU devices, so the
-two-device DataParallel path runs without an accelerator.
+two-device DataParallel path runs without an accelerator; tests/jax_data_parallel_worker.py
+compares one device with two in one process. --export_dir under JAX is checked on the
+demo run, whose trained weights make "serves what JAX predicts" a real comparison.
 """
 
 import csv
@@ -24,14 +26,27 @@ from training import train
 DATA_PARALLEL_WORKER = os.path.join(REPO, "tests", "jax_data_parallel_worker.py")
 BACKUP_EVERY = 5
 
-PREDICT_WORKER = r"""
+# The resumed demo run, then JAX's predictions with its last checkpoint in the same
+# process (TensorFlow, Keras and JAX imported once): `python -m training.train FLAGS` run
+# by runpy, as -m runs it, then keras.saving.load_model.
+#   python -c RESUME_THEN_PREDICT PIXELS.npy PREDICTIONS.npy CHECKPOINT FLAGS...
+RESUME_THEN_PREDICT = r"""
+import runpy
 import sys
+
+pixels, predictions, checkpoint = sys.argv[1:4]
+del sys.argv[1:4]
+try:
+    runpy.run_module("training.train", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    if exit.code:
+        raise
+
 import keras
 import numpy as np
-import lambda_keras  # registers the package's layers for loading
 
-model = keras.saving.load_model(sys.argv[1], compile=False)
-np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+model = keras.saving.load_model(checkpoint, compile=False)
+np.save(predictions, model.predict(np.load(pixels), verbose=0))
 """
 
 
@@ -40,20 +55,18 @@ def _jax_env(devices: int = 1) -> dict:
                 PYTHONPATH=REPO, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def _train_steps(devices: int, digits_dir: str, tmp_path, steps: int) -> dict:
-    output = tmp_path / f"devices_{devices}.npz"
-    run = subprocess.run(
-        [sys.executable, DATA_PARALLEL_WORKER, digits_dir, str(tmp_path / f"model_{devices}"), str(output), str(steps)],
-        cwd=REPO, env=_jax_env(devices), capture_output=True, text=True, timeout=300,
-    )
+def _data_parallel_worker(*args: str) -> str:
+    """Runs tests/jax_data_parallel_worker.py (one and two devices in one process); its stdout."""
+    run = subprocess.run([sys.executable, DATA_PARALLEL_WORKER, *args],
+                         cwd=REPO, env=_jax_env(2), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
-    return dict(np.load(output))
+    return run.stdout
 
 
 def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
     steps = 3
-    one = _train_steps(1, digits_dir, tmp_path, steps)
-    two = _train_steps(2, digits_dir, tmp_path, steps)
+    _data_parallel_worker("train", digits_dir, str(tmp_path / "model"), str(tmp_path / "devices"), str(steps))
+    one, two = (dict(np.load(tmp_path / f"devices_{devices}.npz")) for devices in (1, 2))
     assert (int(one["replicas"]), int(two["replicas"])) == (1, 2)
     # The same global batch of 64, split 32 + 32 over the two devices.
     assert one["losses"][0] > 1.0 and len(one["losses"]) == steps
@@ -75,49 +88,58 @@ def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
 
 @pytest.mark.slow
 def test_demo_under_jax_resumes_after_sigkill_learns_and_exports(digits_dir, tmp_path):
-    """The demo recipe plus --backend jax: killed mid-epoch, rerun, >= 95% top-1, served."""
+    """The demo recipe plus --backend jax, in 3 epochs: killed mid-epoch, rerun with
+    --export_dir, >= 80% top-1, and the export serves what JAX predicts."""
     model_dir = str(tmp_path / "model")
-    command = [
-        sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
-        "--data_dir", digits_dir, "--model_dir", model_dir,
-    ]
+    # 3 of the recipe's 8 epochs, killed and resumed as here: 90.6-96.0% top-1 in 8 runs
+    # (train and input seeds 0 to 5, seed 0 three times), every sample digit right in the 5
+    # runs that predicted them; 2 epochs gave 76-88%. The recipe's own 95% is
+    # tests/test_train_demo.py's (TensorFlow).
+    epochs = 3
+    flags = ["--config", "demo", "--backend", "jax", "--data_dir", digits_dir, "--model_dir", model_dir,
+             "--set", f"train.epochs={epochs}"]
     # Backups every 5 steps until the kill; the rerun backs up at epoch ends.
-    killed_at = kill_at_mid_epoch_backup(command + ["--set", f"train.backup_every_steps={BACKUP_EVERY}"],
-                                         _jax_env(), model_dir, epoch=1)
+    killed_at = kill_at_mid_epoch_backup(
+        [sys.executable, "-m", "training.train", *flags, "--set", f"train.backup_every_steps={BACKUP_EVERY}"],
+        _jax_env(), model_dir, epoch=1)
     steps_per_epoch = 1500 // 64
     steps_at_backup = steps_per_epoch + killed_at["batch"] + 1
     with open(os.path.join(model_dir, "train_log.csv")) as file:
         assert [row["epoch"] for row in csv.DictReader(file)] == ["0"]
 
-    resumed = subprocess.run(command, cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "with the jax backend" in resumed.stdout and "JAX DataParallel on CPU" in resumed.stdout
-    assert f"Training starts at epoch 2, optimizer step {steps_at_backup} (resumed from the backup)" in resumed.stdout
-    results = json.loads((tmp_path / "model" / "eval_results.json").read_text())
-    assert results["top1"] >= 0.95, results
-    assert (results["start_epoch"], results["start_step"]) == (1, steps_at_backup)
-    # As under TensorFlow: the step counter continues from the backup, the interrupted
-    # epoch is redone in full, and epoch 0 is not repeated.
-    assert results["final_step"] == steps_at_backup + 7 * steps_per_epoch
-    with open(os.path.join(model_dir, "train_log.csv")) as file:
-        assert [int(row["epoch"]) for row in csv.DictReader(file)] == list(range(8))
-
-    # The JAX checkpoint exports (this process, TensorFlow) and serves what JAX predicts.
     samples = [np.asarray(Image.open(os.path.join(digits_dir, "samples", f"digit_{digit}.jpg")).convert("RGB"))
                for digit in range(10)]
     pixels = np.stack([preprocessing.preprocess_decoded_for_eval(tf.constant(image), 32, 4).numpy()
                        for image in samples])
     np.save(tmp_path / "pixels.npy", pixels)
-    checkpoint = os.path.join(model_dir, "checkpoints", "last.keras")
-    predicted = subprocess.run(
-        [sys.executable, "-c", PREDICT_WORKER, checkpoint, str(tmp_path / "pixels.npy"), str(tmp_path / "jax.npy")],
-        cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=300,
+    export_dir = tmp_path / "export" / "digits"
+    resumed = subprocess.run(
+        [sys.executable, "-c", RESUME_THEN_PREDICT, str(tmp_path / "pixels.npy"), str(tmp_path / "jax.npy"),
+         os.path.join(model_dir, "checkpoints", "last.keras"), *flags, "--export_dir", str(export_dir)],
+        cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600,
     )
-    assert predicted.returncode == 0, predicted.stderr[-4000:]
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "with the jax backend" in resumed.stdout and "JAX DataParallel on CPU" in resumed.stdout
+    assert f"Training starts at epoch 2, optimizer step {steps_at_backup} (resumed from the backup)" in resumed.stdout
+    results = json.loads((tmp_path / "model" / "eval_results.json").read_text())
+    assert results["top1"] >= 0.8, results
+    assert (results["start_epoch"], results["start_step"]) == (1, steps_at_backup)
+    # As under TensorFlow: the step counter continues from the backup, the interrupted
+    # epoch is redone in full, and epoch 0 is not repeated.
+    assert results["final_step"] == steps_at_backup + (epochs - 1) * steps_per_epoch
+    with open(os.path.join(model_dir, "train_log.csv")) as file:
+        assert [int(row["epoch"]) for row in csv.DictReader(file)] == list(range(epochs))
+
+    # --export_dir under JAX: the last checkpoint, exported by a TensorFlow subprocess,
+    # serves JPEG bytes and serves what JAX predicts.
+    version_dir = export_dir / "1"
+    assert f"Exported the model for serving to {version_dir}" in resumed.stdout
+    signatures = tf.saved_model.load(str(version_dir)).signatures
+    with open(os.path.join(digits_dir, "samples", "digit_3.jpg"), "rb") as file:
+        probabilities = signatures["serving_default"](image_bytes=tf.constant([file.read()]))["probabilities"].numpy()
+    assert probabilities.shape == (1, 10) and np.isfinite(probabilities).all()
     jax_probabilities = np.load(tmp_path / "jax.npy")
-    version_dir = saved_model.export_model(model_dir, tmp_path / "export")
-    serve_images = tf.saved_model.load(str(version_dir)).signatures[saved_model.SERVE_IMAGES]
-    served = serve_images(images=tf.constant(np.stack(samples)))["probabilities"].numpy()
+    served = signatures[saved_model.SERVE_IMAGES](images=tf.constant(np.stack(samples)))["probabilities"].numpy()
     np.testing.assert_allclose(served, jax_probabilities, atol=1e-5)
     assert (jax_probabilities.argmax(axis=1) == np.arange(10)).sum() >= 8
 
@@ -129,68 +151,39 @@ def test_backend_flag_in_a_process_that_imported_keras_says_so(tmp_path, capsys)
 
 
 def test_a_remote_tpu_name_under_jax_is_refused_in_one_line(tmp_path):
+    # demo_data=false: the refusal comes before any data is read; otherwise the run would
+    # first write the demo data into the recipe's data_dir (under /tmp, shared).
     run = subprocess.run(
         [sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax", "--tpu", "my-tpu",
-         "--model_dir", str(tmp_path)],
+         "--data_dir", str(tmp_path / "data"), "--set", "demo_data=false", "--model_dir", str(tmp_path / "model")],
         cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 2
     assert "--tpu my-tpu: under --backend jax the program runs on the TPU VM itself" in run.stderr
+    assert not (tmp_path / "model").exists()
     assert "Traceback" not in run.stderr
-
-
-EVALUATE_WORKER = r"""
-import sys
-import keras
-from training import config as config_lib, experiment, strategies
-
-config = config_lib.load_config("demo", ["model.lambda_blocks=[[], [], [], []]", "input.eval_global_batch_size=66"],
-                                **{"input.data_dir": sys.argv[1], "model_dir": sys.argv[2]})
-strategy = strategies.create_strategy("cpu")
-keras.utils.set_random_seed(0)
-_, validation, _, _ = experiment.build_datasets(config, strategy)
-model = experiment.build_and_compile(config, strategy)
-print(strategy.num_replicas_in_sync, repr(model.evaluate(validation, return_dict=True, verbose=0)["top1"]))
-"""
 
 
 def test_two_device_validation_with_an_empty_device_batch_counts_every_example_once(digits_dir, tmp_path):
     # 297 digits in steps of 66: the last step holds 33, all on device 0 of two;
     # before the padding, two devices dropped those 33 (drop_remainder).
+    lines = _data_parallel_worker("evaluate", digits_dir, str(tmp_path / "model")).strip().splitlines()[-2:]
     top1 = {}
-    for devices in (1, 2):
-        run = subprocess.run([sys.executable, "-c", EVALUATE_WORKER, digits_dir, str(tmp_path / f"model_{devices}")],
-                             cwd=REPO, env=_jax_env(devices), capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-4000:]
-        replicas, value = run.stdout.split()[-2:]
+    for devices, line in zip((1, 2), lines):
+        replicas, value = line.split()
         assert int(replicas) == devices
         top1[devices] = float(value)
     assert 0 < top1[1] < 1 and top1[2] == top1[1]
 
 
-def _short_jax_run(digits_dir, tmp_path, *flags):
+def test_a_diverging_jax_run_ends_in_one_line_with_exit_2(digits_dir, tmp_path):
     command = [sys.executable, "-m", "training.train", "--config", "demo", "--backend", "jax",
                "--data_dir", digits_dir, "--model_dir", str(tmp_path / "model"),
                "--set", "model.lambda_blocks=[[], [], [], []]", "--set", "train.epochs=1",
                "--set", "train.steps_per_epoch=3", "--set", "train.warmup_epochs=0", "--set", "input.cache=false",
-               *flags]
-    return subprocess.run(command, cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
-
-
-def test_a_diverging_jax_run_ends_in_one_line_with_exit_2(digits_dir, tmp_path):
-    run = _short_jax_run(digits_dir, tmp_path, "--set", "train.base_learning_rate=1.0e+30")
+               "--set", "train.base_learning_rate=1.0e+30"]
+    run = subprocess.run(command, cwd=REPO, env=_jax_env(), capture_output=True, text=True, timeout=600)
     errors = [line for line in run.stderr.splitlines() if line.startswith("python -m training.train: error:")]
     assert run.returncode == 2 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert "Training diverged: the training loss is nan at step 2 of epoch 1" in errors[0]
     assert not (tmp_path / "model" / "checkpoints").exists()
-
-
-def test_jax_training_with_export_dir_exports_a_servable_model(digits_dir, tmp_path):
-    run = _short_jax_run(digits_dir, tmp_path, "--export_dir", str(tmp_path / "export" / "digits"))
-    assert run.returncode == 0, run.stderr[-4000:]
-    version_dir = tmp_path / "export" / "digits" / "1"
-    assert f"Exported the model for serving to {version_dir}" in run.stdout
-    serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    with open(os.path.join(digits_dir, "samples", "digit_3.jpg"), "rb") as file:
-        probabilities = serve(image_bytes=tf.constant([file.read()]))["probabilities"].numpy()
-    assert probabilities.shape == (1, 10) and np.isfinite(probabilities).all()
