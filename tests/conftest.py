@@ -127,9 +127,15 @@ def small_disk(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
-    """Each test starts with float32, a fixed seed and no leftover global state."""
+    """Each test starts with float32, a fixed seed and no leftover global state, the
+    environment included: ``train.main`` run in the test process sets KERAS_BACKEND and
+    TF_ENABLE_ONEDNN_OPTS, which later tests' subprocesses would otherwise inherit."""
+    environment = dict(os.environ)
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
     keras.backend.clear_session()
+    if os.environ != environment:
+        os.environ.clear()
+        os.environ.update(environment)

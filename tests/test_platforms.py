@@ -30,15 +30,15 @@ LAYER_AND_MODEL_TESTS = ["test_lambda_layer.py", "test_models.py", "test_mobilen
 # it passes there too (run by hand, see the file), left out to keep CI short.
 HUB_HARNESS_TESTS = ["test_hub_harness.py"]
 
+# A hang, not a busy machine: beside another suite one inner run got a quarter of a core
+# and its 300 CPU-seconds took over 20 minutes. CI's own limit is 90 minutes.
+INNER_RUN_TIMEOUT_SECONDS = 2700
+
 # Under JAX, compiling each eagerly run operation is most of the run's time. These tests
 # check numbers, gradients and structure, not XLA's optimisations, so they compile at
 # XLA's lowest optimisation level and without the persistent cache, whose writes cost
 # more than this single process gains (docs/design.md, "The test suite's time"). The
 # JAX trainings (tests/test_train_jax.py, tests/test_cross_backend.py) compile as users do.
-# A hang, not a busy machine: beside another suite one inner run got a quarter of a core
-# and its 300 CPU-seconds took over 20 minutes. CI's own limit is 90 minutes.
-INNER_RUN_TIMEOUT_SECONDS = 2700
-
 BACKEND_SETTINGS = {"jax": {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_ENABLE_COMPILATION_CACHE": "false"}}
 
 pytestmark = [

@@ -86,8 +86,6 @@ def run_cli(tmp_path, capfd):
     on a data folder; returns (exit status, stderr, model_dir). capfd takes what is written
     to the stderr file descriptor too (TensorFlow's C++ logs), as a subprocess's stderr would."""
     model_dir = tmp_path / "model"
-    # train.main selects the Keras backend through os.environ; put back as found.
-    environment = {key: os.environ.get(key) for key in ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS")}
 
     def run(data_dir, *overrides):
         argv = ["--config", "demo", "--data_dir", str(data_dir), "--model_dir", str(model_dir),
@@ -98,12 +96,7 @@ def run_cli(tmp_path, capfd):
         status = train.main(argv)
         return status, capfd.readouterr().err, model_dir
 
-    yield run
-    for key, value in environment.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    return run
 
 
 def _error_line(status, stderr) -> str:
