@@ -82,7 +82,9 @@ def lambda_convolution(values, table, spatial_shape: Sequence, form: str = "fold
     @ops.custom_gradient
     def convolve(maps, table):
         batch = ops.shape(maps)[0]
-        kernel = ops.swapaxes(table, -1, -2)  # [*T, in=u, out=k] of the plain correlation
+        # [*T, in=u, out=k], the plain correlation's kernel: the dilated forward does not
+        # use it, so only the folded form and the gradient transpose the table.
+        kernel = None
         folded_maps = None  # [b v, *S, u]: the folded form computes it, the gradient reuses it
         if form == "dilated":
             lambdas = ops.conv_transpose(
@@ -93,6 +95,7 @@ def lambda_convolution(values, table, spatial_shape: Sequence, form: str = "fold
                 dilation_rate=(1,) * (rank - 1) + (value_dim,),
             )
         else:
+            kernel = ops.swapaxes(table, -1, -2)
             folded_maps = fold_into_batch(maps)
             lambdas = unfold_from_batch(ops.conv(folded_maps, kernel, strides=1, padding="same"), batch)
 
@@ -101,8 +104,9 @@ def lambda_convolution(values, table, spatial_shape: Sequence, form: str = "fold
                 (upstream,) = args
             folded_upstream = fold_into_batch(upstream)  # [b v, *S, k]
             maps_in_batch = fold_into_batch(maps) if folded_maps is None else folded_maps
+            correlation_kernel = ops.swapaxes(table, -1, -2) if kernel is None else kernel
             maps_gradient = unfold_from_batch(
-                ops.conv_transpose(folded_upstream, kernel, strides=1, padding="same"), batch
+                ops.conv_transpose(folded_upstream, correlation_kernel, strides=1, padding="same"), batch
             )
             # d R[t, k, u] = sum_{b v, p} values[b v, p + t - c, u] upstream[b v, p, k]: a
             # valid correlation of the padded values ([u, *(S + T - 1), b v]) with the
