@@ -7,10 +7,12 @@ Three parts, each row written to ``--out`` as CSV:
    r=23 on 24x24x64, inference), and whether the training gradients are finite.
 2. ``gpu_model_fit.csv``: ``LambdaResNet50.fit`` for a few steps at 128x128, batch
    32, float32 and mixed_bfloat16; the loss and images/s of the timed steps.
-3. ``gpu_layer_speed.csv``: one layer at 56x56x64, 28x28x128, 14x14x256 (batch 32,
-   r=23, k=16, h=4), forward and forward+backward, our implementations (compiled:
-   ``jax.jit`` of ``stateless_call``; eager under PyTorch; ``tf.function`` under
-   TensorFlow) against lucidrains' and timm's PyTorch layers on the same GPU.
+3. ``gpu_layer_speed.csv``: one layer at 56x56x64, 28x28x128, 14x14x256 (batch 32
+   and 128, ``--layer-batches``; r=23, k=16, h=4), forward and forward+backward, our
+   implementations (compiled: ``jax.jit`` of ``stateless_call``; eager under PyTorch;
+   ``tf.function`` under TensorFlow) against lucidrains' and timm's PyTorch layers on
+   the same GPU. A timing waits for the device, without copying the result to the host;
+   ``host_copy_ms`` is that copy, timed apart.
 
     KERAS_BACKEND=jax python benchmarks/gpu_check.py --out benchmarks/results/gpu
 """
@@ -57,14 +59,26 @@ def gpu_name() -> str:
 
 
 def synchronize(tensors=None):
-    """Waits for the GPU: timings must cover the work, not its launch."""
+    """Waits for the GPU: timings must cover the work, not its launch, nor a copy to the host.
+
+    PyTorch and JAX wait on the device; TensorFlow's eager API has no such wait, so its
+    results are copied to the host.
+    """
     if BACKEND == "torch":
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+    elif BACKEND == "jax":
+        import jax
+
+        jax.block_until_ready(tensors)
     elif tensors is not None:
-        keras.tree.map_structure(lambda t: keras.ops.convert_to_numpy(t) if t is not None else t, tensors)
+        to_host(tensors)
+
+
+def to_host(tensors) -> None:
+    keras.tree.map_structure(lambda t: keras.ops.convert_to_numpy(t) if t is not None else t, tensors)
 
 
 def median_ms(function, repeats: int) -> float:
@@ -74,6 +88,19 @@ def median_ms(function, repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         synchronize(function())
+        times.append(time.perf_counter() - start)
+    return round(1000 * sorted(times)[len(times) // 2], 3)
+
+
+def host_copy_ms(function, repeats: int) -> float:
+    """The median time to copy a finished result to the host (the 2026-11-27 JAX timings
+    included it, the PyTorch ones did not)."""
+    times = []
+    for _ in range(repeats):
+        outputs = function()
+        synchronize(outputs)
+        start = time.perf_counter()
+        to_host(outputs)
         times.append(time.perf_counter() - start)
     return round(1000 * sorted(times)[len(times) // 2], 3)
 
@@ -219,9 +246,8 @@ def peers_speed(platform: dict, size: int, channels: int, batch: int, repeats: i
     return rows
 
 
-def layer_speed(platform: dict, repeats: int) -> list[dict]:
+def layer_speed(platform: dict, repeats: int, batch: int) -> list[dict]:
     rows = []
-    batch = 32
     for size, channels in ((56, 64), (28, 128), (14, 256)):
         inputs = keras.ops.convert_to_tensor(
             np.random.default_rng(0).normal(size=(batch, size, size, channels)).astype("float32")
@@ -238,7 +264,8 @@ def layer_speed(platform: dict, repeats: int) -> list[dict]:
                        "direction": direction}
                 try:
                     function = compiled_call(layer, training)
-                    row.update(ms=median_ms(lambda: function(inputs), repeats), status="ok")
+                    row.update(ms=median_ms(lambda: function(inputs), repeats),
+                               host_copy_ms=host_copy_ms(lambda: function(inputs), repeats), status="ok")
                 except Exception as error:  # noqa: BLE001 - recorded, the check goes on
                     record_failure(row, error)
                 rows.append(row)
@@ -253,6 +280,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--fit-steps", type=int, default=20)
     parser.add_argument("--parts", default="check,fit,speed")
+    parser.add_argument("--layer-batches", default="32,128", help="batches of the layer timings")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     platform = facts(gpu=gpu_name())
@@ -263,7 +291,10 @@ def main() -> None:
     if "fit" in parts:
         write(args.out / f"gpu_model_fit_{BACKEND}.csv", model_fit(platform, args.fit_steps))
     if "speed" in parts:
-        write(args.out / f"gpu_layer_speed_{BACKEND}.csv", layer_speed(platform, args.repeats))
+        rows = []
+        for batch in (int(value) for value in args.layer_batches.split(",")):
+            rows += layer_speed(platform, args.repeats, batch)
+        write(args.out / f"gpu_layer_speed_{BACKEND}.csv", rows)
 
 
 if __name__ == "__main__":

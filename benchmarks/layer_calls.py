@@ -21,17 +21,17 @@ def compiled_call(layer, training: bool):
         trainable = [v.value for v in layer.trainable_variables]
         non_trainable = [v.value for v in layer.non_trainable_variables]
 
-        def forward(x):
-            return layer.stateless_call(trainable, non_trainable, x, training=False)[0]
+        # The weights are arguments, as in Keras's own compiled steps, not constants of
+        # the compiled function.
+        def forward(x, weights, state):
+            return layer.stateless_call(weights, state, x, training=False)[0]
 
-        def loss(x, weights):
-            outputs = layer.stateless_call(weights, non_trainable, x, training=True)[0]
+        def loss(x, weights, state):
+            outputs = layer.stateless_call(weights, state, x, training=True)[0]
             return jnp.sum(outputs * outputs)
 
-        if not training:
-            return jax.jit(forward)
-        gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        return lambda x: gradients(x, trainable)
+        function = jax.jit(forward if not training else jax.grad(loss, argnums=(0, 1)))
+        return lambda x: function(x, trainable, non_trainable)
     if backend == "torch":
         import torch
 
