@@ -187,6 +187,7 @@ def _small_enough_to_build(config):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example({**TINY, "lambda_layer": {"scope_size": None, "key_normalization": "none", "pool_size": 2}})
 @example({**TINY, "se_ratio": 1e-300, "base": "vanilla", "lambda_layer": {"num_heads": 64, "use_content": False}})
+@example({"architecture": "LambdaResNet50", "lambda_layer": {"\x1f": 0}})
 @given(model_config_values())
 def test_a_config_is_rejected_naming_the_key_or_builds(values):
     try:
@@ -194,7 +195,9 @@ def test_a_config_is_rejected_naming_the_key_or_builds(values):
     except ModelConfigError as error:
         top_level = error.key.split(".")[0]
         assert top_level in values or (values["architecture"] == GENERIC and top_level in MODEL_FIELDS), error.key
-        assert f"{error.key.split('.')[-1]}" in str(error)
+        name = error.key.split(".")[-1]
+        # A name with control characters is named escaped, as Python writes it in a list.
+        assert name in str(error) or repr(name)[1:-1] in str(error), error
         return
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert all(isinstance(value, float) for value in (config.dropout_rate, config.stochastic_depth_rate))

@@ -35,7 +35,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from lambda_keras.models.model_config import ModelConfig, ModelConfigError
+from lambda_keras.models.model_config import ModelConfig, ModelConfigError, plain_data
 from training.errors import ConfigError
 from training.errors import check_finite_numbers
 from training.errors import fail as _fail
@@ -198,7 +198,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts and lists (YAML-ready), every key included."""
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
@@ -465,10 +465,3 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
         node = child
     node[parts[-1]] = value
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value

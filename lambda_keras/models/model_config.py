@@ -455,12 +455,13 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain lists, dicts and scalars (YAML- and JSON-ready);
         ``from_dict`` of it gives an equal config."""
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
+    """``value`` with its tuples as lists, recursively: YAML and JSON write it as is."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_data(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_data(item) for item in value]
     return value
