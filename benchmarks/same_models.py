@@ -142,7 +142,9 @@ def timm_worker(case: dict, args) -> dict:
     torch.manual_seed(0)
     size, batch = args.image_size, args.batch
     model = timm.create_model(MODELS[case["model"]], pretrained=False).to(device)
-    model = model.to(memory_format=torch.channels_last)
+    for module in model.modules():  # the lambda layers' Conv3d weights have no channels_last
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
     images = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.arange(batch, device=device) % CLASSES
     network = torch.compile(model) if case["side"] == "timm-compile" else model
