@@ -29,16 +29,8 @@ of the machine meets every backend. Writes ``model_speed_backends.csv``.
     python benchmarks/model_speed.py                # the full run (long on 2 cores)
     python benchmarks/model_speed.py --image-size 64 --repeats 1 --models CCCC CCLL
     python benchmarks/model_speed.py --backends --image-size 64
-    python benchmarks/model_speed.py --timm --image-size 256 --repeats 2
 
-``--timm`` times our ``LambdaResNet26T`` and ``LambdaResNet50TS`` against timm's same
-models with the same weights (timm's random initialisation, converted by
-``lambda_keras.convert_timm``), inference and one SGD training step, side by side:
-TensorFlow with oneDNN on and off (each in its own process: ``tf.function`` inference,
-``train_on_batch``), and timm in PyTorch eager and under ``torch.compile`` (timm runs
-under the peer venv's python, ``$LAMBDA_KERAS_PEER_PYTHON`` or ``.venv-peers``, the
-venv of ``requirements-peers.txt`` that also regenerates the tests' timm fixtures;
-torchvision does not import beside TensorFlow). Writes ``model_speed_timm.csv``.
+LambdaResNet26T and LambdaResNet50TS against timm's same models: ``same_models.py``.
 """
 
 from __future__ import annotations
@@ -182,109 +174,6 @@ def run_backends(image_size: int, batch: int, repeats: int, rounds: int) -> list
     return rows
 
 
-TIMM_MODELS = {"lambda_resnet26t": "LambdaResNet26T", "lambda_resnet50ts": "LambdaResNet50TS"}
-KERAS_RUNS = [("tensorflow, oneDNN on", "1"), ("tensorflow, oneDNN off", "0")]
-
-
-def peer_python() -> str:
-    default = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
-    python = os.environ.get("LAMBDA_KERAS_PEER_PYTHON") or str(default)
-    if not Path(python).is_file():
-        sys.exit(f"--timm needs the peer venv's python at {python} (see docs/testing.md)")
-    return python
-
-
-def timm_step(model_name: str, checkpoint: str, image_size: int, batch: int, repeats: int) -> list[dict]:
-    """timm's model in PyTorch eager and compiled (runs under the peer python); saves its weights."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False)
-    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, checkpoint)
-    images = torch.rand(batch, 3, image_size, image_size)
-    labels = torch.arange(batch) % 1000
-    rows = []
-    for mode in ("eager", "torch.compile"):
-        row = {"run": f"timm, PyTorch {mode}", "threads": torch.get_num_threads(), "torch": torch.__version__}
-        try:
-            network = torch.compile(model) if mode == "torch.compile" else model
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-
-            def infer():
-                model.eval()
-                with torch.no_grad():
-                    network(images)
-
-            def train():
-                model.train()
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(network(images), labels).backward()
-                optimizer.step()
-
-            row["inference_ms"] = round(1000 * median_seconds(infer, repeats), 1)
-            row["training_ms"] = round(1000 * median_seconds(train, repeats), 1)
-            row["status"] = "ok"
-        except Exception as error:  # torch.compile needs a C++ compiler and may fail here
-            row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        rows.append({**row, **platform_facts(backend="pytorch")})
-    return rows
-
-
-def keras_step(model_name: str, checkpoint: str, image_size: int, batch: int, repeats: int) -> dict:
-    """Our model holding timm's converted weights, in this process's TensorFlow."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from lambda_keras import convert_timm
-    from lambda_keras.models import CONSTRUCTORS
-
-    model = CONSTRUCTORS[TIMM_MODELS[model_name]](input_shape=(image_size, image_size, 3), classifier_activation=None)
-    convert_timm.load_timm_weights(model, convert_timm.read_state_dict(checkpoint), model_name)
-    images = tf.random.uniform((batch, image_size, image_size, 3), seed=0)
-    labels = np.arange(batch) % 1000
-    forward = tf.function(lambda x: model(x, training=False))
-    inference = median_seconds(lambda: forward(images).numpy(), repeats)
-    model.compile(optimizer=keras.optimizers.SGD(0.1),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    training = median_seconds(lambda: model.train_on_batch(images, labels), repeats)
-    return {"inference_ms": round(1000 * inference, 1), "training_ms": round(1000 * training, 1), "status": "ok",
-            **platform_facts()}
-
-
-def _json_lines(command: list[str], environment: dict) -> list[dict]:
-    result = subprocess.run(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment},
-                            capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.startswith(("{", "["))]
-    if result.returncode or not lines:
-        return [{"status": f"failed: {result.stderr.strip()[-300:]}"}]
-    parsed = json.loads(lines[-1])
-    return parsed if isinstance(parsed, list) else [parsed]
-
-
-def run_timm(image_size: int, batch: int, repeats: int, folder: Path) -> list[dict]:
-    rows = []
-    for model_name, constructor in TIMM_MODELS.items():
-        checkpoint = str(folder / f"{model_name}.safetensors")
-        common = ["--image-size", str(image_size), "--batch", str(batch), "--repeats", str(repeats),
-                  "--timm-model", model_name, "--checkpoint", checkpoint]
-        runs = _json_lines([peer_python(), __file__, "--timm-worker", *common], {})
-        for label, onednn in KERAS_RUNS:
-            runs += [{"run": label, **run} for run in _json_lines(
-                [sys.executable, __file__, "--keras-worker", *common],
-                {"KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": onednn})]
-        for run in runs:
-            row = {"model": constructor, "timm_model": model_name, "image_size": image_size, "batch": batch, **run}
-            if run.get("status") == "ok":
-                row["inference_img_s"] = round(batch / run["inference_ms"] * 1000, 2)
-                row["training_img_s"] = round(batch / run["training_ms"] * 1000, 2)
-            rows.append(row)
-            print(row, flush=True)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=list(PAPER), help="subset of: " + ", ".join(PAPER))
@@ -295,33 +184,7 @@ def main() -> None:
     parser.add_argument("--backends", action="store_true", help="LambdaResNet50 under each Keras backend")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of --backends")
     parser.add_argument("--backend-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--timm", action="store_true", help="LambdaResNet26T/50TS against timm's same models")
-    parser.add_argument("--timm-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--keras-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--timm-model", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.timm_worker or args.keras_worker:
-        step = timm_step if args.timm_worker else keras_step
-        print(json.dumps(step(args.timm_model, args.checkpoint, args.image_size, args.batch, args.repeats)),
-              flush=True)
-        return
-    if args.timm:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as folder:
-            rows = run_timm(args.image_size, args.batch, args.repeats, Path(folder))
-        args.results.mkdir(parents=True, exist_ok=True)
-        write_csv(args.results / "model_speed_timm.csv", rows)
-        print(f"\nCPU, {args.image_size}x{args.image_size}, batch {args.batch}, ms per batch (img/s)\n")
-        print("| model | run | inference | training step |\n|---|---|---|---|")
-        for row in rows:
-            if row.get("status") == "ok":
-                print(f"| {row['model']} | {row['run']} | {row['inference_ms']} ({row['inference_img_s']}) | "
-                      f"{row['training_ms']} ({row['training_img_s']}) |")
-            else:
-                print(f"| {row['model']} | {row.get('run', '?')} | {row['status'][:80]} | |")
-        return
     if args.backend_worker:
         print(json.dumps(backend_step(args.image_size, args.batch, args.repeats)), flush=True)
         return

@@ -5,8 +5,8 @@ training images/s, ours against timm's ``lambda_resnet26t`` and ``lambda_resnet5
 Every case (one side, one model, one precision) runs in its own fresh process, and
 ``--processes N`` runs each case N times, round-robin, so that a slow spell of the
 machine meets every side; a side's processes can differ by several times (timm's on a
-CPU do), so the table gives every side's fastest and slowest process and ranks ours
-against the peer's fastest.
+CPU have), so the table gives every side's slowest and fastest process and ranks our
+median process against the peer's fastest.
 
 Sides:
 
@@ -28,7 +28,7 @@ case fits; the cases run in priority order (LambdaResNet50TS in bfloat16 first) 
 ``--batch`` (8), training at ``--batch``.
 
     python benchmarks/same_models.py --device cpu --processes 5 \\
-        --timm-python .venv-peers/bin/python                      # the CPU table
+        --timm-python .venv-peers/bin/python               # the CPU table
     python benchmarks/same_models.py --device gpu --budget-s 420  # the GPU table, one call
 
 Writes ``same_models_{device}.csv`` (every process) to ``--out`` and prints the table.
@@ -230,7 +230,8 @@ def run_case(case: dict, batch: int, args) -> dict:
 
 
 def table(rows: list[dict], device: str) -> str:
-    """The markdown table: each side's fastest and slowest process, and ours / timm's fastest."""
+    """The markdown table: each side's slowest to fastest process, and our median process
+    against timm's fastest."""
     metrics = [key for key in dict.fromkeys(k for row in rows for k in row) if key.endswith("_img_s")]
     lines = [f"| model | precision | side | processes | {' | '.join(metrics)} |",
              "|---|---|---|---|" + "---|" * len(metrics)]
@@ -249,7 +250,7 @@ def table(rows: list[dict], device: str) -> str:
                      and key[2].startswith("timm") for row in rows_ if row["status"] == "ok" and metric in row]
             cell = f"{min(values)}-{max(values)}" if len(values) > 1 else f"{values[0]}"
             if side.startswith("keras") and peers:
-                cell += f" (**{max(values) / max(peers):.2f}x**)"
+                cell += f" (**{median(values) / max(peers):.2f}x**)"
             cells.append(cell)
         batch = ",".join(sorted({str(row.get("batch")) for row in group}))
         lines.append(f"| {model} | {precision} | {side} (batch {batch}) | {len(ok)}/{len(group)} | "
@@ -271,7 +272,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="timed fit calls of --repeats steps (JAX)")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="no case starts after this")
     parser.add_argument("--keras-python", default=sys.executable)
-    parser.add_argument("--timm-python", default=sys.executable)
+    parser.add_argument("--timm-python", default=os.environ.get("LAMBDA_KERAS_PEER_PYTHON", sys.executable),
+                        help="a python with timm (default: $LAMBDA_KERAS_PEER_PYTHON, else this one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
