@@ -10,11 +10,16 @@ other settings:
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/auto_crossovers.py
     TF_ENABLE_ONEDNN_OPTS=1 python benchmarks/auto_crossovers.py
 
-Writes ``benchmarks/results/auto_crossovers.csv``.
+Writes ``benchmarks/results/auto_crossovers.csv``. With ``--scope-sizes`` and
+``--batches`` it instead times the small maps where the einsum competes (8x8x512 ..
+32x32x128) at each scope size and batch, and writes ``auto_crossovers_scope.csv``:
+
+    python benchmarks/auto_crossovers.py --scope-sizes 7 9 15 23 --batches 1 8
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 from pathlib import Path
@@ -28,10 +33,31 @@ from timing import median_seconds  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "auto_crossovers.csv"
 STAGES = [(14, 256), (20, 192), (28, 128), (40, 96), (56, 64), (80, 64)]
+SMALL_STAGES = [(8, 512), (12, 384), (16, 256), (20, 192), (24, 160), (32, 128)]
 BATCH, REPEATS = 8, 7
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scope-sizes", type=int, nargs="*")
+    parser.add_argument("--batches", type=int, nargs="*")
+    args = parser.parse_args()
+    if args.scope_sizes or args.batches:
+        rows = [row for scope_size in args.scope_sizes or [23] for batch in args.batches or [BATCH]
+                for row in measure(SMALL_STAGES, scope_size, batch)]
+        write_csv(RESULTS.with_name("auto_crossovers_scope.csv"), rows)
+        return
+    rows = measure(STAGES, 23, BATCH)
+    facts = rows[0]
+    kept = []
+    if RESULTS.exists():
+        with RESULTS.open() as handle:
+            kept = [row for row in csv.DictReader(handle) if row["onednn"] != str(facts["onednn"])]
+    RESULTS.parent.mkdir(exist_ok=True)
+    write_csv(RESULTS, kept + rows)
+
+
+def measure(stages: list[tuple[int, int]], scope_size: int, batch: int) -> list[dict]:
     import tensorflow as tf
 
     from lambda_keras import LambdaLayer
@@ -40,8 +66,8 @@ def main() -> None:
     facts = platform_facts()
     forms = ["dilated", "folded"] if kernel_support.has_dilated_transposed_convolution() else ["folded"]
     rows = []
-    for size, channels in STAGES:
-        inputs = tf.random.normal((BATCH, size, size, channels), seed=0)
+    for size, channels in stages:
+        inputs = tf.random.normal((batch, size, size, channels), seed=0)
         for direction in ("forward", "forward+backward"):
             training = direction != "forward"
             candidates = [("einsum", None), ("banded", None)] + [("conv", form) for form in forms]
@@ -50,22 +76,18 @@ def main() -> None:
                     continue  # its [n, m, k] table alone is gigabytes
                 if form is not None:
                     lambda_layer._convolution_form = lambda form=form: form
-                layer = LambdaLayer(key_dim=16, num_heads=4, scope_size=23, implementation=implementation)
+                layer = LambdaLayer(key_dim=16, num_heads=4, scope_size=scope_size, implementation=implementation)
                 layer.build(inputs.shape)
 
                 call = compiled_call(layer, training)
                 seconds = median_seconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), call(inputs)), REPEATS)
-                row = {**facts, "size": f"{size}x{size}x{channels}", "direction": direction,
+                row = {**facts, "size": f"{size}x{size}x{channels}", "scope_size": scope_size, "batch": batch,
+                       "direction": direction,
                        "implementation": implementation if form is None else f"conv ({form})",
-                       "ms": round(1000 * seconds, 1)}
+                       "ms": round(1000 * seconds, 2)}
                 rows.append(row)
                 print(row, flush=True)
-    kept = []
-    if RESULTS.exists():
-        with RESULTS.open() as handle:
-            kept = [row for row in csv.DictReader(handle) if row["onednn"] != str(facts["onednn"])]
-    RESULTS.parent.mkdir(exist_ok=True)
-    write_csv(RESULTS, kept + rows)
+    return rows
 
 
 if __name__ == "__main__":
