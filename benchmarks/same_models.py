@@ -48,6 +48,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import call_seconds  # noqa: E402  benchmarks/ is on sys.path
+
 MODELS = {"LambdaResNet26T": "lambda_resnet26t", "LambdaResNet50TS": "lambda_resnet50ts"}
 PRECISIONS = ("bfloat16", "float32")
 SIDES = {"cpu": ("keras-tensorflow", "keras-jax", "timm-eager", "timm-compile"),
@@ -62,17 +64,6 @@ def cases(device: str, models: list[str], precisions: list[str], sides: list[str
             for model in sorted(models, key=lambda name: name != "LambdaResNet50TS")
             for precision in precisions
             for side in sides]
-
-
-def timed(function, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def median(values: list[float]) -> float:
@@ -110,7 +101,7 @@ def keras_worker(case: dict, args) -> dict:
         start = time.perf_counter()
         model.predict_on_batch(subset)
         result[f"first_inference_b{inference_batch}_s"] = round(time.perf_counter() - start, 2)
-        times = timed(lambda: model.predict_on_batch(subset), args.repeats, args.warmup)
+        times = call_seconds(lambda: model.predict_on_batch(subset), args.repeats, args.warmup)
         result[f"inference_b{inference_batch}_img_s"] = round(inference_batch / median(times), 2)
     if keras.backend.backend() == "jax":
         def batches():
@@ -129,7 +120,7 @@ def keras_worker(case: dict, args) -> dict:
         start = time.perf_counter()
         model.train_on_batch(images, labels)
         result["first_training_s"] = round(time.perf_counter() - start, 2)
-        seconds = timed(lambda: model.train_on_batch(images, labels), args.repeats, args.warmup)
+        seconds = call_seconds(lambda: model.train_on_batch(images, labels), args.repeats, args.warmup)
     result["training_img_s"] = round(batch / median(seconds), 2)
     return result
 
@@ -177,13 +168,13 @@ def timm_worker(case: dict, args) -> dict:
         start = time.perf_counter()
         infer(subset)
         result[f"first_inference_b{inference_batch}_s"] = round(time.perf_counter() - start, 2)
-        times = timed(lambda: infer(subset), args.repeats, args.warmup)
+        times = call_seconds(lambda: infer(subset), args.repeats, args.warmup)
         result[f"inference_b{inference_batch}_img_s"] = round(inference_batch / median(times), 2)
     model.train()
     start = time.perf_counter()
     train()
     result["first_training_s"] = round(time.perf_counter() - start, 2)
-    result["training_img_s"] = round(batch / median(timed(train, args.repeats, args.warmup)), 2)
+    result["training_img_s"] = round(batch / median(call_seconds(train, args.repeats, args.warmup)), 2)
     return result
 
 
