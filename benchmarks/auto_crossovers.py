@@ -48,11 +48,11 @@ def main() -> None:
         write_csv(RESULTS.with_name("auto_crossovers_scope.csv"), rows)
         return
     rows = measure(STAGES, 23, BATCH)
-    facts = rows[0]
+    onednn = str(rows[0]["onednn"])
     kept = []
     if RESULTS.exists():
         with RESULTS.open() as handle:
-            kept = [row for row in csv.DictReader(handle) if row["onednn"] != str(facts["onednn"])]
+            kept = [row for row in csv.DictReader(handle) if row["onednn"] != onednn]
     RESULTS.parent.mkdir(exist_ok=True)
     write_csv(RESULTS, kept + rows)
 

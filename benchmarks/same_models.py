@@ -58,7 +58,7 @@ CLASSES = 1000
 OUT_OF_MEMORY = 3  # a worker's exit status when its batch does not fit
 
 
-def cases(device: str, models: list[str], precisions: list[str], sides: list[str]) -> list[dict]:
+def cases(models: list[str], precisions: list[str], sides: list[str]) -> list[dict]:
     """Every case in priority order: the larger model first, bfloat16 first, ours first."""
     return [{"side": side, "model": model, "precision": precision}
             for model in sorted(models, key=lambda name: name != "LambdaResNet50TS")
@@ -220,7 +220,7 @@ def run_case(case: dict, batch: int, args) -> dict:
         return {**row, **json.loads(lines[-1]), "status": "ok"}
 
 
-def table(rows: list[dict], device: str) -> str:
+def table(rows: list[dict]) -> str:
     """The markdown table: each side's slowest to fastest process, and our median process
     against timm's fastest."""
     metrics = [key for key in dict.fromkeys(k for row in rows for k in row) if key.endswith("_img_s")]
@@ -254,7 +254,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--precisions", nargs="*", choices=PRECISIONS)
-    parser.add_argument("--sides", nargs="*", help="default: every side of --device")
+    parser.add_argument("--sides", nargs="*", choices=list(dict.fromkeys(SIDES["cpu"] + SIDES["gpu"])),
+                        help="default: every side of --device")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch", type=int, help="256 on a GPU (halved until it fits), 8 on the CPU")
     parser.add_argument("--processes", type=int, default=1, help="fresh processes per case")
@@ -275,7 +276,7 @@ def main() -> None:
         run_worker(args)
         return
     precisions = args.precisions or (list(PRECISIONS) if args.device == "gpu" else ["float32"])
-    all_cases = cases(args.device, args.models, precisions, args.sides or list(SIDES[args.device]))
+    all_cases = cases(args.models, precisions, args.sides or list(SIDES[args.device]))
     rows, start = [], time.perf_counter()
     batches = {}  # a case that had to halve its batch starts there in its next process
     for round_index in range(args.processes):
@@ -292,7 +293,7 @@ def main() -> None:
     from results_csv import write_csv
 
     write_csv(args.out / f"same_models_{args.device}.csv", rows)
-    print(table([row for row in rows if "image_size" in row], args.device))
+    print(table([row for row in rows if "image_size" in row]))
 
 
 if __name__ == "__main__":

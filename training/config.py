@@ -464,4 +464,3 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"--set {key}: {part!r} is not a section.")
         node = child
     node[parts[-1]] = value
-
