@@ -36,6 +36,7 @@ from backend_gradients import loss_gradients  # noqa: E402
 from layer_calls import compiled_call  # noqa: E402
 from platform_facts import facts  # noqa: E402
 from results_csv import write_csv  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from lambda_keras import LambdaLayer, LambdaResNet50  # noqa: E402
 
@@ -82,14 +83,7 @@ def to_host(tensors) -> None:
 
 
 def median_ms(function, repeats: int) -> float:
-    for _ in range(3):
-        synchronize(function())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        synchronize(function())
-        times.append(time.perf_counter() - start)
-    return round(1000 * sorted(times)[len(times) // 2], 3)
+    return round(1000 * median_seconds(lambda: synchronize(function()), repeats, warmup=3), 3)
 
 
 def host_copy_ms(function, repeats: int) -> float:

@@ -12,7 +12,8 @@ with one device), then seeing both (keras.distribution.DataParallel over two). O
 process instead of one per device count: Keras, TensorFlow and JAX are imported once.
 
 train: trains STEPS steps and writes OUTPUT_1.npz and OUTPUT_2.npz, each with the replica
-count, the per-step losses, which weights are trainable and the weights before and after.
+count, the per-step losses, which weights are trainable, their paths and the weights
+before and after.
 evaluate: prints "REPLICAS TOP1" per run, one line each, for the validation split.
 """
 
@@ -66,6 +67,7 @@ def train(data_dir: str, model_dir: str, output: str, steps: int) -> None:
         trainable = np.array([weight.trainable for weight in model.weights])
         np.savez(f"{output}_{devices}.npz", replicas=strategy.num_replicas_in_sync,
                  losses=np.array(losses, np.float64), trainable=trainable,
+                 paths=np.array([weight.path for weight in model.weights]),
                  **{f"initial_{i}": w for i, w in enumerate(initial)},
                  **{f"final_{i}": w for i, w in enumerate(model.get_weights())})
 

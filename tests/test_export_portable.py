@@ -135,9 +135,13 @@ def digits_classifier() -> tuple[keras.Model, np.ndarray, np.ndarray, np.ndarray
     x = LambdaLayer(32, key_dim=8, num_heads=4, scope_size=5)(x)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    # Validation top-1 over seeds 0-3 (0-4), oneDNN off and on, on an AVX2 CPU: 77-96% with
+    # a constant learning rate of 1e-2, 92-95% with it decayed to zero.
+    epochs, batch_size = 8, 32
+    learning_rate = keras.optimizers.schedules.CosineDecay(1e-2, epochs * -(-len(train) // batch_size))
+    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy")
     normalised = preprocessing.normalize_image(tf.constant(pixels[train])).numpy()
-    model.fit(normalised, digits[train], batch_size=32, epochs=8, verbose=0)
+    model.fit(normalised, digits[train], batch_size=batch_size, epochs=epochs, verbose=0)
     return model, pixels[train], digits[train], pixels[validation], digits[validation]
 
 

@@ -71,18 +71,23 @@ def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
     # The same global batch of 64, split 32 + 32 over the two devices.
     assert one["losses"][0] > 1.0 and len(one["losses"]) == steps
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
-    count = len(one["trainable"])
+    paths = [str(path) for path in one["paths"]]
     moved = 0
-    for index in range(count):
+    for index, path in enumerate(paths):
         before, final_1, final_2 = one[f"initial_{index}"], one[f"final_{index}"], two[f"final_{index}"]
         np.testing.assert_array_equal(two[f"initial_{index}"], before)  # one seed, one initialisation
         if one["trainable"][index]:
-            np.testing.assert_allclose(final_2, final_1, atol=2e-4, rtol=0)
+            np.testing.assert_allclose(final_2, final_1, atol=2e-4, rtol=0, err_msg=path)
             moved += not np.array_equal(final_1, before)
+        elif path.endswith("moving_mean"):
+            # In its channel's standard deviations: an absolute bound failed a channel of
+            # variance 12.8 whose means differed by 0.0023, 6e-4 of its standard deviation
+            # (on an AVX2-only CPU; one channel in 256).
+            variance = one[f"final_{paths.index(path.replace('moving_mean', 'moving_variance'))}"]
+            np.testing.assert_array_less(np.abs(final_2 - final_1) / np.sqrt(variance), 3e-3, err_msg=path)
         else:
-            # Moving statistics of near-constant channels amplify float rounding; they
-            # still agree to a fraction of a percent.
-            np.testing.assert_allclose(final_2, final_1, atol=2e-3, rtol=5e-3)
+            assert path.endswith("moving_variance"), path
+            np.testing.assert_allclose(final_2, final_1, rtol=1.5e-2, err_msg=path)
     assert moved > one["trainable"].sum() // 2  # the steps moved most trainable weights
 
 
