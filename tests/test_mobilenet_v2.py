@@ -210,7 +210,8 @@ def test_model_config_names_it():
 
 @structural
 def test_a_recipe_trains_it_with_set():
-    nulls = ["model.blocks_per_stage=null", "model.lambda_blocks=null", "model.lambda_layer=null"]
+    nulls = ["model.blocks_per_stage=null", "model.lambda_blocks=null", "model.width_multiplier=null",
+             "model.lambda_layer=null"]
     config = config_lib.load_config("demo", ["model.architecture=LambdaMobileNetV2", *nulls, "model.alpha=0.5"],
                                     model_dir="/tmp/unused")
     assert config.model == ModelConfig("LambdaMobileNetV2", alpha=0.5)

@@ -22,7 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"architecture": GENERIC, "blocks_per_stage": [1, 1, 1, 1], "lambda_blocks": [[], [1], [], [1]]}
 # One config per kind of architecture, with every field the kind takes.
 CONFIGS = [
-    {**TINY, "base": "tiered", "se_ratio": [0.25, 0.25, 0.0, 0.0], "dropout_rate": 0.2, "norm_epsilon": 1e-3,
+    {**TINY, "base": "tiered", "width_multiplier": 0.5, "se_ratio": [0.25, 0.25, 0.0, 0.0], "dropout_rate": 0.2,
+     "norm_epsilon": 1e-3,
      "lambda_layer": {"scope_size": None, "use_content": False, "implementation": "banded"}},
     {"architecture": "HybridResNet50", "placement": "CCLL", "se_ratio": 0.5,
      "lambda_layer": {"intra_depth": 4, "scope_size": 7, "key_normalization": "l2", "query_softmax": True}},
@@ -128,6 +129,7 @@ MODEL_FIELDS = {
     "lambda_blocks": st.lists(st.lists(st.integers(1, 2), max_size=2), min_size=4, max_size=4),
     "placement": st.text("CL", min_size=4, max_size=4),
     "base": st.sampled_from(["resnet_rs", "vanilla", "tiered"]),
+    "width_multiplier": st.sampled_from([0.125, 0.25, 0.5, 1.0, 1.5]) | st.floats(0.01, 20),
     "se_ratio": st.floats(0, 1) | st.lists(st.floats(0, 1), min_size=4, max_size=4),
     "dropout_rate": st.floats(0, 0.99),
     "stochastic_depth_rate": st.floats(0, 0.99),
@@ -151,9 +153,10 @@ def model_config_values(draw):
     # The generic factory mostly gets its layout, the others mostly only their own keys.
     wanted = {"blocks_per_stage", "lambda_blocks"} if architecture == GENERIC else set()
     wanted |= {"placement"} if architecture == "HybridResNet50" else set()
+    wanted |= {"width_multiplier"} if architecture == GENERIC and draw(st.booleans()) else set()
     keys = {key for key in sorted(wanted) if draw(st.integers(0, 9)) != 5}
     if draw(st.integers(0, 3)) == 2:  # a key another architecture takes
-        keys.add(draw(st.sampled_from(["blocks_per_stage", "lambda_blocks", "placement", "base"])))
+        keys.add(draw(st.sampled_from(["blocks_per_stage", "lambda_blocks", "placement", "base", "width_multiplier"])))
     keys |= draw(st.sets(st.sampled_from(["se_ratio", "dropout_rate", "stochastic_depth_rate", "norm_momentum",
                                           "norm_epsilon"]), max_size=3))
     values = {"architecture": architecture}
@@ -181,7 +184,7 @@ def _numbers(plain):
 def _small_enough_to_build(config):
     layer = config.lambda_layer
     return (config.architecture == GENERIC and config.blocks_per_stage == (1, 1, 1, 1)
-            and layer.key_dim <= 16 and layer.intra_depth <= 4)
+            and (config.width_multiplier or 1) <= 1 and layer.key_dim <= 16 and layer.intra_depth <= 4)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -225,7 +228,8 @@ def test_one_hostile_value_in_a_valid_config_is_named_or_kept_finite(key, value)
 
 def test_every_float_must_be_finite():
     for value in (math.nan, math.inf, -math.inf):
-        for key in ("se_ratio", "dropout_rate", "stochastic_depth_rate", "norm_momentum", "norm_epsilon"):
+        for key in ("width_multiplier", "se_ratio", "dropout_rate", "stochastic_depth_rate", "norm_momentum",
+                    "norm_epsilon"):
             with pytest.raises(ModelConfigError, match=f"Received: {key}=") as error:
                 ModelConfig.from_dict({**TINY, key: value})
             assert error.value.key == key

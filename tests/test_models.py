@@ -291,6 +291,27 @@ def test_build_model_is_the_constructor_with_serving_and_training_options():
     np.testing.assert_allclose(built.predict(images(), verbose=0), reference.predict(images(), verbose=0), atol=0.05)
 
 
+@structural
+def test_width_multiplier_scales_the_stage_convolutions_not_the_stem():
+    full, quarter = tiny(), tiny(width_multiplier=0.25)
+    stage_outputs = [quarter.get_layer(f"{stage}_block1_out").output.shape[-1] for stage in ("c2", "c3", "c4", "c5")]
+    assert stage_outputs == [64, 128, 256, 512]  # 4 x (16, 32, 64, 128)
+    convolutions = [layer.name for layer in full.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convolutions) == 18  # the stem's 4; 4 per conv block, 3 per lambda block (a projection each)
+    for name in convolutions:
+        full_kernel = full.get_layer(name).kernel.shape
+        quarter_kernel = quarter.get_layer(name).kernel.shape
+        if name.startswith("stem"):
+            assert quarter_kernel == full_kernel, name
+            continue
+        reads_stem = name in ("c2_block1_1_conv", "c2_block1_0_conv")  # the stem's 64 channels
+        expected = (*full_kernel[:2], full_kernel[2] if reads_stem else full_kernel[2] // 4, full_kernel[3] // 4)
+        assert quarter_kernel == expected, name
+    lambda_layers = [layer for layer in quarter.layers if isinstance(layer, LambdaLayer)]
+    assert [layer.output_filters for layer in lambda_layers] == [32, 128]  # c3 and c5: 128 / 4, 512 / 4
+    np.testing.assert_allclose(quarter.predict(images(), verbose=0).sum(axis=1), 1.0, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "model_config, message",
     [
@@ -303,6 +324,8 @@ def test_build_model_is_the_constructor_with_serving_and_training_options():
         ({"architecture": "HybridResNet50", "placement": "LLXL"}, "`placement` must be four characters"),
         ({**TINY_CONFIG, "lambda_blocks": [[], [], [2], []]}, r"stage c4 must be block indices in \[1, 1\]"),
         ({"architecture": "ResNetRS50", "se_ratio": 2.0}, "`se_ratio` must be"),
+        ({**TINY_CONFIG, "width_multiplier": 0.3}, "`width_multiplier` must be a number in"),
+        ({"architecture": "LambdaResNet26T", "width_multiplier": 0.5}, "`width_multiplier` applies only to Lambda"),
     ],
 )
 @structural

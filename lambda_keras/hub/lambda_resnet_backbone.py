@@ -4,8 +4,9 @@ The backbone is the model ``lambda_keras.models.build_model`` builds from a mode
 (a named variant, ``HybridResNet50`` with a placement, or the generic factory with its
 block layout), without the classifier: ``[batch, height, width, 3]`` images normalised as
 in :func:`lambda_keras.imagenet_utils.preprocess_input` go in, the c5 features ``[batch,
-height / 32, width / 32, 2048]`` come out, and ``pyramid_outputs`` holds the stage outputs
-P2-P5 (level ``P<s>`` at stride ``2**s``, see ``lambda_keras.models.features``).
+height / 32, width / 32, 2048]`` (times a generic config's ``width_multiplier``) come
+out, and ``pyramid_outputs`` holds the stage outputs P2-P5 (level ``P<s>`` at stride
+``2**s``, see ``lambda_keras.models.features``).
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
     Input ``[batch, height, width, 3]``, RGB normalised by the ImageNet mean and standard
     deviation (``LambdaResNetImageConverter`` does it); output the c5 features ``[batch,
     height / 32, width / 32, 2048]``. ``pyramid_outputs`` maps "P2".."P5" to the c2..c5
-    outputs ``[batch, height / 2**s, width / 2**s, 64 * 2**s]``.
+    outputs ``[batch, height / 2**s, width / 2**s, 64 * 2**s]``; a generic config's
+    ``width_multiplier`` scales both channel counts.
 
     Args:
       architecture: a constructor of ``lambda_keras.models`` by name
         (``lambda_keras.models.variants.ARCHITECTURES``): "LambdaResNet50", ...,
         "ResNetRS50", ..., "HybridResNet50" or the generic factory "LambdaResNet".
-      blocks_per_stage, lambda_blocks, base: the generic factory's block layout and base.
+      blocks_per_stage, lambda_blocks, base, width_multiplier: the generic factory's
+        block layout, base and stage widths.
       placement: HybridResNet50's "C"/"L" per stage.
       activation, se_ratio, stochastic_depth_rate, norm_momentum, norm_epsilon: the
         constructors' options of the same names.
@@ -68,6 +71,7 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
         blocks_per_stage: Sequence[int] | None = None,
         lambda_blocks: Sequence[Sequence[int]] | None = None,
         base: str | None = None,
+        width_multiplier: float | None = None,
         placement: str | None = None,
         activation: str | None = None,
         se_ratio: float | Sequence[float] | None = None,
@@ -82,7 +86,8 @@ class LambdaResNetBackbone(keras_hub.models.FeaturePyramidBackbone):
         # None: the constructor's default, as in any model config.
         model_config = ModelConfig.from_dict({
             "architecture": architecture, "blocks_per_stage": blocks_per_stage, "lambda_blocks": lambda_blocks,
-            "base": base, "placement": placement, "se_ratio": se_ratio, "stochastic_depth_rate": stochastic_depth_rate,
+            "base": base, "width_multiplier": width_multiplier, "placement": placement, "se_ratio": se_ratio,
+            "stochastic_depth_rate": stochastic_depth_rate,
             "norm_momentum": norm_momentum, "norm_epsilon": norm_epsilon, "lambda_layer": lambda_layer,
             "activation": activation,
         })

@@ -43,7 +43,7 @@ def describe_backbone(model_config: ModelConfig) -> str:
     values = model_config.to_dict()
     parts = [f"{values['architecture']} without its classifier"]
     for key, label in (("blocks_per_stage", "blocks per stage"), ("lambda_blocks", "lambda blocks"),
-                       ("placement", "placement")):
+                       ("width_multiplier", "width multiplier"), ("placement", "placement")):
         if values.get(key) is not None:
             parts.append(f"{label} {values[key]}")
     defaults = dataclasses.asdict(LambdaLayerConfig())

@@ -20,8 +20,8 @@ from lambda_keras.models.model_config import GENERIC, ModelConfig, ModelConfigEr
 __all__ = ["ModelConfigError", "build_model", "constructor_arguments", "validate_model_config"]
 
 # Keyword options a config passes to its constructor when set (None: the constructor's default).
-_OPTIONS = ("alpha", "placement", "base", "activation", "se_ratio", "dropout_rate", "stochastic_depth_rate",
-            "norm_momentum", "norm_epsilon")
+_OPTIONS = ("alpha", "placement", "base", "width_multiplier", "activation", "se_ratio", "dropout_rate",
+            "stochastic_depth_rate", "norm_momentum", "norm_epsilon")
 
 
 def validate_model_config(model_config: ModelConfig | Mapping[str, Any]) -> ModelConfig:

@@ -12,6 +12,8 @@ detectors (KerasHub's ``pyramid_outputs``, FPNs) number them:
 | P4    | c4    | 16     | 1024     |
 | P5    | c5    | 32     | 2048     |
 
+(The generic factory's ``width_multiplier`` scales the channels.)
+
 Build the model with ``include_top=False, input_shape=(None, None, 3)`` to take any
 input size: the local-scope lambda layers (``scope_size`` an odd number, the default)
 have no fixed spatial size.

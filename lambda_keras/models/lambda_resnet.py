@@ -33,9 +33,9 @@ from lambda_keras.models.input_shape import check_application_arguments
 from lambda_keras.models.model_config import (
     GENERIC,
     STAGE_NAMES,
-    STAGE_WIDTHS,
     LambdaLayerConfig,
     ModelConfig,
+    stage_widths,
 )
 
 # The constructors' keyword shorthands for fields of their `lambda_layer` (docs/models.md,
@@ -86,6 +86,7 @@ def LambdaResNet(
     name: str = "lambda_resnet",
     *,
     base: str = "resnet_rs",
+    width_multiplier: float = 1.0,
     se_ratio: float | Sequence[float] = 0.0,
     dropout_rate: float = 0.0,
     stochastic_depth_rate: float = 0.0,
@@ -103,7 +104,8 @@ def LambdaResNet(
     ``keras.config.image_data_format()`` is ``"channels_first"``; RGB scaled by
     :func:`lambda_keras.imagenet_utils.preprocess_input`). Output ``[batch,
     classes]`` with ``include_top``; otherwise the c5 features ``[batch, height/32,
-    width/32, 2048]``, or ``[batch, 2048]`` with ``pooling="avg"`` or ``"max"``.
+    width/32, 2048]`` (2048 x ``width_multiplier``), or ``[batch, 2048]`` with
+    ``pooling="avg"`` or ``"max"``.
 
     Every bottleneck is ResNet-v1 (1x1, 3x3, 1x1 convs; last BN gamma initialised
     to 0, Appendix A). In the blocks named by ``lambda_blocks`` the 3x3 conv is a
@@ -137,6 +139,9 @@ def LambdaResNet(
         projection shortcuts (the 90-epoch ResNet-50 of Section 5.1);
         ``"tiered"``: timm's ResNet-T, the tiered stem (3x3 convs with 24, 32, 64
         channels, then a 3x3 stride-2 max pool) and strided 1x1 projection shortcuts.
+      width_multiplier: scales the bottleneck widths of c2-c5 (64, 128, 256, 512)
+        and so the stage outputs (4x the widths); each must come out whole. The stem
+        keeps its widths.
       se_ratio: squeeze-and-excitation ratio of the conv blocks, one number or one
         per stage; 0 disables SE. Lambda blocks never have SE.
       dropout_rate: dropout before the classifier (Table 20 uses 0.2-0.3).
@@ -179,6 +184,7 @@ def LambdaResNet(
         blocks_per_stage=blocks_per_stage,
         lambda_blocks=lambda_blocks,
         base=base,
+        width_multiplier=width_multiplier,
         activation=activation,
         se_ratio=se_ratio,
         dropout_rate=dropout_rate,
@@ -237,7 +243,7 @@ def build_network(
     Returns:
       A functional ``keras.Model``: ``[batch, height, width, 3] -> [batch, classes]``
       with ``include_top``, else the c5 features ``[batch, height/32, width/32, 2048]``
-      (``[batch, 2048]`` with ``pooling``).
+      (``[batch, 2048]`` with ``pooling``; 2048 x ``width_multiplier``).
     """
     unset = [key for key in _COMPLETE_FIELDS if getattr(config, key) is None]
     if config.architecture != GENERIC or unset:
@@ -267,7 +273,8 @@ def build_network(
         x = blocks.vanilla_stem(image, norm_options)
 
     for stage_index, (stage, width, num_blocks, stage_lambda_blocks, stage_se) in enumerate(
-        zip(STAGE_NAMES, STAGE_WIDTHS, config.blocks_per_stage, config.lambda_blocks, se_ratios)
+        zip(STAGE_NAMES, stage_widths(config.width_multiplier or 1.0), config.blocks_per_stage,
+            config.lambda_blocks, se_ratios)
     ):
         stage_number = stage_index + 2
         for block in range(1, num_blocks + 1):

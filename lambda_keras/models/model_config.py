@@ -285,6 +285,21 @@ def _se_ratio(value: Any) -> float | tuple[float, ...]:
     return tuple(float(ratio) for ratio in ratios)
 
 
+def stage_widths(width_multiplier: float = 1.0) -> tuple[int, ...]:
+    """The bottleneck widths of c2-c5, ``STAGE_WIDTHS`` times ``width_multiplier``
+    (which ``check_width_multiplier`` has accepted)."""
+    return tuple(int(width * width_multiplier) for width in STAGE_WIDTHS)
+
+
+def check_width_multiplier(value: Any) -> float:
+    """A number in (0, 16] that makes every stage width a whole number, as a float."""
+    requirement = f"a number in (0, 16] that makes each of the stage widths {list(STAGE_WIDTHS)} a whole number"
+    multiplier = check_number("width_multiplier", value, lambda number: 0 < number <= 16, requirement)
+    if not all(float(width * multiplier).is_integer() for width in STAGE_WIDTHS):
+        _fail("width_multiplier", value, requirement)
+    return multiplier
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A network of the family: which constructor, with which options.
@@ -307,6 +322,9 @@ class ModelConfig:
       None: "LLLL".
     base: "resnet_rs", "vanilla" or "tiered" stem and shortcuts (generic factory
       only; None: "resnet_rs").
+    width_multiplier: scales the stage widths (64, 128, 256, 512 in c2-c5; a stage
+      outputs 4x its width), each to a whole number, in (0, 16] (generic factory
+      only; None: 1). The stem keeps its widths.
     activation: "relu" or "silu", after every batch norm but a residual branch's
       last; None: the architecture's (SiLU for LambdaResNet50TS, ReLU otherwise).
     se_ratio: squeeze-and-excitation ratio of the conv blocks, one number or one per
@@ -333,6 +351,7 @@ class ModelConfig:
     lambda_blocks: tuple[tuple[int, ...], ...] | None = None
     placement: str | None = None
     base: str | None = None
+    width_multiplier: float | None = None
     activation: str | None = None
     se_ratio: float | tuple[float, ...] | None = None
     dropout_rate: float = 0.0
@@ -359,8 +378,8 @@ class ModelConfig:
         if not (isinstance(architecture, str)
                 and (architecture in FACTORIES or architecture in _variants().VARIANT_CONFIGS)):
             _fail("architecture", architecture, f"one of {_variants().ARCHITECTURES}")
-        only_for = {"blocks_per_stage": GENERIC, "lambda_blocks": GENERIC, "base": GENERIC, "placement": HYBRID,
-                    "alpha": MOBILENET_V2}
+        only_for = {"blocks_per_stage": GENERIC, "lambda_blocks": GENERIC, "base": GENERIC,
+                    "width_multiplier": GENERIC, "placement": HYBRID, "alpha": MOBILENET_V2}
         for key, owner in only_for.items():
             if getattr(self, key) is not None and architecture != owner:
                 raise ModelConfigError(
@@ -382,6 +401,8 @@ class ModelConfig:
             blocks, lambda_blocks = check_stages(self.blocks_per_stage, self.lambda_blocks)
             self._set("blocks_per_stage", blocks)
             self._set("lambda_blocks", lambda_blocks)
+        if self.width_multiplier is not None:
+            self._set("width_multiplier", check_width_multiplier(self.width_multiplier))
         if self.placement is not None:
             check_placement(self.placement)
         if self.base is not None:
@@ -412,7 +433,8 @@ class ModelConfig:
         # (Section 3.2: |v| = d / |h|), in every stage that has lambda layers.
         if self.architecture == MOBILENET_V2:
             return  # its widths follow from alpha; its lambda layers check them when built
-        widths = [width for width, indices in zip(STAGE_WIDTHS, self.layout()[1]) if indices]
+        all_widths = stage_widths(self.width_multiplier or 1.0)
+        widths = [width for width, indices in zip(all_widths, self.layout()[1]) if indices]
         num_heads = self.lambda_layer.num_heads
         if any(width % num_heads for width in widths):
             raise ModelConfigError(
