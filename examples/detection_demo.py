@@ -24,11 +24,13 @@ from lambda_keras.hub.coco_evaluation import coco_mean_average_precision
 from lambda_keras.hub.lambda_resnet_retinanet import lambda_resnet_retinanet, train_retinanet
 from lambda_keras.hub.shapes_data import make_shapes
 
-# One bottleneck block per stage; the backbones differ only in the c4 and c5 blocks.
+# One bottleneck block per stage at a quarter of the stage widths (P3-P5 of 128, 256 and
+# 512 channels); the backbones differ only in the c4 and c5 blocks.
 BACKBONE_CONFIGS = {
-    "lambda": {"architecture": "LambdaResNet", "blocks_per_stage": [1, 1, 1, 1],
+    "lambda": {"architecture": "LambdaResNet", "blocks_per_stage": [1, 1, 1, 1], "width_multiplier": 0.25,
                "lambda_blocks": [[], [], [1], [1]], "lambda_layer": {"scope_size": 7}},
-    "conv": {"architecture": "LambdaResNet", "blocks_per_stage": [1, 1, 1, 1], "lambda_blocks": [[], [], [], []]},
+    "conv": {"architecture": "LambdaResNet", "blocks_per_stage": [1, 1, 1, 1], "width_multiplier": 0.25,
+             "lambda_blocks": [[], [], [], []]},
 }
 # KerasHub's non-maximum suppression needs a static batch size: TEST_IMAGES is a multiple of 32.
 TRAIN_IMAGES, TEST_IMAGES = 1024, 256
