@@ -35,7 +35,6 @@ from lambda_keras.models.model_config import (
     STAGE_NAMES,
     LambdaLayerConfig,
     ModelConfig,
-    stage_widths,
 )
 
 # The constructors' keyword shorthands for fields of their `lambda_layer` (docs/models.md,
@@ -273,8 +272,7 @@ def build_network(
         x = blocks.vanilla_stem(image, norm_options)
 
     for stage_index, (stage, width, num_blocks, stage_lambda_blocks, stage_se) in enumerate(
-        zip(STAGE_NAMES, stage_widths(config.width_multiplier or 1.0), config.blocks_per_stage,
-            config.lambda_blocks, se_ratios)
+        zip(STAGE_NAMES, config.stage_widths(), config.blocks_per_stage, config.lambda_blocks, se_ratios)
     ):
         stage_number = stage_index + 2
         for block in range(1, num_blocks + 1):

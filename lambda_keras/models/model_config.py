@@ -285,12 +285,6 @@ def _se_ratio(value: Any) -> float | tuple[float, ...]:
     return tuple(float(ratio) for ratio in ratios)
 
 
-def stage_widths(width_multiplier: float = 1.0) -> tuple[int, ...]:
-    """The bottleneck widths of c2-c5, ``STAGE_WIDTHS`` times ``width_multiplier``
-    (which ``check_width_multiplier`` has accepted)."""
-    return tuple(int(width * width_multiplier) for width in STAGE_WIDTHS)
-
-
 def check_width_multiplier(value: Any) -> float:
     """A number in (0, 16] that makes every stage width a whole number, as a float."""
     requirement = f"a number in (0, 16] that makes each of the stage widths {list(STAGE_WIDTHS)} a whole number"
@@ -433,8 +427,7 @@ class ModelConfig:
         # (Section 3.2: |v| = d / |h|), in every stage that has lambda layers.
         if self.architecture == MOBILENET_V2:
             return  # its widths follow from alpha; its lambda layers check them when built
-        all_widths = stage_widths(self.width_multiplier or 1.0)
-        widths = [width for width, indices in zip(all_widths, self.layout()[1]) if indices]
+        widths = [width for width, indices in zip(self.stage_widths(), self.layout()[1]) if indices]
         num_heads = self.lambda_layer.num_heads
         if any(width % num_heads for width in widths):
             raise ModelConfigError(
@@ -442,6 +435,12 @@ class ModelConfig:
                 f"Received: num_heads={num_heads}",
                 "lambda_layer.num_heads",
             )
+
+    def stage_widths(self) -> tuple[int, ...]:
+        """The bottleneck widths of c2-c5 of a ResNet: ``STAGE_WIDTHS`` times the
+        ``width_multiplier`` (None: 1)."""
+        multiplier = 1.0 if self.width_multiplier is None else self.width_multiplier
+        return tuple(int(width * multiplier) for width in STAGE_WIDTHS)
 
     def layout(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
         """``(blocks_per_stage, lambda_blocks)`` of the network this config names, for a
