@@ -27,6 +27,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     })
 
+# Every JAX process of the suite (platform runs, trainings, workers) compiles at XLA's
+# lowest optimisation level and with the CPU's older loop emitters: the tests check
+# numbers, gradients and training, not XLA's optimisations, and on these small programs
+# compiling dominates. On a 2-core AVX2 machine the JAX trainings took 23% less CPU time
+# and the eager layer tests 27% less (docs/design.md, "The test suite's time").
+# tests/test_compiled_graphs.py, which reads XLA's compiled graphs, removes both.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+JAX_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+if JAX_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {JAX_XLA_FLAGS}".strip()
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

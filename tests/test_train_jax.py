@@ -52,7 +52,8 @@ np.save(predictions, model.predict(np.load(pixels), verbose=0))
 
 def _jax_env(devices: int = 1) -> dict:
     return dict(os.environ, KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
-                PYTHONPATH=REPO, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                PYTHONPATH=REPO,
+                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
 
 
 def _data_parallel_worker(*args: str) -> str:
