@@ -15,6 +15,10 @@ Writes ``benchmarks/results/auto_crossovers.csv``. With ``--scope-sizes`` and
 32x32x128) at each scope size and batch, and writes ``auto_crossovers_scope.csv``:
 
     python benchmarks/auto_crossovers.py --scope-sizes 7 9 15 23 --batches 1 8
+
+Under Keras's JAX and PyTorch backends (``KERAS_BACKEND=jax``) the layer runs as
+``jax.jit`` and eager PyTorch calls (``layer_calls.compiled_call``). Both files keep the
+rows of the other settings (CPU, oneDNN, backend) that they already hold.
 """
 
 from __future__ import annotations
@@ -45,20 +49,28 @@ def main() -> None:
     if args.scope_sizes or args.batches:
         rows = [row for scope_size in args.scope_sizes or [23] for batch in args.batches or [BATCH]
                 for row in measure(SMALL_STAGES, scope_size, batch)]
-        write_csv(RESULTS.with_name("auto_crossovers_scope.csv"), rows)
+        write_keeping_other_settings(RESULTS.with_name("auto_crossovers_scope.csv"), rows)
         return
-    rows = measure(STAGES, 23, BATCH)
-    onednn = str(rows[0]["onednn"])
+    write_keeping_other_settings(RESULTS, measure(STAGES, 23, BATCH))
+
+
+def write_keeping_other_settings(path: Path, rows: list[dict]) -> None:
+    """Writes ``rows`` to ``path`` in place of the rows of their setting (CPU, AVX-512,
+    oneDNN, backend); the rows of other settings stay."""
+    setting_keys = ("cpu", "avx512", "onednn", "backend")
+    setting = tuple(str(rows[0][key]) for key in setting_keys)
     kept = []
-    if RESULTS.exists():
-        with RESULTS.open() as handle:
-            kept = [row for row in csv.DictReader(handle) if row["onednn"] != onednn]
-    RESULTS.parent.mkdir(exist_ok=True)
-    write_csv(RESULTS, kept + rows)
+    if path.exists():
+        with path.open() as handle:
+            kept = [row for row in csv.DictReader(handle)
+                    if tuple(row.get(key, "") for key in setting_keys) != setting]
+    path.parent.mkdir(exist_ok=True)
+    write_csv(path, kept + rows)
 
 
 def measure(stages: list[tuple[int, int]], scope_size: int, batch: int) -> list[dict]:
-    import tensorflow as tf
+    import keras
+    import numpy as np
 
     from lambda_keras import LambdaLayer
     from lambda_keras.layers import kernel_support, lambda_layer
@@ -67,7 +79,8 @@ def measure(stages: list[tuple[int, int]], scope_size: int, batch: int) -> list[
     forms = ["dilated", "folded"] if kernel_support.has_dilated_transposed_convolution() else ["folded"]
     rows = []
     for size, channels in stages:
-        inputs = tf.random.normal((batch, size, size, channels), seed=0)
+        inputs = keras.ops.convert_to_tensor(
+            np.random.default_rng(0).normal(size=(batch, size, size, channels)).astype("float32"))
         for direction in ("forward", "forward+backward"):
             training = direction != "forward"
             candidates = [("einsum", None), ("banded", None)] + [("conv", form) for form in forms]
@@ -80,7 +93,8 @@ def measure(stages: list[tuple[int, int]], scope_size: int, batch: int) -> list[
                 layer.build(inputs.shape)
 
                 call = compiled_call(layer, training)
-                seconds = median_seconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), call(inputs)), REPEATS)
+                seconds = median_seconds(
+                    lambda: keras.tree.map_structure(keras.ops.convert_to_numpy, call(inputs)), REPEATS)
                 row = {**facts, "size": f"{size}x{size}x{channels}", "scope_size": scope_size, "batch": batch,
                        "direction": direction,
                        "implementation": implementation if form is None else f"conv ({form})",
