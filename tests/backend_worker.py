@@ -6,6 +6,7 @@ the TensorFlow backend's.
 
     python tests/backend_worker.py gradients CASE.npz OUT.npz [CASE.npz OUT.npz ...]
     python tests/backend_worker.py exchange THEIRS.keras IMAGES.npz OURS.keras OUT.npz
+    python tests/backend_worker.py gradients ... exchange ...   (both, in one process)
 
 ``exchange`` predicts with a ``.keras`` file saved under another backend, then builds the
 small model under this one and saves it, with its predictions, for the other to load.
@@ -61,15 +62,22 @@ def exchange(theirs_path: str, images_path: str, ours_path: str, output_path: st
              ours=keras.ops.convert_to_numpy(ours(images, training=False)))
 
 
-def main(command: str, *paths: str) -> None:
-    if command == "gradients":
-        for case_path, output_path in zip(paths[::2], paths[1::2], strict=True):
-            gradients(case_path, output_path)
-    elif command == "exchange":
-        exchange(*paths)
-    else:
-        raise SystemExit(f"unknown command {command!r}: gradients or exchange")
-    print(f"{keras.backend.backend()} {command} ok")
+COMMANDS = ("gradients", "exchange")
+
+
+def main(*arguments: str) -> None:
+    """Runs each command with the paths that follow it, in order."""
+    if not arguments or arguments[0] not in COMMANDS:
+        raise SystemExit(f"unknown command {arguments[:1]}: gradients or exchange")
+    starts = [index for index, argument in enumerate(arguments) if argument in COMMANDS] + [len(arguments)]
+    for start, end in zip(starts, starts[1:]):
+        command, paths = arguments[start], arguments[start + 1:end]
+        if command == "gradients":
+            for case_path, output_path in zip(paths[::2], paths[1::2], strict=True):
+                gradients(case_path, output_path)
+        else:
+            exchange(*paths)
+        print(f"{keras.backend.backend()} {command} ok")
 
 
 if __name__ == "__main__":

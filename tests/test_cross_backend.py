@@ -1,8 +1,8 @@
 """The same layer and model under Keras's JAX and PyTorch backends as under TensorFlow.
 
-Each other backend runs in a process of its own (tests/backend_worker.py), one for all
-the layer cases: outputs and gradients of a lambda layer with the same weights, and
-``.keras`` files saved under one backend predicting the same under another.
+Each other backend runs in one process of its own (tests/backend_worker.py) for all the
+cases: outputs and gradients of a lambda layer with the same weights, and ``.keras``
+files saved under one backend predicting the same under another.
 """
 
 import json
@@ -81,18 +81,27 @@ def fresh_layer(layer: LambdaLayer, input_shape: tuple) -> LambdaLayer:
 
 
 @pytest.fixture(scope="module")
-def worker_gradients(layer_cases, tmp_path_factory):
-    """backend -> case id -> that backend's outputs and gradients; one worker process per backend."""
+def worker_results(layer_cases, tmp_path_factory):
+    """backend -> that backend's answers, from one worker process per backend: each layer
+    case's outputs and gradients (``"gradients"``: case id -> arrays) and the ``.keras``
+    exchange (``"exchange"``: the folder of its files, its images and the TensorFlow model)."""
     results: dict[str, dict] = {}
 
     def of(backend: str) -> dict:
         if backend not in results:
-            folder = tmp_path_factory.mktemp(f"gradients_{backend}")
+            folder = tmp_path_factory.mktemp(f"worker_{backend}")
             outputs = {case_id: folder / f"{case_id}.npz" for case_id in layer_cases}
+            images = np.random.default_rng(1).uniform(-1, 1, (2, 40, 40, 3)).astype("float32")
+            np.savez(folder / "images.npz", images=images)
+            ours = small_model()
+            ours.save(folder / "tensorflow.keras")
             run_worker(backend, "gradients",
                        *(path for case_id, (_, _, case_file) in layer_cases.items()
-                         for path in (case_file, outputs[case_id])))
-            results[backend] = {case_id: np.load(path) for case_id, path in outputs.items()}
+                         for path in (case_file, outputs[case_id])),
+                       "exchange", folder / "tensorflow.keras", folder / "images.npz",
+                       folder / f"{backend}.keras", folder / "out.npz")
+            results[backend] = {"gradients": {case_id: np.load(path) for case_id, path in outputs.items()},
+                                "exchange": (folder, images, ours)}
         return results[backend]
 
     return of
@@ -100,10 +109,10 @@ def worker_gradients(layer_cases, tmp_path_factory):
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 @pytest.mark.parametrize("case_id", [case.id for case in LAYER_CASES])
-def test_layer_outputs_and_gradients_match_tensorflow(backend, case_id, layer_cases, worker_gradients):
+def test_layer_outputs_and_gradients_match_tensorflow(backend, case_id, layer_cases, worker_results):
     layer, inputs, _ = layer_cases[case_id]
     layer = fresh_layer(layer, inputs.shape)
-    theirs = worker_gradients(backend)[case_id]
+    theirs = worker_results(backend)["gradients"][case_id]
     np.testing.assert_allclose(theirs["outputs"], keras.ops.convert_to_numpy(layer(inputs)), atol=1e-5, rtol=1e-5)
     names = ["inputs"] + [w.path for w in layer.trainable_weights]
     for index, (name, ours) in enumerate(zip(names, loss_gradients(layer, inputs))):
@@ -111,19 +120,14 @@ def test_layer_outputs_and_gradients_match_tensorflow(backend, case_id, layer_ca
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_keras_files_predict_the_same_under_tensorflow_and_another_backend(backend, tmp_path):
+def test_keras_files_predict_the_same_under_tensorflow_and_another_backend(backend, worker_results):
     """A .keras file saved here (TensorFlow) predicts the same under ``backend``, and one
     that ``backend`` saved predicts here what it predicted there."""
-    images = np.random.default_rng(1).uniform(-1, 1, (2, 40, 40, 3)).astype("float32")
-    np.savez(tmp_path / "images.npz", images=images)
-    ours = small_model()
-    ours.save(tmp_path / "tensorflow.keras")
-    run_worker(backend, "exchange", tmp_path / "tensorflow.keras", tmp_path / "images.npz",
-               tmp_path / f"{backend}.keras", tmp_path / "out.npz")
-    out = np.load(tmp_path / "out.npz")
+    folder, images, ours = worker_results(backend)["exchange"]
+    out = np.load(folder / "out.npz")
     expected = keras.ops.convert_to_numpy(ours(images, training=False))
     assert np.abs(expected).max() > 0.1  # logits of a random model, not all zeros
     np.testing.assert_allclose(out["theirs"], expected, atol=1e-4, rtol=1e-4)
-    theirs = keras.saving.load_model(tmp_path / f"{backend}.keras", safe_mode=True)
+    theirs = keras.saving.load_model(folder / f"{backend}.keras", safe_mode=True)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(theirs(images, training=False)), out["ours"],
                                atol=1e-4, rtol=1e-4)
