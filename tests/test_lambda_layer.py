@@ -434,17 +434,18 @@ def test_mirrored_strategy_matches_single_device():
     np.testing.assert_allclose(outputs, to_numpy(single(inputs)), atol=ATOL)
 
 
-@pytest.mark.parametrize("platform", ["cpu", "cpu_without_dilated_convolution", "gpu", "tpu"])
+@pytest.mark.parametrize("platform", ["cpu", "cpu_without_dilated_convolution", "cpu_jax", "gpu", "tpu"])
 def test_auto_picks_by_size_training_and_platform(platform, monkeypatch):
     from lambda_keras.layers import lambda_layer as module
 
     monkeypatch.setattr(module, "_auto_platform", lambda: platform)
     layer = LambdaLayer()
-    einsum_max = 85 * 85 if platform == "tpu" else 20 * 20  # TPU: the paper's Section 5 switch
+    # TPU: the paper's Section 5 switch; JAX on the CPU: the banded products from 17x17.
+    einsum_max = {"tpu": 85 * 85, "cpu_jax": 16 * 16}.get(platform, 20 * 20)
     assert layer.resolve_implementation(einsum_max) == "einsum"
     assert layer.resolve_implementation(einsum_max, training=True) == "einsum"
-    # Only oneDNN's CPU kernels make the convolution the fastest inference above 20x20.
-    banded_runs = platform in ("cpu_without_dilated_convolution", "gpu")
+    # Only oneDNN's and PyTorch's CPU kernels make the convolution the fastest inference above 20x20.
+    banded_runs = platform in ("cpu_without_dilated_convolution", "cpu_jax", "gpu")
     assert layer.resolve_implementation(einsum_max + 1) == ("banded" if banded_runs else "conv")
     assert layer.resolve_implementation(einsum_max + 1, training=True) == ("conv" if platform == "tpu" else "banded")
     assert layer.resolve_implementation(90 * 90) == "conv"
@@ -455,11 +456,15 @@ def test_auto_picks_by_size_training_and_platform(platform, monkeypatch):
 
 
 def test_auto_platform_of_this_process():
-    """This test process is CPU-only: oneDNN decides between the two CPU tables."""
+    """This test process is CPU-only: JAX has its own CPU table; otherwise oneDNN decides
+    between the other two."""
     from lambda_keras.layers import lambda_layer as module
 
     assert kernel_support.accelerator() == "cpu"
-    expected = "cpu" if kernel_support.has_dilated_transposed_convolution() else "cpu_without_dilated_convolution"
+    if keras.backend.backend() == "jax":
+        expected = "cpu_jax"
+    else:
+        expected = "cpu" if kernel_support.has_dilated_transposed_convolution() else "cpu_without_dilated_convolution"
     assert module._auto_platform() == expected
 
 

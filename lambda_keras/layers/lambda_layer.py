@@ -27,8 +27,9 @@ from lambda_keras.models.model_config import (
 # layer_speed.py and gpu_check.py (docs/benchmarks.md, docs/platforms.md,
 # docs/design.md); the TPU one is the paper's (Section 5: einsum up to n = 85^2 on
 # TPUv3). A CPU without the dilated convolution kernel (TensorFlow with oneDNN off) runs the folded convolution, slow
-# there, so the banded product runs further; GPUs run small-channel convolutions
-# slowly too. The banded product's memory grows with the width, so past the largest
+# there, so the banded product runs further; so does JAX on the CPU, whose XLA
+# convolutions with one input channel and an r x r kernel are slower still; GPUs run
+# small-channel convolutions slowly too. The banded product's memory grows with the width, so past the largest
 # size measured (80x80) and for unknown sizes the convolution runs: no tensor of it
 # grows with n x m or with the width.
 AUTO_CROSSOVERS = {
@@ -39,6 +40,10 @@ AUTO_CROSSOVERS = {
     "cpu_without_dilated_convolution": {
         "inference": ((20 * 20, "einsum"), (80 * 80, "banded"), (None, "conv")),
         "training": ((20 * 20, "einsum"), (80 * 80, "banded"), (None, "conv")),
+    },
+    "cpu_jax": {
+        "inference": ((16 * 16, "einsum"), (80 * 80, "banded"), (None, "conv")),
+        "training": ((16 * 16, "einsum"), (80 * 80, "banded"), (None, "conv")),
     },
     "gpu": {
         "inference": ((20 * 20, "einsum"), (64 * 64, "banded"), (None, "conv")),
@@ -72,6 +77,8 @@ def _convolution_form() -> str:
 def _auto_platform() -> str:
     """The ``AUTO_CROSSOVERS`` table of this process's platform."""
     accelerator = kernel_support.accelerator()
+    if accelerator == "cpu" and keras.backend.backend() == "jax":
+        return "cpu_jax"
     if accelerator == "cpu" and not kernel_support.has_dilated_transposed_convolution():
         return "cpu_without_dilated_convolution"
     return accelerator if accelerator in AUTO_CROSSOVERS else "cpu"
@@ -131,7 +138,7 @@ class LambdaLayer(keras.layers.Layer):
         (Toeplitz) matrix products, rows by columns, which trains fastest on CPU at
         mid sizes (images; sequences use the einsum); ``"auto"`` picks by input size,
         by whether the call trains and by the platform (CPU with or without the
-        dilated convolution kernel, GPU, TPU; ``AUTO_CROSSOVERS``). All give the same numbers
+        dilated convolution kernel, JAX's CPU, GPU, TPU; ``AUTO_CROSSOVERS``). All give the same numbers
         on every backend and CPU; the convolution computes its dilated form where
         the platform has the kernel and a folded one elsewhere (TensorFlow on a CPU
         without oneDNN).
