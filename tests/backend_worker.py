@@ -68,7 +68,7 @@ COMMANDS = ("gradients", "exchange")
 def main(*arguments: str) -> None:
     """Runs each command with the paths that follow it, in order."""
     if not arguments or arguments[0] not in COMMANDS:
-        raise SystemExit(f"unknown command {arguments[:1]}: gradients or exchange")
+        raise SystemExit(f"unknown command {arguments[0] if arguments else None!r}: gradients or exchange")
     starts = [index for index, argument in enumerate(arguments) if argument in COMMANDS] + [len(arguments)]
     for start, end in zip(starts, starts[1:]):
         command, paths = arguments[start], arguments[start + 1:end]

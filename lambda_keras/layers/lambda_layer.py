@@ -26,12 +26,12 @@ from lambda_keras.models.model_config import (
 # wins. CPU and GPU crossovers were measured by benchmarks/auto_crossovers.py,
 # layer_speed.py and gpu_check.py (docs/benchmarks.md, docs/platforms.md,
 # docs/design.md); the TPU one is the paper's (Section 5: einsum up to n = 85^2 on
-# TPUv3). A CPU without the dilated convolution kernel (TensorFlow with oneDNN off) runs the folded convolution, slow
-# there, so the banded product runs further; so does JAX on the CPU, whose XLA
-# convolutions with one input channel and an r x r kernel are slower still; GPUs run
-# small-channel convolutions slowly too. The banded product's memory grows with the width, so past the largest
-# size measured (80x80) and for unknown sizes the convolution runs: no tensor of it
-# grows with n x m or with the width.
+# TPUv3). A CPU without the dilated convolution kernel (TensorFlow with oneDNN off)
+# runs the folded convolution, slow there, so the banded product runs further; so does
+# JAX on the CPU, whose XLA convolutions with one input channel and an r x r kernel are
+# slower still; GPUs run small-channel convolutions slowly too. The banded product's
+# memory grows with the width, so past the largest size measured (80x80) and for
+# unknown sizes the convolution runs: no tensor of it grows with n x m or with the width.
 AUTO_CROSSOVERS = {
     "cpu": {
         "inference": ((20 * 20, "einsum"), (None, "conv")),
