@@ -434,24 +434,31 @@ def test_mirrored_strategy_matches_single_device():
     np.testing.assert_allclose(outputs, to_numpy(single(inputs)), atol=ATOL)
 
 
+@pytest.mark.parametrize("scope_size", [9, 23, None])
 @pytest.mark.parametrize("platform", ["cpu", "cpu_without_dilated_convolution", "cpu_jax", "gpu", "tpu"])
-def test_auto_picks_by_size_training_and_platform(platform, monkeypatch):
+def test_auto_picks_by_size_training_scope_and_platform(platform, scope_size, monkeypatch):
     from lambda_keras.layers import lambda_layer as module
 
     monkeypatch.setattr(module, "_auto_platform", lambda: platform)
-    layer = LambdaLayer()
-    # TPU: the paper's Section 5 switch; JAX on the CPU: the banded products from 17x17.
-    einsum_max = {"tpu": 85 * 85, "cpu_jax": 16 * 16}.get(platform, 20 * 20)
-    assert layer.resolve_implementation(einsum_max) == "einsum"
-    assert layer.resolve_implementation(einsum_max, training=True) == "einsum"
-    # Only oneDNN's and PyTorch's CPU kernels make the convolution the fastest inference above 20x20.
-    banded_runs = platform in ("cpu_without_dilated_convolution", "cpu_jax", "gpu")
-    assert layer.resolve_implementation(einsum_max + 1) == ("banded" if banded_runs else "conv")
-    assert layer.resolve_implementation(einsum_max + 1, training=True) == ("conv" if platform == "tpu" else "banded")
-    assert layer.resolve_implementation(90 * 90) == "conv"
-    assert layer.resolve_implementation(90 * 90, training=True) == "conv"
-    assert layer.resolve_implementation(None, training=True) == "conv"  # size unknown: no n x m tensor
-    assert layer.resolve_implementation(None) == "conv"
+    layer = LambdaLayer(scope_size=scope_size)
+    small_scope = scope_size is not None and scope_size < 15
+    # The einsum's largest input, (inference, training): TPU, the paper's Section 5 switch;
+    # JAX on the CPU, 16x16; the other CPUs hand over sooner for small scopes.
+    einsum_max = {
+        "cpu": (12 * 12, 16 * 16) if small_scope else (20 * 20, 20 * 20),
+        "cpu_without_dilated_convolution": (16 * 16, 16 * 16) if small_scope else (20 * 20, 20 * 20),
+        "cpu_jax": (16 * 16, 16 * 16),
+        "gpu": (20 * 20, 20 * 20),
+        "tpu": (85 * 85, 85 * 85),
+    }[platform]
+    for training, positions in zip((False, True), einsum_max):
+        assert layer.resolve_implementation(positions, training=training) == "einsum"
+        # Only oneDNN's and PyTorch's CPU kernels make the convolution the fastest inference.
+        banded_runs = training or platform in ("cpu_without_dilated_convolution", "cpu_jax", "gpu")
+        expected = "conv" if platform == "tpu" or not banded_runs else "banded"
+        assert layer.resolve_implementation(positions + 1, training=training) == expected
+        assert layer.resolve_implementation(90 * 90, training=training) == "conv"
+        assert layer.resolve_implementation(None, training=training) == "conv"  # size unknown: no n x m tensor
     assert LambdaLayer(implementation="einsum").resolve_implementation(10**6) == "einsum"
 
 

@@ -23,23 +23,26 @@ from lambda_keras.models.model_config import (
 
 # How "auto" picks: for each platform and for inference or training, the
 # implementation for inputs of up to so many positions n = H * W (or L), first match
-# wins. CPU and GPU crossovers were measured by benchmarks/auto_crossovers.py,
-# layer_speed.py and gpu_check.py (docs/benchmarks.md, docs/platforms.md,
-# docs/design.md); the TPU one is the paper's (Section 5: einsum up to n = 85^2 on
-# TPUv3). A CPU without the dilated convolution kernel (TensorFlow with oneDNN off)
-# runs the folded convolution, slow there, so the banded product runs further; so does
-# JAX on the CPU, whose XLA convolutions with one input channel and an r x r kernel are
-# slower still; GPUs run small-channel convolutions slowly too. The banded product's
-# memory grows with the width, so past the largest size measured (80x80) and for
-# unknown sizes the convolution runs: no tensor of it grows with n x m or with the width.
+# wins; a row with a third entry applies only to layers whose scope is at least that
+# many positions wide (global scopes included). CPU and GPU crossovers were measured
+# by benchmarks/auto_crossovers.py, layer_speed.py and gpu_check.py (docs/benchmarks.md,
+# docs/platforms.md, docs/design.md); the TPU one is the paper's (Section 5: einsum up
+# to n = 85^2 on TPUv3). The einsum's work grows with n x m whatever the scope, the
+# others' with n x r^2, so a small scope hands over to them sooner. A CPU without the
+# dilated convolution kernel (TensorFlow with oneDNN off) runs the folded convolution,
+# slow there, so the banded product runs further; so does JAX on the CPU, whose XLA
+# convolutions with one input channel and an r x r kernel are slower still; GPUs run
+# small-channel convolutions slowly too. The banded product's memory grows with the
+# width, so past the largest size measured (80x80) and for unknown sizes the
+# convolution runs: no tensor of it grows with n x m or with the width.
 AUTO_CROSSOVERS = {
     "cpu": {
-        "inference": ((20 * 20, "einsum"), (None, "conv")),
-        "training": ((20 * 20, "einsum"), (80 * 80, "banded"), (None, "conv")),
+        "inference": ((12 * 12, "einsum"), (20 * 20, "einsum", 15), (None, "conv")),
+        "training": ((16 * 16, "einsum"), (20 * 20, "einsum", 15), (80 * 80, "banded"), (None, "conv")),
     },
     "cpu_without_dilated_convolution": {
-        "inference": ((20 * 20, "einsum"), (80 * 80, "banded"), (None, "conv")),
-        "training": ((20 * 20, "einsum"), (80 * 80, "banded"), (None, "conv")),
+        "inference": ((16 * 16, "einsum"), (20 * 20, "einsum", 15), (80 * 80, "banded"), (None, "conv")),
+        "training": ((16 * 16, "einsum"), (20 * 20, "einsum", 15), (80 * 80, "banded"), (None, "conv")),
     },
     "cpu_jax": {
         "inference": ((16 * 16, "einsum"), (80 * 80, "banded"), (None, "conv")),
@@ -346,8 +349,9 @@ class LambdaLayer(keras.layers.Layer):
         crossovers = AUTO_CROSSOVERS[_auto_platform()]["training" if training else "inference"]
         return next(
             implementation
-            for max_positions, implementation in crossovers
-            if max_positions is None or (positions is not None and positions <= max_positions)
+            for max_positions, implementation, *min_scope_size in crossovers
+            if (max_positions is None or (positions is not None and positions <= max_positions))
+            and (not min_scope_size or self.scope_size is None or self.scope_size >= min_scope_size[0])
         )
 
     def _position_table(self):
