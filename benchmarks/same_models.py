@@ -31,6 +31,11 @@ case fits; the cases run in priority order (LambdaResNet50TS in bfloat16 first) 
         --timm-python .venv-peers/bin/python               # the CPU table
     python benchmarks/same_models.py --device gpu --budget-s 420  # the GPU table, one call
 
+``--lambda-layers pass-through`` (or ``both``) also times every model with each lambda
+layer replaced by a pass-through of its output's shape (the input's first channels, then
+the layer's own average pool where it strides; timm's and ours alike), so that the
+difference is what the lambda layers cost in place.
+
 Writes ``same_models_{device}.csv`` (every process) to ``--out`` and prints the table.
 """
 
@@ -58,12 +63,32 @@ CLASSES = 1000
 OUT_OF_MEMORY = 3  # a worker's exit status when its batch does not fit
 
 
-def cases(models: list[str], precisions: list[str], sides: list[str]) -> list[dict]:
+def cases(models: list[str], precisions: list[str], sides: list[str], lambda_layers: list[str]) -> list[dict]:
     """Every case in priority order: the larger model first, bfloat16 first, ours first."""
-    return [{"side": side, "model": model, "precision": precision}
+    return [{"side": side, "model": model, "precision": precision, "lambda_layers": variant}
             for model in sorted(models, key=lambda name: name != "LambdaResNet50TS")
             for precision in precisions
+            for variant in lambda_layers
             for side in sides]
+
+
+def keras_pass_through() -> None:
+    """Every LambdaLayer returns its input's first channels, pooled where it strides."""
+    from lambda_keras.layers.lambda_layer import LambdaLayer
+    from lambda_keras.layers.pooling import average_pool_same
+
+    def call(self, inputs, training=None, mask=None):
+        outputs = inputs[..., : self.filters or inputs.shape[-1]]
+        return average_pool_same(outputs, pool_size=self.pool_size, strides=2) if self.strides == 2 else outputs
+
+    LambdaLayer.call = call
+
+
+def timm_pass_through() -> None:
+    """Every timm LambdaLayer returns its input through its own pool."""
+    from timm.layers.lambda_layer import LambdaLayer
+
+    LambdaLayer.forward = lambda self, x: self.pool(x)
 
 
 def median(values: list[float]) -> float:
@@ -77,6 +102,8 @@ def keras_worker(case: dict, args) -> dict:
     from lambda_keras.models import CONSTRUCTORS
     from platform_facts import facts
 
+    if case.get("lambda_layers") == "pass-through":
+        keras_pass_through()
     if case["precision"] == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")
     size, batch = args.image_size, args.batch
@@ -129,6 +156,8 @@ def timm_worker(case: dict, args) -> dict:
     import timm
     import torch
 
+    if case.get("lambda_layers") == "pass-through":
+        timm_pass_through()
     device = "cuda" if args.device == "gpu" else "cpu"
     torch.manual_seed(0)
     size, batch = args.image_size, args.batch
@@ -228,8 +257,9 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|" + "---|" * len(metrics)]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["precision"], row["side"]), []).append(row)
-    for (model, precision, side), group in groups.items():
+        key = (row["model"], row["precision"], row.get("lambda_layers", "run"), row["side"])
+        groups.setdefault(key, []).append(row)
+    for (model, precision, variant, side), group in groups.items():
         ok = [row for row in group if row["status"] == "ok"]
         cells = []
         for metric in metrics:
@@ -237,14 +267,15 @@ def table(rows: list[dict]) -> str:
             if not values:
                 cells.append("-")
                 continue
-            peers = [row[metric] for key, rows_ in groups.items() if key[:2] == (model, precision)
-                     and key[2].startswith("timm") for row in rows_ if row["status"] == "ok" and metric in row]
+            peers = [row[metric] for key, rows_ in groups.items() if key[:3] == (model, precision, variant)
+                     and key[3].startswith("timm") for row in rows_ if row["status"] == "ok" and metric in row]
             cell = f"{min(values)}-{max(values)}" if len(values) > 1 else f"{values[0]}"
             if side.startswith("keras") and peers:
                 cell += f" (**{median(values) / max(peers):.2f}x**)"
             cells.append(cell)
         batch = ",".join(sorted({str(row.get("batch")) for row in group}))
-        lines.append(f"| {model} | {precision} | {side} (batch {batch}) | {len(ok)}/{len(group)} | "
+        name = side if variant == "run" else f"{side}, lambda layers {variant}"
+        lines.append(f"| {model} | {precision} | {name} (batch {batch}) | {len(ok)}/{len(group)} | "
                      f"{' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -256,6 +287,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="*", choices=PRECISIONS)
     parser.add_argument("--sides", nargs="*", choices=list(dict.fromkeys(SIDES["cpu"] + SIDES["gpu"])),
                         help="default: every side of --device")
+    parser.add_argument("--lambda-layers", choices=("run", "pass-through", "both"), default="run",
+                        help="time the models as they are, with pass-through lambda layers, or both")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch", type=int, help="256 on a GPU (halved until it fits), 8 on the CPU")
     parser.add_argument("--processes", type=int, default=1, help="fresh processes per case")
@@ -276,7 +309,8 @@ def main() -> None:
         run_worker(args)
         return
     precisions = args.precisions or (list(PRECISIONS) if args.device == "gpu" else ["float32"])
-    all_cases = cases(args.models, precisions, args.sides or list(SIDES[args.device]))
+    variants = ["run", "pass-through"] if args.lambda_layers == "both" else [args.lambda_layers]
+    all_cases = cases(args.models, precisions, args.sides or list(SIDES[args.device]), variants)
     rows, start = [], time.perf_counter()
     batches = {}  # a case that had to halve its batch starts there in its next process
     for round_index in range(args.processes):
