@@ -156,6 +156,8 @@ def timm_worker(case: dict, args) -> dict:
     import timm
     import torch
 
+    from platform_facts import facts
+
     if case.get("lambda_layers") == "pass-through":
         timm_pass_through()
     device = "cuda" if args.device == "gpu" else "cpu"
@@ -190,7 +192,7 @@ def timm_worker(case: dict, args) -> dict:
 
     result = {"batch": batch, "framework": f"timm {timm.__version__}, torch {torch.__version__}",
               "threads": torch.get_num_threads(),
-              "gpu": torch.cuda.get_device_name(0) if device == "cuda" else ""}
+              **facts(backend="torch", gpu=torch.cuda.get_device_name(0) if device == "cuda" else "")}
     model.eval()
     for inference_batch in inference_batches(args):
         subset = images[:inference_batch]
@@ -238,7 +240,8 @@ def run_case(case: dict, batch: int, args) -> dict:
                    "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
         start = time.perf_counter()
         result = subprocess.run(command, env=environment, capture_output=True, text=True)
-        row = {**case, "image_size": args.image_size, "process_s": round(time.perf_counter() - start, 1)}
+        row = {**case, "date": time.strftime("%Y-%m-%d"), "image_size": args.image_size,
+               "process_s": round(time.perf_counter() - start, 1)}
         if result.returncode == OUT_OF_MEMORY and batch > 1:
             batch //= 2
             continue
