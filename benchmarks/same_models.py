@@ -102,7 +102,7 @@ def keras_worker(case: dict, args) -> dict:
     from lambda_keras.models import CONSTRUCTORS
     from platform_facts import facts
 
-    if case.get("lambda_layers") == "pass-through":
+    if case["lambda_layers"] == "pass-through":
         keras_pass_through()
     if case["precision"] == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")
@@ -158,7 +158,7 @@ def timm_worker(case: dict, args) -> dict:
 
     from platform_facts import facts
 
-    if case.get("lambda_layers") == "pass-through":
+    if case["lambda_layers"] == "pass-through":
         timm_pass_through()
     device = "cuda" if args.device == "gpu" else "cpu"
     torch.manual_seed(0)
@@ -260,7 +260,7 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|" + "---|" * len(metrics)]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = (row["model"], row["precision"], row.get("lambda_layers", "run"), row["side"])
+        key = (row["model"], row["precision"], row["lambda_layers"], row["side"])
         groups.setdefault(key, []).append(row)
     for (model, precision, variant, side), group in groups.items():
         ok = [row for row in group if row["status"] == "ok"]
