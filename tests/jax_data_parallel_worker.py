@@ -3,18 +3,18 @@
 Run by tests/test_train_jax.py in a fresh process (KERAS_BACKEND=jax, XLA_FLAGS asking
 for two host devices):
 
-    python tests/jax_data_parallel_worker.py train DATA_DIR MODEL_DIR OUTPUT STEPS
-    python tests/jax_data_parallel_worker.py evaluate DATA_DIR MODEL_DIR
+    python tests/jax_data_parallel_worker.py DATA_DIR MODEL_DIR OUTPUT STEPS
 
-Each mode runs twice, first with `training.strategies.create_strategy("cpu")` seeing only
+It trains, then evaluates, each twice: first with `training.strategies.create_strategy("cpu")` seeing only
 the first device (a JaxDataParallel of one replica and no distribution, as in a process
 with one device), then seeing both (keras.distribution.DataParallel over two). One
-process instead of one per device count: Keras, TensorFlow and JAX are imported once.
+process for both device counts and both checks: Keras, TensorFlow and JAX are imported
+once, and the operations the two share are compiled once.
 
-train: trains STEPS steps and writes OUTPUT_1.npz and OUTPUT_2.npz, each with the replica
+The training trains STEPS steps and writes OUTPUT_1.npz and OUTPUT_2.npz, each with the replica
 count, the per-step losses, which weights are trainable, their paths and the weights
 before and after.
-evaluate: prints "REPLICAS TOP1" per run, one line each, for the validation split.
+The evaluation prints "REPLICAS TOP1" per run, one line each, for the validation split.
 """
 
 import contextlib
@@ -85,7 +85,5 @@ def evaluate(data_dir: str, model_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "train":
-        train(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
-    else:
-        evaluate(sys.argv[2], sys.argv[3])
+    train(sys.argv[1], sys.argv[2] + "_train", sys.argv[3], int(sys.argv[4]))
+    evaluate(sys.argv[1], sys.argv[2] + "_evaluate")

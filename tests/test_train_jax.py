@@ -56,18 +56,26 @@ def _jax_env(devices: int = 1) -> dict:
                 XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
 
 
-def _data_parallel_worker(*args: str) -> str:
-    """Runs tests/jax_data_parallel_worker.py (one and two devices in one process); its stdout."""
-    run = subprocess.run([sys.executable, DATA_PARALLEL_WORKER, *args],
+DATA_PARALLEL_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def data_parallel_run(digits_dir, tmp_path_factory) -> tuple:
+    """Runs tests/jax_data_parallel_worker.py once for both of its checks (one and two
+    devices, training then validation, in one process): (the folder of its .npz files,
+    its stdout)."""
+    output_dir = tmp_path_factory.mktemp("data_parallel")
+    run = subprocess.run([sys.executable, DATA_PARALLEL_WORKER, digits_dir, str(output_dir / "model"),
+                          str(output_dir / "devices"), str(DATA_PARALLEL_STEPS)],
                          cwd=REPO, env=_jax_env(2), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
-    return run.stdout
+    return output_dir, run.stdout
 
 
-def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
-    steps = 3
-    _data_parallel_worker("train", digits_dir, str(tmp_path / "model"), str(tmp_path / "devices"), str(steps))
-    one, two = (dict(np.load(tmp_path / f"devices_{devices}.npz")) for devices in (1, 2))
+def test_two_device_data_parallel_matches_one_device(data_parallel_run):
+    output_dir, _ = data_parallel_run
+    steps = DATA_PARALLEL_STEPS
+    one, two = (dict(np.load(output_dir / f"devices_{devices}.npz")) for devices in (1, 2))
     assert (int(one["replicas"]), int(two["replicas"])) == (1, 2)
     # The same global batch of 64, split 32 + 32 over the two devices.
     assert one["losses"][0] > 1.0 and len(one["losses"]) == steps
@@ -90,6 +98,19 @@ def test_two_device_data_parallel_matches_one_device(digits_dir, tmp_path):
             assert path.endswith("moving_variance"), path
             np.testing.assert_allclose(final_2, final_1, rtol=1.5e-2, err_msg=path)
     assert moved > one["trainable"].sum() // 2  # the steps moved most trainable weights
+
+
+def test_two_device_validation_with_an_empty_device_batch_counts_every_example_once(data_parallel_run):
+    # 297 digits in steps of 66: the last step holds 33, all on device 0 of two;
+    # before the padding, two devices dropped those 33 (drop_remainder).
+    _, stdout = data_parallel_run
+    lines = stdout.strip().splitlines()[-2:]
+    top1 = {}
+    for devices, line in zip((1, 2), lines):
+        replicas, value = line.split()
+        assert int(replicas) == devices
+        top1[devices] = float(value)
+    assert 0 < top1[1] < 1 and top1[2] == top1[1]
 
 
 @pytest.mark.slow
@@ -169,18 +190,6 @@ def test_a_remote_tpu_name_under_jax_is_refused_in_one_line(tmp_path):
     assert "--tpu my-tpu: under --backend jax the program runs on the TPU VM itself" in run.stderr
     assert not (tmp_path / "model").exists()
     assert "Traceback" not in run.stderr
-
-
-def test_two_device_validation_with_an_empty_device_batch_counts_every_example_once(digits_dir, tmp_path):
-    # 297 digits in steps of 66: the last step holds 33, all on device 0 of two;
-    # before the padding, two devices dropped those 33 (drop_remainder).
-    lines = _data_parallel_worker("evaluate", digits_dir, str(tmp_path / "model")).strip().splitlines()[-2:]
-    top1 = {}
-    for devices, line in zip((1, 2), lines):
-        replicas, value = line.split()
-        assert int(replicas) == devices
-        top1[devices] = float(value)
-    assert 0 < top1[1] < 1 and top1[2] == top1[1]
 
 
 def test_a_diverging_jax_run_ends_in_one_line_with_exit_2(digits_dir, tmp_path):
