@@ -90,11 +90,9 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_collection_finish(session):
     """Moves everything the imports made into the collector's permanent generation.
 
-    The autouse fixture below clears Keras's session after every test, and that runs a
-    full garbage collection: over the ~500k objects TensorFlow, JAX, PyTorch and the
-    test modules leave behind after import it took about 0.3 CPU-seconds per test, over
-    a thousand tests across the platform runs. Objects made after this point are
-    collected as before.
+    Python's own full collections then do not walk the ~500k objects that TensorFlow,
+    JAX, PyTorch and the test modules leave behind after import. Objects made after this
+    point are collected as before.
     """
     gc.collect()
     gc.freeze()
@@ -140,13 +138,20 @@ def small_disk(tmp_path):
 def _fresh_keras_state():
     """Each test starts with float32, a fixed seed and no leftover global state, the
     environment included: ``train.main`` run in the test process sets KERAS_BACKEND and
-    TF_ENABLE_ONEDNN_OPTS, which later tests' subprocesses would otherwise inherit."""
+    TF_ENABLE_ONEDNN_OPTS, which later tests' subprocesses would otherwise inherit.
+
+    Keras's session is cleared without its forced full garbage collection: the graphs of
+    every training run in the worker (TensorFlow keeps the traced train steps) add up to
+    a few hundred thousand live objects, and a full collection after every test then took
+    0.4-1 CPU-seconds, the larger part of the suite's short tests. Python's own
+    collections still free what tests leave in cycles.
+    """
     environment = dict(os.environ)
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     if os.environ != environment:
         os.environ.clear()
         os.environ.update(environment)
