@@ -5,16 +5,16 @@ for two host devices):
 
     python tests/jax_data_parallel_worker.py DATA_DIR MODEL_DIR OUTPUT STEPS
 
-It trains, then evaluates, each twice: first with `training.strategies.create_strategy("cpu")` seeing only
-the first device (a JaxDataParallel of one replica and no distribution, as in a process
-with one device), then seeing both (keras.distribution.DataParallel over two). One
-process for both device counts and both checks: Keras, TensorFlow and JAX are imported
-once, and the operations the two share are compiled once.
+It trains, then evaluates (in MODEL_DIR_train and MODEL_DIR_evaluate), each twice: first
+with `training.strategies.create_strategy("cpu")` seeing only the first device (a
+JaxDataParallel of one replica and no distribution, as in a process with one device),
+then seeing both (keras.distribution.DataParallel over two). One process for both device
+counts and both checks: Keras, TensorFlow and JAX are imported once.
 
-The training trains STEPS steps and writes OUTPUT_1.npz and OUTPUT_2.npz, each with the replica
-count, the per-step losses, which weights are trainable, their paths and the weights
-before and after.
-The evaluation prints "REPLICAS TOP1" per run, one line each, for the validation split.
+The training trains STEPS steps and writes OUTPUT_1.npz and OUTPUT_2.npz, each with the
+replica count, the per-step losses, which weights are trainable, their paths and the
+weights before and after. The evaluation then prints "REPLICAS TOP1" per run, one line
+each, for the validation split.
 """
 
 import contextlib
