@@ -143,7 +143,7 @@ def _fresh_keras_state():
     Keras's session is cleared without its forced full garbage collection: the graphs of
     every training run in the worker (TensorFlow keeps the traced train steps) add up to
     a few hundred thousand live objects, and a full collection after every test then took
-    0.4-1 CPU-seconds, the larger part of the suite's short tests. Python's own
+    0.4-1 CPU-seconds, most of the time of the suite's short tests. Python's own
     collections still free what tests leave in cycles.
     """
     environment = dict(os.environ)
