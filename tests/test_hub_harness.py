@@ -5,11 +5,11 @@ KerasHub model's tests call; the calls here are those of KerasHub's ResNet, VGG,
 and task tests (``models/resnet/resnet_backbone_test.py``,
 ``resnet_image_classifier_test.py``, ``models/vgg/*_test.py``, ``models/backbone_test.py``,
 ``models/task_test.py``), made on a tiny LambdaResNet (the generic factory, one block per
-stage, lambda layers in c4 and c5) and small images. ``run_vision_backbone_test`` covers
-serialization, eager and compiled predict, tf.data, the name convention, pyramid outputs,
-mixed precision, int8/float8 quantization and, where the backend convolves
-channels-first (not TensorFlow on CPU), the channels-first model. Presets are saved by
-the tests themselves: nothing is downloaded.
+stage at a quarter of the stage widths, lambda layers in c4 and c5) and small images.
+``run_vision_backbone_test`` covers serialization, eager and compiled predict, tf.data,
+the name convention, pyramid outputs, mixed precision, int8/float8 quantization and,
+where the backend convolves channels-first (not TensorFlow on CPU), the channels-first
+model. Presets are saved by the tests themselves: nothing is downloaded.
 
 Runs under TensorFlow (the main run), JAX (tests/test_platforms.py adds this file to
 its JAX run) and PyTorch (run by hand: KerasHub's harness skips its precision and
@@ -45,6 +45,7 @@ from lambda_keras.hub import (  # noqa: E402
 TINY_CONFIG = {
     "architecture": "LambdaResNet",
     "blocks_per_stage": [1, 1, 1, 1],
+    "width_multiplier": 0.25,
     "lambda_blocks": [[], [], [1], [1]],
     "lambda_layer": {"scope_size": 7},
 }
@@ -61,7 +62,7 @@ class LambdaResNetBackboneTest(TestCase):
             cls=LambdaResNetBackbone,
             init_kwargs=self.init_kwargs,
             input_data=self.input_data,
-            expected_output_shape=(2, 2, 2, 2048),
+            expected_output_shape=(2, 2, 2, 512),
             expected_pyramid_output_keys=["P2", "P3", "P4", "P5"],
             expected_pyramid_image_sizes=[(16, 16), (8, 8), (4, 4), (2, 2)],
         )
@@ -103,7 +104,7 @@ class LambdaResNetBackboneTest(TestCase):
             cls=LambdaResNetBackbone,
             preset=preset,
             input_data=self.input_data,
-            expected_output_shape=(2, 2, 2, 2048),
+            expected_output_shape=(2, 2, 2, 512),
         )
 
 
