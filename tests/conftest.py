@@ -38,26 +38,36 @@ JAX_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 if JAX_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {JAX_XLA_FLAGS}".strip()
 
-import keras  # noqa: E402
 import pytest  # noqa: E402
 
-if keras.backend.backend() == "tensorflow":
-    import tensorflow as tf
 
-    # Two logical CPU devices, so that MirroredStrategy tests run on a CPU-only machine.
-    # This must happen before TensorFlow initialises its devices, hence here.
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0],
-        [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
-    )
-elif keras.backend.backend() == "torch":
-    import torch
+def pytest_configure(config):
+    """Sets up the backend in every process that runs tests; pytest-xdist's controller,
+    which only hands tests to its workers, does not import Keras (or TensorFlow) at all."""
+    distributes = getattr(config.option, "numprocesses", None) and not config.option.collectonly
+    if distributes and not hasattr(config, "workerinput"):
+        return
+    import keras
 
-    # One intra-op thread. The tests' tensors are small, and beside the outer run's other
-    # worker PyTorch's two threads wait for each other at every op (~5 ms an op, a
-    # scheduler time slice, where one thread takes ~0.1 ms): test_fit_learns_digits took
-    # 54 CPU-s instead of 5, the PyTorch platform run 174 instead of 106.
-    torch.set_num_threads(1)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Two logical CPU devices, so that MirroredStrategy tests run on a CPU-only
+        # machine. This must happen before TensorFlow initialises its devices, hence
+        # before the test modules are imported.
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+        )
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        # One intra-op thread. The tests' tensors are small, and beside the outer run's
+        # other worker PyTorch's two threads wait for each other at every op (~5 ms an
+        # op, a scheduler time slice, where one thread takes ~0.1 ms):
+        # test_fit_learns_digits took 54 CPU-s instead of 5, the PyTorch platform run 174
+        # instead of 106.
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -146,6 +156,8 @@ def _fresh_keras_state():
     0.4-1 CPU-seconds, most of the time of the suite's short tests. Python's own
     collections still free what tests leave in cycles.
     """
+    import keras
+
     environment = dict(os.environ)
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(0)
