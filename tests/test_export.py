@@ -395,27 +395,37 @@ def test_cli_refuses_bad_numbers_before_writing(tmp_path, capsys, flag, value):
 
 
 def huge_png(side: int) -> bytes:
-    """A valid PNG of side x side black pixels: a few hundred kB, gigabytes decoded."""
+    """A valid PNG of side x side black pixels (side a multiple of 100): a few hundred kB,
+    gigabytes decoded."""
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     header = side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
+    row = bytes(1 + 3 * side)  # filter byte 0, then the row's pixels
+    # Deflating every row costs seconds. After a full flush the compressor keeps no history,
+    # so the next 100 rows compress to the same bytes: deflate two blocks, repeat the second,
+    # and end the stream by hand (an empty final block, then the Adler-32 of all rows).
     compressor = zlib.compressobj(9)
-    row = b"\x00" + b"\x00" * (3 * side)
-    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    first = compressor.compress(row * 100) + compressor.flush(zlib.Z_FULL_FLUSH)
+    repeated = compressor.compress(row * 100) + compressor.flush(zlib.Z_FULL_FLUSH)
+    checksum = 1
+    for _ in range(side):
+        checksum = zlib.adler32(row, checksum)
+    pixels = first + repeated * (side // 100 - 1) + b"\x03\x00" + checksum.to_bytes(4, "big")
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def test_an_image_over_the_pixel_cap_is_refused_from_its_header(exported):
     _, _, loaded = exported
     serving = loaded.signatures["serving_default"]
-    bomb = huge_png(16_000)  # 256 megapixels, 0.25 MB on the wire
+    bomb = huge_png(16_000)  # 256 megapixels, 0.75 MB on the wire
     assert len(bomb) < 1_000_000
     with pytest.raises(tf.errors.InvalidArgumentError, match=saved_model.TOO_LARGE_ERROR):
         serving(image_bytes=tf.constant([bomb]))
-    big_jpeg = encode_jpeg(make_image(8_000, 7_000, 3))  # 56 MP, over the default 50 MP
+    # 56 MP, over the default 50 MP: a small pattern tiled (the pixels are never decoded).
+    big_jpeg = encode_jpeg(np.tile(make_image(80, 70, 3), (100, 100, 1)))
     with pytest.raises(tf.errors.InvalidArgumentError, match=saved_model.TOO_LARGE_ERROR):
         serving(image_bytes=tf.constant([big_jpeg]))
     # Under the cap, a large photo is served as before.
