@@ -9,6 +9,9 @@ arguments with `ArgumentParser`. Then:
     `python -m X: error: <one line>` on stderr and returns 2;
   * a bad command line does the same (argparse's usage block is left out; `--help`
     still prints it);
+  * running out of memory (TensorFlow's `ResourceExhaustedError`, XLA's
+    `RESOURCE_EXHAUSTED` under JAX, Python's `MemoryError`) does the same, naming the
+    allocation that failed: the input or the model is too large for the machine;
   * Ctrl-C returns 130 with one line;
   * anything else is a bug in this package and keeps its traceback.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -79,6 +83,9 @@ def user_message(error: BaseException) -> str | None:
         if error.filename is not None and error.strerror:
             return _one_line(f"{error.filename}: {error.strerror}")
         return _one_line(str(error) or type(error).__name__)
+    out_of_memory = out_of_memory_detail(error)
+    if out_of_memory is not None:
+        return _one_line(f"out of memory ({out_of_memory}): the input or the model is too large for this machine")
     tf_errors = getattr(sys.modules.get("tensorflow"), "errors", None)
     # TensorFlow's file system reports a missing or unreadable path (local or gs://) as
     # these, not as OSError, and a file where a folder should be as a failed precondition.
@@ -87,6 +94,44 @@ def user_message(error: BaseException) -> str | None:
         or (isinstance(error, tf_errors.FailedPreconditionError) and error.message.endswith("is not a directory"))
     ):
         return _one_line(error.message)
+    return None
+
+
+# TensorFlow's message names the tensor: "OOM when allocating tensor with shape[64,400]
+# and type float on /job:localhost/replica:0/task:0/device:CPU:0 by allocator mklcpu".
+_TENSORFLOW_ALLOCATION = re.compile(r"OOM when allocating tensor with shape\[[^\]]*\] and type \w+ on \S+")
+
+
+def out_of_memory_detail(error: BaseException) -> str | None:
+    """What failed to allocate when ``error`` is, or was raised while handling, an
+    out-of-memory error; else None.
+
+    TensorFlow raises ``ResourceExhaustedError`` (its message also lists the graph
+    node); XLA, under JAX, a ``JaxRuntimeError`` whose message starts with
+    ``RESOURCE_EXHAUSTED``; NumPy and Python a ``MemoryError``. The chain matters:
+    Keras's `fit` under JAX, cleaning up after an out-of-memory error, fails on the
+    variables it had emptied for the step, and that error is the one raised.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        detail = _allocation_that_failed(error)
+        if detail is not None:
+            return detail
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _allocation_that_failed(error: BaseException) -> str | None:
+    if isinstance(error, MemoryError):
+        return str(error) or "MemoryError"
+    tf_errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+    if tf_errors is not None and isinstance(error, tf_errors.ResourceExhaustedError):
+        allocation = _TENSORFLOW_ALLOCATION.search(error.message)
+        return allocation.group(0) if allocation else error.message.splitlines()[0]
+    message = str(error)
+    if type(error).__module__.startswith(("jax", "jaxlib")) and message.startswith("RESOURCE_EXHAUSTED"):
+        return message.splitlines()[0]
     return None
 
 

@@ -226,6 +226,7 @@ def test_input_tensor():
         ({"input_shape": (None, None, 3)}, "you should specify a static `input_shape`"),
         ({"include_top": False, "pooling": "mean"}, "`pooling` should be None"),
         ({"blocks_per_stage": (1, 1, 1)}, "`blocks_per_stage` must be four positive integers"),
+        ({"blocks_per_stage": (1, 1, 257, 1)}, "`blocks_per_stage` must be four positive integers of at most 256"),
         ({"lambda_blocks": ((), (), (2,), ())}, r"stage c4 must be block indices in \[1, 1\]"),
         ({"lambda_blocks": ((0,), (), (), ())}, "1-based"),
         ({"se_ratio": 1.5}, "`se_ratio` must be"),

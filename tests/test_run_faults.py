@@ -119,6 +119,20 @@ def test_a_changed_config_is_refused_before_anything_is_written(digits_dir, tmp_
     experiment.check_same_run(_short_run(digits_dir, tmp_path, "runtime.strategy=auto"))
 
 
+@pytest.mark.parametrize("recorded", [b"keep", b"[1, 2]", b"\xff\xfe\x00binary", b"model: 5"],
+                         ids=["scalar", "list", "not-utf8", "bad-section"])
+def test_a_model_dir_whose_config_yaml_is_not_a_config_is_refused_in_one_line(tmp_path, recorded):
+    """A folder that holds progress and a config.yaml this version cannot read as a config
+    (a user's own file, another tool's): refused by name, nothing changed."""
+    tmp_path.joinpath("config.yaml").write_bytes(recorded)
+    tmp_path.joinpath("train_log.csv").write_text("epoch,loss\n0,2.5\n")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    with pytest.raises(config_lib.ConfigError, match="holds a run whose config this version cannot read") as error:
+        experiment.check_same_run(_short_run("/unused", tmp_path))
+    assert "\n" not in str(error.value)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_a_second_run_into_a_model_dir_in_use_is_refused(digits_dir, tmp_path, capsys):
     with folder_lock.held_exclusively(str(tmp_path), "training run"):
         assert train.main(["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(tmp_path)]) == 2

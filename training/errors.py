@@ -33,6 +33,11 @@ class DivergedError(UserError, ArithmeticError):
     epoch and step and what was kept."""
 
 
+class OutOfMemoryError(UserError, MemoryError):
+    """The model or a batch does not fit in the memory of the machine or the device;
+    the message names the allocation and the settings to lower."""
+
+
 class StrategyError(UserError, RuntimeError):
     """The requested strategy or devices cannot be had here; the message says why."""
 

@@ -186,11 +186,11 @@ def check_same_run(config: ExperimentConfig) -> None:
     path = os.path.join(config.model_dir, "config.yaml")
     if not tf.io.gfile.exists(path) or not holds_progress(config.model_dir):
         return
-    with tf.io.gfile.GFile(path) as file:
-        text = file.read()
     try:
+        with tf.io.gfile.GFile(path) as file:
+            text = file.read()
         recorded = config_lib.from_dict(yaml.safe_load(text) or {})
-    except (ConfigError, yaml.YAMLError) as error:
+    except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(
             f"{path} holds a run whose config this version cannot read ({error}); "
             "use a new --model_dir."

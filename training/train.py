@@ -35,8 +35,11 @@ global batch not divisible by the replicas, shards that do not match their
 manifest.json or cannot feed the run (training.preflight: too few records for one
 step, labels outside input.num_classes, records without the configured features), a
 split that yields no usable record, a run that diverges (a non-finite loss or weight:
-the backup and checkpoints keep the last finite state), or an --export_dir that the
-export could not write. Nothing is written into model_dir before the config and the
+the backup and checkpoints keep the last finite state), a model whose weights,
+gradients and optimizer state alone exceed the machine's memory (counted with shapes
+only, before anything is written), running out of memory while training (the message
+names the allocation, the batch and the image size), or an --export_dir that the export
+could not write. Nothing is written into model_dir before the config and the
 data are checked, and config.yaml is written only then.
 
 Under --backend jax, --export_dir exports the last checkpoint in a TensorFlow-backend
@@ -137,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     select_backend(args.backend)
     # Imported once the backend is chosen: these import Keras.
-    from training import experiment, strategies  # pylint: disable=import-outside-toplevel
+    from training import experiment, model_memory, strategies  # pylint: disable=import-outside-toplevel
 
     config = config_lib.load_config(
         args.config,
@@ -147,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not config.model_dir:
         raise ConfigError("model_dir is empty: pass --model_dir DIR or set model_dir.")
+    model_memory.check_training_state_fits(config)
     # Checked before training so that a long run cannot end in these errors.
     export_model = _export_function(args.export_dir) if args.export_dir else None
     if config.demo_data:
@@ -159,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     strategy = strategies.create_strategy(
         config.runtime.strategy, config.runtime.tpu, config.runtime.worker_start_timeout_seconds
     )
-    model, results = experiment.run_experiment(config, strategy)
+    with model_memory.out_of_memory_in_one_line(config):
+        model, results = experiment.run_experiment(config, strategy)
     if export_model is not None and strategies.is_chief(strategy):
         if strategies.is_jax(strategy):
             version_dir = _export_under_tensorflow(config.model_dir, args.export_dir)

@@ -251,12 +251,18 @@ def check_placement(placement: Any) -> str:
     return placement
 
 
+# A bound, so that building a layout (even with shapes only, to count its parameters
+# before a run) ends in seconds.
+MAX_BLOCKS_PER_STAGE = 256
+
+
 def check_stages(blocks_per_stage: Any, lambda_blocks: Any) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
     """The generic factory's block layout as tuples: four positive block counts, and per
     stage the sorted 1-based indices of its lambda blocks (Table 18 counts from 1)."""
-    requirement = "four positive integers, the blocks of stages c2, c3, c4, c5"
+    requirement = (f"four positive integers of at most {MAX_BLOCKS_PER_STAGE}, the blocks of stages c2, c3, c4, c5 "
+                   "(ResNet-RS-420, the deepest of the paper, has 87 in c4)")
     blocks = _tuple("blocks_per_stage", blocks_per_stage, requirement)
-    if len(blocks) != 4 or not all(_is_int(n) and n >= 1 for n in blocks):
+    if len(blocks) != 4 or not all(_is_int(n) and 1 <= n <= MAX_BLOCKS_PER_STAGE for n in blocks):
         _fail("blocks_per_stage", blocks, requirement)
     requirement = "one collection of 1-based block indices per stage c2, c3, c4, c5"
     stages = _tuple("lambda_blocks", lambda_blocks, requirement)
