@@ -248,7 +248,8 @@ def load_config(
 def from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
     """Builds and validates an ExperimentConfig from nested mappings."""
     if not isinstance(values, Mapping):
-        raise ConfigError(f"Invalid config {values!r}: must be a mapping of sections (model, input, train, ...).")
+        raise ConfigError(f"Invalid config: its top level is a {type(values).__name__}, not a mapping of sections "
+                          "(model, input, train, ...).")
     values = dict(values)
     _check_keys("", values, set(_SECTIONS) | set(_TOP_LEVEL))
     kwargs: dict[str, Any] = {}

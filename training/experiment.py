@@ -189,7 +189,7 @@ def check_same_run(config: ExperimentConfig) -> None:
     try:
         with tf.io.gfile.GFile(path) as file:
             text = file.read()
-        recorded = config_lib.from_dict(yaml.safe_load(text) or {})
+        recorded = config_lib.from_dict(config_lib.load_yaml(text) or {})
     except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(
             f"{path} holds a run whose config this version cannot read ({error}); "
