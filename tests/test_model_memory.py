@@ -53,16 +53,22 @@ def test_training_state_counts_what_the_run_creates(tmp_path, overrides):
         model_memory.check_training_state_fits(config, memory_bytes=state_bytes - 1)
 
 
-@pytest.mark.parametrize("override", [
-    "model.lambda_layer.key_dim=100000000",  # a query projection of 64 x 4e8 in the first lambda layer
-    "input.num_classes=2000000000",  # a classifier of 128 x 2e9
-])
-def test_a_model_larger_than_memory_is_refused_before_anything_is_written(tmp_path, capfd, override):
+TOO_LARGE = ("trainable parameters", "more than this machine's")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.lambda_layer.key_dim=100000000"], TOO_LARGE),  # a 64 x 4e8 query projection
+    (["input.num_classes=2000000000"], TOO_LARGE),  # a classifier of 128 x 2e9
+    (["input.image_size=16", "input.eval_crop_padding=0"],
+     ("the model does not build at input.image_size=16", "Input size must be at least 32x32")),
+], ids=["key-dim", "classes", "image-size"])
+def test_a_model_too_large_or_not_buildable_is_refused_before_anything_is_written(tmp_path, capfd, overrides,
+                                                                                  expected):
     data_dir, model_dir = tmp_path / "data", tmp_path / "model"
-    status = train.main(["--config", "demo", "--data_dir", str(data_dir), "--model_dir", str(model_dir),
-                         "--set", override])
+    flags = [flag for override in overrides for flag in ("--set", override)]
+    status = train.main(["--config", "demo", "--data_dir", str(data_dir), "--model_dir", str(model_dir), *flags])
     line = _error_line(status, capfd.readouterr().err)
-    assert "trainable parameters" in line and "more than this machine's" in line
+    assert all(fragment in line for fragment in expected), line
     # Not even the demo data, which the run would write first.
     assert not data_dir.exists() and not model_dir.exists()
 

@@ -1,7 +1,8 @@
 """Whether a run fits in memory: counted before it starts, named in one line if not.
 
 `python -m training.train` checks, before it writes anything, that the configured
-model's training state (float32 weights, their gradients, the optimizer's slots and
+model builds at the configured input (the constructors' own checks, such as the
+smallest input size, become a ConfigError) and that its training state (float32 weights, their gradients, the optimizer's slots and
 EMA copies) fits in this machine's memory: the model is built with shapes only, so the
 count costs no allocation however large the model. What cannot be counted up front
 (the activations of a batch, which depend on the backend's kernels and the device)
@@ -56,8 +57,16 @@ def training_state(config: ExperimentConfig) -> tuple[int, int]:
     train.momentum is set, the EMA when train.ema_decay is. Mixed precision keeps all of
     them in float32.
     """
-    with _variables_without_values():
-        model = experiment.build_model(config)
+    try:
+        with _variables_without_values():
+            model = experiment.build_model(config)
+    except ValueError as error:
+        # The constructors check their arguments against each other and the input size
+        # (keras.applications' convention), which the config's sections alone cannot.
+        raise ConfigError(
+            f"Invalid config: the model does not build at input.image_size={config.input.image_size}, "
+            f"input.num_classes={config.input.num_classes}: {error}"
+        ) from None
     copies_per_trainable = 1 + (config.train.momentum > 0) + config.train.use_ema
     trainable = sum(_bytes(variable) for variable in model.trainable_variables)
     parameters = sum(int(np.prod(variable.shape)) for variable in model.trainable_variables)
