@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 import sys
 from typing import Callable, NoReturn, Sequence
@@ -80,6 +81,10 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, UserError):
         return _one_line(str(error))
     if isinstance(error, OSError):
+        # What os.makedirs raises for a file where a folder was asked for (--model_dir,
+        # --output): "File exists" alone reads as if the folder were in the way.
+        if isinstance(error, FileExistsError) and error.filename is not None and os.path.isfile(error.filename):
+            return _one_line(f"{error.filename} is a file, not a folder ({error.strerror})")
         if error.filename is not None and error.strerror:
             return _one_line(f"{error.filename}: {error.strerror}")
         return _one_line(str(error) or type(error).__name__)

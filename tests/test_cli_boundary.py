@@ -56,6 +56,17 @@ def test_an_os_error_names_its_path(capsys):
     assert _run(missing, capsys) == (2, "python -m tool: error: /no/such/file: No such file or directory\n")
 
 
+def test_a_file_where_a_folder_is_asked_for_is_named_as_such(tmp_path, capsys):
+    """os.makedirs on a file (a --model_dir or --output naming one) says "File exists"."""
+    a_file = tmp_path / "manifest.json"
+    a_file.write_text("{}")
+    status, error = _run(lambda: os.makedirs(a_file, exist_ok=True), capsys)
+    assert (status, error) == (2, f"python -m tool: error: {a_file} is a file, not a folder (File exists)\n")
+    # An existing folder that a tool refuses to reuse keeps the plain message.
+    status, error = _run(lambda: os.mkdir(tmp_path), capsys)
+    assert (status, error) == (2, f"python -m tool: error: {tmp_path}: File exists\n")
+
+
 def test_ctrl_c_exits_130_and_a_bug_keeps_its_traceback(capsys):
     def interrupted():
         raise KeyboardInterrupt

@@ -5,10 +5,10 @@ model builds at the configured input (the constructors' own checks, such as the
 smallest input size, become a ConfigError) and that its training state (float32
 weights, their gradients, the optimizer's slots and EMA copies) fits in this machine's
 memory: the model is built with shapes only, so the count costs no allocation however
-large the model. What cannot be counted up front
-(the activations of a batch, which depend on the backend's kernels and the device)
-is caught when it happens: an out-of-memory error while building, training or
-evaluating ends the run with one line naming the settings that decide it.
+large the model. What cannot be counted up front (the activations of a batch, which
+depend on the backend's kernels and the device) is caught when it happens: an
+out-of-memory error while building, training or evaluating ends the run with one line
+naming the settings that decide it.
 """
 
 from __future__ import annotations
