@@ -134,6 +134,19 @@ def test_a_model_dir_whose_config_yaml_is_not_a_config_is_refused_in_one_line(tm
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
+@pytest.mark.parametrize("foreign", ["backup/notes.txt", "checkpoints/last.keras", "train_log.csv"])
+def test_progress_without_a_config_yaml_is_refused_unless_another_worker_reads_it(tmp_path, foreign):
+    """A folder of the user's own (or a run whose config.yaml was deleted): the chief would
+    resume from or overwrite files no run of this config wrote. Nothing changes."""
+    tmp_path.joinpath(foreign).parent.mkdir(parents=True, exist_ok=True)
+    tmp_path.joinpath(foreign).write_text("the user's own")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(config_lib.ConfigError, match="but no config.yaml"):
+        experiment.check_same_run(_short_run("/unused", tmp_path))
+    experiment.check_same_run(_short_run("/unused", tmp_path), chief=False)
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
 def test_a_second_run_into_a_model_dir_in_use_is_refused(digits_dir, tmp_path, capsys):
     with folder_lock.held_exclusively(str(tmp_path), "training run"):
         assert train.main(["--config", "demo", "--data_dir", digits_dir, "--model_dir", str(tmp_path)]) == 2

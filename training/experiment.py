@@ -77,10 +77,10 @@ def _run_experiment(
     config: ExperimentConfig, strategy: strategies.Strategy
 ) -> tuple[keras.Model, dict[str, Any]]:
     replicas = strategy.num_replicas_in_sync
-    check_same_run(config)
+    chief = strategies.is_chief(strategy)
+    check_same_run(config, chief)
     steps_per_execution = resolve_steps_per_execution(config, strategy)
     precision = resolve_precision(config, strategy)
-    chief = strategies.is_chief(strategy)
     print(config.to_yaml(), flush=True)
     print(f"Keras {keras.version()} with the {keras.backend.backend()} backend, TensorFlow "
           f"{tf.__version__}, TF_ENABLE_ONEDNN_OPTS="
@@ -174,18 +174,29 @@ LOCATION_KEYS = frozenset({
 })
 
 
-def check_same_run(config: ExperimentConfig) -> None:
-    """Raises ConfigError when model_dir holds a run with another config.
+def check_same_run(config: ExperimentConfig, chief: bool = True) -> None:
+    """Raises ConfigError when model_dir holds a run with another config, or (for the
+    chief) a backup, checkpoints or a log without the config.yaml a run writes first.
 
     A rerun with the same command resumes from model_dir/backup; a rerun with a changed
     config would mix two runs in one log and one backup, and would overwrite the
     record of the first (config.yaml). Checked before anything is written. A model_dir
     whose run left no backup, checkpoint or log (it failed before its first backup)
     holds nothing to mix with: its config.yaml is replaced, not held against the rerun.
+    Progress without a config.yaml is not a run of this tool (or one whose record was
+    deleted): the run would resume from, or overwrite, files it cannot vouch for. Other
+    workers may keep their backups in a model_dir of their own, without config.yaml.
     """
     path = os.path.join(config.model_dir, "config.yaml")
-    if not tf.io.gfile.exists(path) or not holds_progress(config.model_dir):
+    if not holds_progress(config.model_dir):
         return
+    if not tf.io.gfile.exists(path):
+        if not chief:
+            return
+        raise ConfigError(
+            f"{config.model_dir} holds a backup, checkpoints or a train_log.csv but no config.yaml, which every "
+            "run writes before them: it is not a run this command can resume or overwrite; use a new --model_dir."
+        )
     try:
         with tf.io.gfile.GFile(path) as file:
             text = file.read()
