@@ -127,8 +127,11 @@ def test_running_out_of_memory_while_training_ends_in_one_line_naming_the_batch(
 def test_keras_builds_normally_after_a_count(tmp_path):
     """The counted variables never get values: the next shape computation (which ends an
     ordinary StatelessScope) initialises nothing of them, and a real model still trains."""
-    config = _demo_config(tmp_path, "model.lambda_layer.key_dim=100000000")
-    model_memory.training_state(config)  # 1.6 TiB of state, counted, never allocated
+    # A query projection of 64 x 2**52: were it ever allocated, the allocation would fail
+    # at once (beyond the address space) instead of filling the memory.
+    config = _demo_config(tmp_path, f"model.lambda_layer.key_dim={2**50}")
+    parameters, _ = model_memory.training_state(config)
+    assert parameters > 2**58
     layer = keras.layers.Dense(3)
     assert layer.compute_output_spec(keras.KerasTensor((2, 4))).shape == (2, 3)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
