@@ -91,7 +91,7 @@ def user_message(error: BaseException) -> str | None:
     out_of_memory = out_of_memory_detail(error)
     if out_of_memory is not None:
         return _one_line(f"out of memory ({out_of_memory}): the input or the model is too large for this machine")
-    tf_errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+    tf_errors = _tensorflow_errors()
     # TensorFlow's file system reports a missing or unreadable path (local or gs://) as
     # these, not as OSError, and a file where a folder should be as a failed precondition.
     if tf_errors is not None and (
@@ -130,7 +130,7 @@ def out_of_memory_detail(error: BaseException) -> str | None:
 def _allocation_that_failed(error: BaseException) -> str | None:
     if isinstance(error, MemoryError):
         return str(error) or "MemoryError"
-    tf_errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+    tf_errors = _tensorflow_errors()
     if tf_errors is not None and isinstance(error, tf_errors.ResourceExhaustedError):
         allocation = _TENSORFLOW_ALLOCATION.search(error.message)
         return allocation.group(0) if allocation else error.message.splitlines()[0]
@@ -138,6 +138,11 @@ def _allocation_that_failed(error: BaseException) -> str | None:
     if type(error).__module__.startswith(("jax", "jaxlib")) and message.startswith("RESOURCE_EXHAUSTED"):
         return message.splitlines()[0]
     return None
+
+
+def _tensorflow_errors():
+    """`tf.errors` when the tool has imported TensorFlow, else None (this module never does)."""
+    return getattr(sys.modules.get("tensorflow"), "errors", None)
 
 
 def _one_line(text: str) -> str:
